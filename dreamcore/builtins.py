@@ -1,0 +1,8 @@
+"""Imports every module that registers one of dreamcore's own parts, and the named systems."""
+
+import dreamcore.guidance.sds  # noqa: F401
+import dreamcore.priors.reference  # noqa: F401
+import dreamcore.renderers.background  # noqa: F401
+import dreamcore.renderers.volume  # noqa: F401
+import dreamcore.representations.nerf  # noqa: F401
+import systems  # noqa: F401

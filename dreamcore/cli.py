@@ -1,0 +1,133 @@
+"""Command line: ``dreamcore generate|demo|export|list``. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dreamcore.errors import DreamcoreError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_path(name: str) -> Path:
+    """A config file as given, else from the checkout's ``configs/`` (``reference-nerf`` or ``.yaml`` names)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (REPO_ROOT / "configs" / name, REPO_ROOT / "configs" / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise DreamcoreError(f"config file not found: {name} (configs shipped: "
+                         f"{', '.join(sorted(q.stem for q in (REPO_ROOT / 'configs').glob('*.yaml')))})")
+
+
+def _split(args: list[str]) -> tuple[list[str], list[str]]:
+    """Positional words that are not key=value (the prompt) and the overrides."""
+    words = [a for a in args if "=" not in a]
+    return words, [a for a in args if "=" in a]
+
+
+def cmd_generate(ns: argparse.Namespace) -> int:
+    from dreamcore.config import load_config
+    from dreamcore.runner.generate import generate, resume_config
+
+    words, overrides = _split(ns.args)
+    if ns.resume:
+        if words:
+            raise DreamcoreError(f"--resume takes key=value overrides only, got {' '.join(words)!r}")
+        cfg = resume_config(ns.resume, overrides)
+        run = generate(cfg, resume=True)
+    else:
+        if words:
+            overrides = [f"prompt={' '.join(words)}"] + overrides
+        path = config_path(ns.config) if ns.config else config_path("dreamfusion")
+        cfg = load_config(path, overrides)
+        run = generate(cfg)
+    _report(run)
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from dreamcore.config import load_config
+    from dreamcore.runner.generate import generate
+
+    overrides = list(ns.args)
+    if not any(o.startswith("run.dir=") for o in overrides):
+        overrides.append(f"run.dir=runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    t0 = time.perf_counter()
+    run = generate(load_config(config_path("demo"), overrides))
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    _report(run)
+    return 0
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    """Re-export (and re-score) a run from its last checkpoint, e.g. with another texture size."""
+    from dreamcore.runner.finish import evaluate_run, export_run
+    from dreamcore.runner.generate import resume_config
+    from dreamcore.runner.rundir import RunDir
+    from dreamcore.runner.trainer import Trainer
+
+    cfg = resume_config(ns.run_dir, list(ns.args))
+    run = RunDir(Path(ns.run_dir))
+    trainer = Trainer(cfg, run, resume=True)
+    metrics = {"steps": trainer.step, "export": export_run(trainer.system, cfg, run.path)}
+    metrics.update(evaluate_run(trainer.system, cfg, run.path))
+    run.write_metrics(metrics)
+    _report(run.path)
+    return 0
+
+
+def cmd_list(ns: argparse.Namespace) -> int:  # noqa: ARG001
+    from dreamcore import registry
+
+    for kind in registry.kinds():
+        print(f"{kind}: {', '.join(registry.names(kind))}")
+    return 0
+
+
+def _report(run: Path) -> None:
+    glb = run / "model.glb"
+    if glb.is_file():
+        print(f"GLB: {glb.resolve()}")
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        print(f"metrics ({metrics}):")
+        print(json.dumps({k: v for k, v in json.loads(metrics.read_text()).items() if k != "export"}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dreamcore", description="Text-to-3D score distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="optimize one scene from a prompt and export it")
+    g.add_argument("--config", "-c", help="YAML config (a path, or a name from configs/)")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its folder")
+    g.add_argument("args", nargs="*", help='the prompt words and/or key=value overrides (e.g. run.steps=500)')
+    g.set_defaults(func=cmd_generate)
+    d = sub.add_parser("demo", help="reference prior on the shipped asset: NeRF + SDS + export, on CPU")
+    d.add_argument("args", nargs="*", help="key=value overrides")
+    d.set_defaults(func=cmd_demo)
+    e = sub.add_parser("export", help="re-export a run from its checkpoint (key=value overrides allowed)")
+    e.add_argument("run_dir")
+    e.add_argument("args", nargs="*")
+    e.set_defaults(func=cmd_export)
+    ls = sub.add_parser("list", help="list registered components")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except DreamcoreError as e:
+        print(f"dreamcore: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

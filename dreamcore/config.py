@@ -1,0 +1,364 @@
+"""Typed configuration: YAML files + ``key=value`` overrides parsed into dataclasses, failing fast.
+
+* Every section is a dataclass; an unknown key names the valid ones, a wrong type names the expected one.
+* Component sections (``representation``, ``renderer``, ``background``, ``prior``, ``guidance``, ``system``)
+  carry ``name`` and are parsed with the registered class's own ``Config``.
+* ``extends: other.yaml`` (relative to the file) merges a base config under the file's own keys.
+* Scalars typed :class:`~dreamcore.schedule.Scheduled` accept a number or ``[[step, value], ...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from dreamcore import registry
+from dreamcore.errors import DreamcoreError
+from dreamcore.schedule import Scheduled
+
+
+@dataclass
+class ComponentConfig:
+    """Base of every registered component's config: ``name`` selects the class."""
+
+    name: str = ""
+
+
+def component(kind: str, default_name: str) -> Any:
+    """A dataclass field holding the config of a registered component of ``kind``."""
+    return field(default_factory=lambda: {"name": default_name}, metadata={"component": kind})
+
+
+@dataclass
+class CameraConfig:
+    """Random orbit cameras (degrees). Elevation is sampled uniformly on the sphere's area when ``uniform_sphere``."""
+
+    elevation_range: tuple[float, float] = (-10.0, 60.0)
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    distance_range: tuple[float, float] = (3.0, 3.4)
+    fov_range: tuple[float, float] = (38.0, 42.0)
+    uniform_sphere: bool = True
+    batch_size: int = 4
+    resolution: int = 64
+    # view-label thresholds for view-dependent prompts
+    front_threshold: float = 45.0
+    back_threshold: float = 45.0
+    overhead_threshold: float = 60.0
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam on the representation's parameter groups; ``lr`` scales each group's own relative rate."""
+
+    lr: Scheduled = field(default_factory=lambda: Scheduled.constant(0.01))
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""
+    steps: int = 1000
+    seed: int = 0
+    checkpoint_every: int = 250
+    val_every: int = 250
+    val_views: int = 4
+    val_resolution: int = 128
+    log_every: int = 50
+    progress: bool = True
+    device: str = "auto"
+    threads: int = 0
+
+
+@dataclass
+class ExportConfig:
+    """Mesh extraction and writing. ``formats`` chooses among glb, obj, turntable."""
+
+    formats: list[str] = field(default_factory=lambda: ["glb", "obj", "turntable"])
+    resolution: int = 192
+    isosurface: float = 0.0  # density level; 0 = opacity 0.5 across one grid cell
+    fill_cavities: bool = True
+    keep_components: int = 1
+    min_component_ratio: float = 0.02
+    target_faces: int = 40000
+    texture_size: int = 1024
+    bake_samples: int = 8
+    turntable_frames: int = 48
+    turntable_resolution: int = 256
+    turntable_format: Literal["mp4", "gif"] = "mp4"
+
+
+@dataclass
+class EvalConfig:
+    """Held-out views scored against the reference prior's renders (only with ``prior.name: reference``)."""
+
+    views: int = 16
+    resolution: int = 64
+    seed: int = 12345
+    elevation_range: tuple[float, float] = (-30.0, 60.0)
+
+
+@dataclass
+class Config:
+    prompt: str = ""
+    negative_prompt: str = ""
+    plugins: list[str] = field(default_factory=list)
+    run: RunConfig = field(default_factory=RunConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    system: Any = component("system", "dreamfusion")
+    representation: Any = component("representation", "nerf")
+    renderer: Any = component("renderer", "volume")
+    background: Any = component("background", "solid")
+    prior: Any = component("prior", "reference")
+    guidance: Any = component("guidance", "sds")
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_yaml_tree(path: str | Path) -> dict:
+    """Read a YAML config, resolving ``extends:`` chains (paths relative to the including file)."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise DreamcoreError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml errors carry position info
+        raise DreamcoreError(f"cannot parse config {path}: {e}") from None
+    data = OmegaConf.to_container(node, resolve=True) or {}
+    if not isinstance(data, dict):
+        raise DreamcoreError(f"config {path} must be a mapping at top level")
+    base = data.pop("extends", None)
+    if base:
+        parent = load_yaml_tree((path.parent / base).resolve())
+        data = merge_trees(parent, data)
+    return data
+
+
+def merge_trees(base: dict, over: dict) -> dict:
+    """Recursive dict merge; when a component's ``name`` changes, the base section is dropped."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            if "name" in v and v["name"] != out[k].get("name"):
+                out[k] = dict(v)
+            else:
+                out[k] = merge_trees(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``a.b=1`` strings into a nested dict, values read as YAML (so ``[1,2]`` is a list)."""
+    import yaml
+
+    tree: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise DreamcoreError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("+")
+        if not key:
+            raise DreamcoreError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise DreamcoreError(f"override '{item}' sets a key under a non-mapping value")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Merge YAML (``path``), an optional base tree and dotlist ``overrides`` into a typed :class:`Config`."""
+    tree: dict = dict(base or {})
+    if path is not None:
+        tree = merge_trees(tree, load_yaml_tree(path))
+    if overrides:
+        tree = merge_trees(tree, parse_overrides(overrides))
+    load_plugins(tree.get("plugins", []) or [])
+    return parse(Config, tree, "")
+
+
+def load_plugins(plugins: list[str]) -> None:
+    """Import user files or modules that register extra components (``plugins: [my_guidance.py]``)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    for p in plugins:
+        try:
+            if str(p).endswith(".py"):
+                fp = Path(p).expanduser().resolve()
+                if not fp.is_file():
+                    raise DreamcoreError(f"plugin file not found: {p}")
+                mod_name = f"dreamcore_plugin_{fp.stem}"
+                if mod_name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(mod_name, fp)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(p)
+        except DreamcoreError:
+            raise
+        except Exception as e:
+            raise DreamcoreError(f"plugin '{p}' failed to import: {type(e).__name__}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# typed parsing
+
+
+def _where(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def parse(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from ``data`` (a dict), checking every key and type."""
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DreamcoreError(f"config '{path or '<root>'}' must be a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        hint = difflib.get_close_matches(str(k), fields, n=1)
+        did = f" (did you mean '{hint[0]}'?)" if hint else ""
+        owner = f" for {path} '{data.get('name')}'" if "name" in fields and data.get("name") else ""
+        raise DreamcoreError(
+            f"unknown config key '{_where(path, k)}'{did}. Valid keys{owner}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if "component" in f.metadata:
+                kwargs[name] = parse_component(f.metadata["component"], f.default_factory(), _where(path, name))  # type: ignore[misc]
+            continue
+        value = data[name]
+        if "component" in f.metadata:
+            if isinstance(value, dict) and "name" not in value:
+                value = {**f.default_factory(), **value}  # type: ignore[misc]
+            kwargs[name] = parse_component(f.metadata["component"], value, _where(path, name))
+        else:
+            kwargs[name] = convert(hints[name], value, _where(path, name))
+    return cls(**kwargs)
+
+
+def parse_component(kind: str, data: Any, path: str) -> Any:
+    if isinstance(data, ComponentConfig):
+        return data
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict) or not data.get("name"):
+        raise DreamcoreError(f"config '{path}' needs a 'name' (one of: {', '.join(registry.names(kind))})")
+    cls = registry.lookup(kind, data["name"])
+    return parse(cls.Config, data, path)
+
+
+def convert(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to type ``tp`` or raise naming ``where`` and the expected type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if tp is Scheduled:
+        return Scheduled.parse(value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return convert(a, value, where)
+            except DreamcoreError as e:
+                errors.append(str(e))
+        raise DreamcoreError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise DreamcoreError(f"{where}: '{value}' is not one of {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return parse(tp, value, where)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise DreamcoreError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise DreamcoreError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+            return tuple(convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise DreamcoreError(f"{where}: expected a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return {str(k): convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise DreamcoreError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise DreamcoreError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise DreamcoreError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise DreamcoreError(f"{where}: expected a string, got {value!r}")
+    raise DreamcoreError(f"{where}: unsupported config type {tp}")
+
+
+def to_tree(obj: Any) -> Any:
+    """A parsed config back to plain YAML-able data (what the run folder's ``config.yaml`` holds)."""
+    if isinstance(obj, Scheduled):
+        return obj.to_yaml()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_tree(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_tree(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_tree(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_yaml(cfg: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_tree(cfg), sort_keys=False)

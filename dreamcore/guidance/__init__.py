@@ -1,0 +1,1 @@
+"""Guidance losses (one file per method) and their shared pieces (:mod:`dreamcore.guidance.common`)."""

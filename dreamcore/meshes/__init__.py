@@ -1,0 +1,1 @@
+"""Triangle meshes: loading (GLB/OBJ/PLY), normalization, a PyTorch reference rasterizer and mesh rendering."""

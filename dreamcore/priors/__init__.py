@@ -1,0 +1,1 @@
+"""2D diffusion priors behind one contract (:class:`dreamcore.priors.base.Prior`)."""

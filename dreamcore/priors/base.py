@@ -1,0 +1,99 @@
+"""The prior contract: what every guidance may ask of a 2D diffusion model.
+
+A prior sees images ``x`` in its own model space ([B, C, H, W], or [B, C, N, 1] for pixel subsets when
+``supports_pixel_subsets``), noised as x_t = α_t x + σ_t ε with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t). It predicts the
+noise for one condition per batch element; classifier-free guidance is composed by the guidance, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from dreamcore.cameras import Cameras
+from dreamcore.renderers.output import RenderOutput
+
+
+@dataclass
+class NoiseSchedule:
+    """Discrete VP schedule: ``alphas_cumprod`` [T] (ᾱ_t) and what the network predicts."""
+
+    alphas_cumprod: Tensor
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+
+    @classmethod
+    def scaled_linear(cls, steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+                      prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon") -> "NoiseSchedule":
+        """Stable Diffusion's schedule: β_t linear in √β from ``beta_start`` to ``beta_end``."""
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+        return cls(torch.cumprod(1.0 - betas, 0).float(), prediction_type)
+
+    @property
+    def num_steps(self) -> int:
+        return self.alphas_cumprod.shape[0]
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """α_t, σ_t as [B] tensors for integer timesteps t [B]."""
+        a = self.alphas_cumprod.to(t.device)[t]
+        return a.sqrt(), (1.0 - a).sqrt()
+
+    def add_noise(self, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        a, s = self.alpha_sigma(t)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return a.view(shape).to(x.dtype) * x + s.view(shape).to(x.dtype) * noise
+
+
+@dataclass
+class PromptEmbeddings:
+    """Conditions for a prompt: ``cond`` per view label (``"default"`` always present) and ``uncond`` (negative /
+    empty prompt). Each value is one condition with a leading batch dimension of 1."""
+
+    cond: dict[str, Tensor]
+    uncond: Tensor
+    prompt: str = ""
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def for_views(self, labels: Optional[list[str]], batch: int) -> Tensor:
+        """Conditional embeddings [B, ...] for views labelled ``labels`` (``default`` when None or unknown)."""
+        if labels is None:
+            labels = ["default"] * batch
+        return torch.cat([self.cond.get(lbl, self.cond["default"]) for lbl in labels], 0)
+
+    def uncond_batch(self, batch: int) -> Tensor:
+        return self.uncond.expand(batch, *self.uncond.shape[1:])
+
+
+class Prior(nn.Module):
+    """Base class of priors. Subclasses set ``schedule`` and implement the three methods."""
+
+    schedule: NoiseSchedule
+    supports_pixel_subsets: bool = False
+    view_dependent: bool = True
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
+        raise NotImplementedError
+
+    def to_model_space(self, render: RenderOutput) -> Tensor:
+        """Differentiable map from a render ([B, H, W, 3] in [0, 1]) to the model's input x."""
+        raise NotImplementedError
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,
+                      pixel_index: Optional[Tensor] = None, image_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """ε̂(x_t; y, t) for each batch element's condition ``embeddings[b]`` (same shape as x_t)."""
+        raise NotImplementedError
+
+    def predict_epsilon(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **kw) -> Tensor:
+        """Like :meth:`predict_noise` but always ε: v-prediction is converted, ε = α_t v + σ_t x_t."""
+        out = self.predict_noise(x_t, t, embeddings, **kw)
+        kind = self.schedule.prediction_type
+        if kind == "epsilon":
+            return out
+        a, s = self.schedule.alpha_sigma(t)
+        shape = (-1,) + (1,) * (x_t.dim() - 1)
+        a, s = a.view(shape).to(x_t.dtype), s.view(shape).to(x_t.dtype)
+        if kind == "v_prediction":
+            return a * out + s * x_t
+        return (x_t - a * out) / s  # "sample": out is x̂_0

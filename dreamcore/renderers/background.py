@@ -1,0 +1,74 @@
+"""Backgrounds behind the object: what a ray that hits nothing returns.
+
+* ``solid``: a fixed colour; with ``random_prob`` > 0, training views get a random colour per view instead
+  (the scene cannot then explain empty space with colour, which keeps silhouettes honest).
+* ``learned``: a small MLP of the view direction (an environment map, as in DreamFusion), plus the random option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from dreamcore.cameras import Cameras
+from dreamcore.config import ComponentConfig
+from dreamcore.registry import register
+
+
+@register("background", "solid")
+class SolidBackground(nn.Module):
+    @dataclass
+    class Config(ComponentConfig):
+        color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+        random_prob: float = 0.0
+
+    def __init__(self, cfg: "SolidBackground.Config") -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def sample_training(self, n: int, generator: torch.Generator) -> Optional[Tensor]:
+        """Per-view colours [n, 3] for a training batch, or None to use :meth:`colors`."""
+        if self.cfg.random_prob <= 0:
+            return None
+        rand = torch.rand(n, 3, generator=generator)
+        use = torch.rand(n, 1, generator=generator) < self.cfg.random_prob
+        return torch.where(use, rand, torch.tensor(self.cfg.color).expand(n, 3))
+
+    def colors(self, cameras: Cameras) -> Tensor:
+        """Background [B, 3] for these views (``cameras.background`` wins when set)."""
+        if cameras.background is not None:
+            return cameras.background
+        return torch.tensor(self.cfg.color, device=cameras.device).expand(len(cameras), 3)
+
+    def parameter_groups(self) -> list[dict]:
+        return []
+
+
+@register("background", "learned")
+class LearnedBackground(SolidBackground):
+    """Colour as an MLP of the view direction through the image centre (one colour per view)."""
+
+    @dataclass
+    class Config(SolidBackground.Config):
+        hidden: int = 32
+        frequencies: int = 4
+        lr_scale: float = 0.1
+
+    def __init__(self, cfg: "LearnedBackground.Config") -> None:
+        super().__init__(cfg)
+        in_dim = 3 + 6 * cfg.frequencies
+        self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 3))
+
+    def colors(self, cameras: Cameras) -> Tensor:
+        if cameras.background is not None:
+            return cameras.background
+        d = -cameras.c2w[:, :3, 2]
+        freq = 2.0 ** torch.arange(self.cfg.frequencies, device=d.device, dtype=d.dtype) * torch.pi
+        enc = torch.cat([d, torch.sin(d[:, :, None] * freq).flatten(1), torch.cos(d[:, :, None] * freq).flatten(1)], -1)
+        return torch.sigmoid(self.mlp(enc))
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": list(self.mlp.parameters()), "lr_scale": self.cfg.lr_scale, "name": "background"}]

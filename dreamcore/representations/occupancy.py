@@ -1,0 +1,46 @@
+"""Occupancy grid for empty-space skipping (Instant-NGP §4; nerfacc's OccGridEstimator), pure PyTorch.
+
+A grid of R³ cells over [−b, b]³ keeps a running density estimate d ← max(decay·d, σ(x_cell + jitter));
+a cell is occupied when d > min(threshold, mean(d)). Samples in unoccupied cells are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class OccupancyGrid(nn.Module):
+    def __init__(self, resolution: int = 64, bound: float = 1.0) -> None:
+        super().__init__()
+        self.resolution, self.bound = resolution, bound
+        self.register_buffer("density", torch.full((resolution,) * 3, 1e4))
+        self.register_buffer("occupied", torch.ones((resolution,) * 3, dtype=torch.bool))
+
+    def cell_index(self, points: Tensor) -> Tensor:
+        """[N, 3] → [N] flat cell index (points outside the box are clamped; callers mask them)."""
+        r = self.resolution
+        ijk = ((points / self.bound + 1.0) * 0.5 * r).floor().long().clamp(0, r - 1)
+        return (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2]
+
+    def query(self, points: Tensor) -> Tensor:
+        """[N, 3] → [N] bool: inside the box and in an occupied cell."""
+        inside = (points.abs() <= self.bound).all(dim=-1)
+        return inside & self.occupied.reshape(-1)[self.cell_index(points)]
+
+    @torch.no_grad()
+    def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator, decay: float,
+               threshold: float, chunk: int = 65536) -> None:
+        r = self.resolution
+        ar = torch.arange(r, device=self.density.device)
+        ijk = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), dim=-1).reshape(-1, 3).float()
+        jitter = torch.rand(ijk.shape, generator=generator).to(ijk.device)
+        pts = ((ijk + jitter) / r * 2.0 - 1.0) * self.bound
+        fresh = torch.cat([density_fn(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)]).reshape(r, r, r)
+        self.density.copy_(torch.maximum(self.density * decay, fresh))
+        self.occupied.copy_(self.density > min(threshold, self.density.mean().item()))
+
+    def occupied_fraction(self) -> float:
+        return self.occupied.float().mean().item()

@@ -1,0 +1,1 @@
+"""The system runner: the step loop, checkpoints and resume, validation, export and metrics."""

@@ -1,0 +1,83 @@
+"""Atomic checkpoints: one safetensors file holding model tensors, optimizer state and the RNG state, with the
+remaining (JSON) state in its metadata. Written to a temporary name and renamed, so a crash never leaves a
+half-written checkpoint; ``ckpt/last.json`` mirrors the metadata for people."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dreamcore.errors import DreamcoreError
+
+CKPT_NAME = "last.safetensors"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``ckpt_dir/last.safetensors`` for the state after ``step`` completed steps."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, mod in modules.items():
+        for k, v in mod.state_dict().items():
+            tensors[f"model.{name}.{k}"] = v.detach().cpu().contiguous()
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous().clone()
+    tensors["rng.torch"] = generator.get_state().clone()
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    meta = {"step": step, "param_groups": groups, "format": 1, **(extra or {})}
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    data = save(tensors, metadata={"dreamcore": json.dumps(meta)})
+    atomic_write_bytes(ckpt_dir / CKPT_NAME, data)
+    atomic_write_bytes(ckpt_dir / "last.json", json.dumps(meta, indent=1).encode())
+    return ckpt_dir / CKPT_NAME
+
+
+def load_checkpoint(ckpt_dir: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+                    generator: torch.Generator | None) -> dict[str, Any]:
+    """Restore what :func:`save_checkpoint` wrote; returns its metadata (``step`` etc.)."""
+    from safetensors import safe_open
+
+    path = ckpt_dir / CKPT_NAME
+    if not path.is_file():
+        raise DreamcoreError(f"no checkpoint in {ckpt_dir} (expected {CKPT_NAME}); nothing to resume")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["dreamcore"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise DreamcoreError(f"checkpoint {path} is unreadable: {e}") from None
+    for name, mod in modules.items():
+        prefix = f"model.{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = mod.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise DreamcoreError(f"checkpoint {path} does not match the config's {name}: "
+                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if optimizer is not None:
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if generator is not None:
+        generator.set_state(tensors["rng.torch"])
+    return meta

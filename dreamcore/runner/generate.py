@@ -1,0 +1,51 @@
+"""``dreamcore generate``: one config to one optimized, exported and scored scene in a run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dreamcore.config import Config, load_config
+from dreamcore.errors import DreamcoreError
+from dreamcore.runner.finish import evaluate_run, export_run
+from dreamcore.runner.rundir import RunDir, default_run_dir
+from dreamcore.runner.trainer import Trainer
+
+
+def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
+    """Optimize ``cfg`` into ``cfg.run.dir`` (or a new folder under ``runs/``), export and evaluate."""
+    if not cfg.prompt.strip():
+        raise DreamcoreError('the prompt is empty: pass it as `dreamcore generate "a red chair"` or prompt="..."')
+    run = RunDir(Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg))
+    if run.has_checkpoint() and not resume:
+        raise DreamcoreError(
+            f"{run.path} already holds a run; resume it with `dreamcore generate --resume {run.path}` "
+            "or choose another run.dir"
+        )
+    cfg.run.dir = str(run.path)
+    run.write_config(cfg)
+    run.log(f"{'resume' if resume else 'start'}: prompt={cfg.prompt!r} steps={cfg.run.steps}")
+    trainer = Trainer(cfg, run, resume=resume)
+    announce(f"run folder: {run.path} (step {trainer.step}/{cfg.run.steps})")
+    trainer.fit()
+    trainer.validate()
+    t0 = time.perf_counter()
+    export = export_run(trainer.system, cfg, run.path) if cfg.export.formats else {}
+    metrics = {"steps": trainer.step, "train_seconds": round(trainer.seconds, 1),
+               "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4), "export": export}
+    metrics.update(evaluate_run(trainer.system, cfg, run.path))
+    metrics["finish_seconds"] = round(time.perf_counter() - t0, 1)
+    run.write_metrics(metrics)
+    run.log("done: " + json.dumps({k: v for k, v in metrics.items() if k != "export"}))
+    return run.path
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
+    """The saved config of a run folder with ``overrides`` applied (e.g. ``run.steps=2000`` to extend it)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DreamcoreError(f"{run_dir} is not a dreamcore run folder (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg.run.dir = str(run_dir)
+    return cfg

@@ -1,0 +1,160 @@
+"""The optimization loop. It reads like the algorithm: sample cameras, take the system's losses, step, repeat,
+with validation renders and atomic checkpoints on schedule and exact resume (model, optimizer, step, RNG)."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from dreamcore import registry
+from dreamcore.cameras import Cameras, sample_orbit, turntable_cameras
+from dreamcore.config import Config
+from dreamcore.runner import checkpoint
+from dreamcore.runner.rundir import RunDir
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run: RunDir, resume: bool = False) -> None:
+        self.cfg, self.run = cfg, run
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        self.device = pick_device(cfg.run.device)
+        torch.manual_seed(cfg.run.seed)  # parameter initialization only; training draws from self.generator
+        self.system = registry.build("system", cfg.system, full=cfg)
+        for mod in self.system.trainable_modules().values():
+            mod.to(self.device)
+        groups = [g for g in self.system.parameter_groups() if g["params"]]
+        o = cfg.optimizer
+        self.optimizer = torch.optim.Adam(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        self.step = 0
+        if resume:
+            meta = checkpoint.load_checkpoint(run.ckpt_dir, self.system.trainable_modules(), self.optimizer,
+                                              self.generator)
+            self.step = int(meta["step"])
+        self._stop_requested = False
+        self.seconds = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg = self.cfg.run
+        if self.step >= cfg.steps:
+            return
+        bar = self._progress()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        try:
+            while self.step < cfg.steps and not self._stop_requested:
+                t0 = time.perf_counter()
+                losses = self.train_step(self.step)
+                self.step += 1
+                self.seconds += time.perf_counter() - t0
+                self._after_step(losses, bar)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+        self.save()
+        if self._stop_requested:
+            from dreamcore.errors import DreamcoreError
+
+            raise DreamcoreError(
+                f"interrupted at step {self.step}/{cfg.steps}; checkpoint saved. Resume with: "
+                f"dreamcore generate --resume {self.run.path}"
+            )
+
+    def train_step(self, step: int) -> dict[str, float]:
+        self._set_learning_rate(step)
+        cameras = self.sample_cameras()
+        losses = self.system.training_step(cameras, step, self.generator)
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optimizer.grad_clip > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optimizer.grad_clip)
+        self.optimizer.step()
+        self.system.after_step(step, self.generator)
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def sample_cameras(self) -> Cameras:
+        c = self.cfg.camera
+        cams = sample_orbit(c.batch_size, self.generator, c.elevation_range, c.azimuth_range, c.distance_range,
+                            c.fov_range, c.uniform_sphere)
+        cams = cams.with_background(self.system.background.sample_training(c.batch_size, self.generator))
+        return cams.to(self.device)
+
+    # -- bookkeeping --------------------------------------------------------------------------------------------
+    def _set_learning_rate(self, step: int) -> None:
+        lr = self.cfg.optimizer.lr(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+
+    def _after_step(self, losses: dict[str, float], bar) -> None:
+        cfg = self.cfg.run
+        total = sum(losses.values())
+        if not math.isfinite(total):
+            from dreamcore.errors import DreamcoreError
+
+            self.run.log(f"step {self.step}: non-finite loss {losses}; stopping without saving this state")
+            raise DreamcoreError(f"the loss became non-finite at step {self.step} ({losses}); the last good "
+                                 f"checkpoint is in {self.run.ckpt_dir}. Lower optimizer.lr and resume.")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4g}")
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            terms = " ".join(f"{k}={v:.5g}" for k, v in losses.items())
+            self.run.log(f"step {self.step}/{cfg.steps} {terms} s/step={self.seconds / max(self.step, 1):.3f}")
+        if cfg.val_every > 0 and self.step % cfg.val_every == 0:
+            self.validate()
+        if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+            self.save()
+
+    def save(self) -> None:
+        checkpoint.save_checkpoint(self.run.ckpt_dir, self.step, self.system.trainable_modules(), self.optimizer,
+                                   self.generator, {"seconds": self.seconds})
+
+    @torch.no_grad()
+    def validate(self) -> Path:
+        """Write ``val/step-NNNNNN.png``: views around the object (rgb over alpha), with references if known."""
+        from dreamcore.runner.images import save_grid
+
+        cfg = self.cfg
+        res = cfg.run.val_resolution
+        d = sum(cfg.camera.distance_range) / 2
+        fov = sum(cfg.camera.fov_range) / 2
+        cams = turntable_cameras(cfg.run.val_views, 15.0, d, fov, start_azimuth=0.0).to(self.device)
+        white = torch.ones(len(cams), 3, device=self.device)
+        out = self.system.render_views(cams, res, res, white)
+        rows = [out.rgb, out.alpha.expand(-1, -1, -1, 3)]
+        prior = self.system.prior
+        if hasattr(prior, "reference_views"):
+            rows.insert(0, prior.reference_views(cams, res, res, white)[0])
+        return save_grid(self.run.path / "val" / f"step-{self.step:06d}.png", rows)
+
+    def _progress(self):
+        if not self.cfg.run.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.run.steps, initial=self.step, desc="optimizing", unit="step", dynamic_ncols=True)
+
+    def _request_stop(self, signum, frame) -> None:  # noqa: ARG002
+        self._stop_requested = True
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,3 @@
+"""Named recipes composing dreamcore's layers. Importing this package registers them."""
+
+from systems import dreamfusion  # noqa: F401

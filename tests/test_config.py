@@ -1,0 +1,85 @@
+import pytest
+
+from dreamcore.config import Config, load_config, parse_overrides
+from dreamcore.errors import DreamcoreError
+from dreamcore.schedule import Scheduled
+from dreamcore.cli import config_path
+
+
+def test_yaml_and_overrides_merge_into_typed_config():
+    cfg = load_config(config_path("reference-nerf"), ["run.steps=7", "guidance.guidance_scale=3", "camera.fov_range=[30,35]"])
+    assert isinstance(cfg, Config)
+    assert cfg.run.steps == 7
+    assert cfg.guidance.name == "sds" and cfg.guidance.guidance_scale(0) == 3.0
+    assert cfg.camera.fov_range == (30.0, 35.0)
+    assert cfg.prior.reference.mesh == "assets/robot.glb"
+
+
+def test_extends_inherits_and_overrides():
+    cfg = load_config(config_path("demo"))
+    base = load_config(config_path("reference-nerf"))
+    assert cfg.system.rays_per_view == base.system.rays_per_view
+    assert cfg.prompt != base.prompt
+
+
+def test_unknown_key_names_valid_keys():
+    with pytest.raises(DreamcoreError) as e:
+        load_config(config_path("reference-nerf"), ["guidance.guidance_scal=3"])
+    msg = str(e.value)
+    assert "guidance.guidance_scal" in msg and "guidance_scale" in msg and "t_max" in msg
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(DreamcoreError, match="unknown config key 'optimiser'"):
+        load_config(None, ["optimiser.lr=1"])
+
+
+def test_wrong_type_fails_before_work():
+    with pytest.raises(DreamcoreError, match="run.steps: expected an integer"):
+        load_config(config_path("reference-nerf"), ["run.steps=many"])
+    with pytest.raises(DreamcoreError, match="renderer.shading"):
+        load_config(config_path("reference-nerf"), ["renderer.shading=glossy"])
+
+
+def test_unknown_component_name_lists_choices():
+    with pytest.raises(DreamcoreError) as e:
+        load_config(None, ["guidance.name=sdss"])
+    assert "sds" in str(e.value) and "guidance" in str(e.value)
+
+
+def test_switching_component_drops_old_keys():
+    cfg = load_config(config_path("reference-nerf"), ["background.name=learned"])
+    assert cfg.background.name == "learned" and cfg.background.random_prob == 0.0
+
+
+def test_scheduled_values_interpolate():
+    s = Scheduled.parse([[0, 1.0], [100, 0.0], [200, 0.5]])
+    assert s(-5) == 1.0 and s(50) == pytest.approx(0.5) and s(150) == pytest.approx(0.25) and s(1e6) == 0.5
+    with pytest.raises(DreamcoreError):
+        Scheduled.parse([[10, 1.0], [5, 0.0]])
+    cfg = load_config(None, ["guidance.t_max=[[0,0.98],[10,0.5]]"])
+    assert cfg.guidance.t_max(5) == pytest.approx(0.74)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(DreamcoreError, match="key=value"):
+        parse_overrides(["run.steps"])
+    assert parse_overrides(["prompt=a red chair"]) == {"prompt": "a red chair"}
+
+
+def test_plugins_register_components(tmp_path):
+    plugin = tmp_path / "my_bg.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\n"
+        "from dreamcore.registry import register\n"
+        "from dreamcore.renderers.background import SolidBackground\n"
+        "@register('background', 'my-black')\n"
+        "class Black(SolidBackground):\n"
+        "    @dataclass\n"
+        "    class Config(SolidBackground.Config):\n"
+        "        color: tuple[float, float, float] = (0.0, 0.0, 0.0)\n"
+    )
+    cfg = load_config(None, [f"plugins=[{plugin}]", "background.name=my-black"])
+    assert cfg.background.name == "my-black" and cfg.background.color == (0.0, 0.0, 0.0)
+    with pytest.raises(DreamcoreError, match="plugin file not found"):
+        load_config(None, [f"plugins=[{tmp_path / 'nope.py'}]"])

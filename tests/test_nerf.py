@@ -1,0 +1,147 @@
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from dreamcore.cameras import orbit_cameras
+from dreamcore.config import load_config
+from dreamcore.representations.hashgrid import HashGridEncoding
+from dreamcore.representations.nerf import NeRFField
+from dreamcore.representations.occupancy import OccupancyGrid
+from dreamcore.renderers.volume import (PackedSamples, VolumeRenderer, exclusive_segment_cumsum, march, ray_aabb,
+                                        render_weights)
+
+
+def test_hash_encoding_interpolates_grid_corners_and_is_continuous():
+    enc = HashGridEncoding(n_levels=4, n_features=2, log2_table_size=12, base_resolution=4, max_resolution=32)
+    enc.table.data.normal_()
+    # level 0 is dense with 5^3 corners: corner (1, 0, 0) is row 1*25? -> index x + y*5 + z*25 with x fastest
+    p = torch.tensor([[-1.0 + 2.0 / 4, -1.0, -1.0]])
+    assert torch.allclose(enc(p)[0, :2], enc.table[1])
+    x = torch.rand(64, 3) * 2 - 1
+    d = enc(x + 1e-4) - enc(x)
+    assert d.abs().max() < 1e-2
+    assert enc(x).shape == (64, 8)
+
+
+def test_hash_encoding_gradients_reach_table():
+    enc = HashGridEncoding(n_levels=3, log2_table_size=10, base_resolution=4, max_resolution=64)
+    enc(torch.rand(32, 3)).sum().backward()
+    assert enc.table.grad is not None and enc.table.grad.abs().sum() > 0
+
+
+def test_density_blob_initial_shape():
+    cfg = load_config(None).representation
+    field = NeRFField(cfg)
+    with torch.no_grad():
+        inside = field.density(torch.zeros(1, 3))
+        outside = field.density(torch.tensor([[0.95, 0.0, 0.0]]))
+    assert inside > 50 * outside
+
+
+def test_nerf_normals_point_outward_on_blob():
+    field = NeRFField(load_config(None).representation)
+    p = torch.tensor([[0.3, 0.0, 0.0], [0.0, -0.3, 0.0]])
+    with torch.no_grad():
+        n = field.normals(p)
+    assert torch.allclose(n, torch.tensor([[1.0, 0, 0], [0, -1.0, 0]]), atol=0.05)
+
+
+def test_ray_box_intersection():
+    o = torch.tensor([[0.0, 0.0, 3.0], [0.0, 5.0, 3.0]])
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    near, far = ray_aabb(o, d, 1.0)
+    assert near[0] == pytest.approx(2.0) and far[0] == pytest.approx(4.0)
+    assert far[1] < near[1]
+
+
+def test_segment_cumsum_and_weights_match_closed_form():
+    ray = torch.tensor([0, 0, 0, 2, 2])
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert torch.equal(exclusive_segment_cumsum(v, ray, 3), torch.tensor([0.0, 1.0, 3.0, 0.0, 4.0]))
+    # constant density sigma over 10 samples of length 0.1: total opacity 1 - exp(-sigma)
+    n = 10
+    s = PackedSamples(torch.zeros(n, dtype=torch.long), torch.arange(n) * 0.1, torch.arange(1, n + 1) * 0.1)
+    w, trans = render_weights(torch.full((n,), 2.0), s, 1)
+    assert w.sum().item() == pytest.approx(1 - math.exp(-2.0), rel=1e-5)
+    assert trans[-1].item() == pytest.approx(math.exp(-0.2 * 9), rel=1e-5)
+
+
+@dataclass
+class _SlabField:
+    """Analytic field: density ``sigma`` where |z| < half, colour red in front (z > 0), blue behind."""
+
+    sigma: float = 50.0
+    half: float = 0.25
+    bound: float = 1.0
+
+    def __post_init__(self):
+        self.occupancy = OccupancyGrid(16, 1.0)
+
+    def __call__(self, p):
+        inside = (p[:, 2].abs() < self.half).float()
+        front = (p[:, 2] > 0).float()[:, None]
+        col = front * torch.tensor([1.0, 0, 0]) + (1 - front) * torch.tensor([0, 0, 1.0])
+        return self.sigma * inside, col
+
+    def density(self, p):
+        return self(p)[0]
+
+
+def _front_camera():
+    return orbit_cameras(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([3.0]), torch.tensor([20.0]))
+
+
+def test_volume_render_of_a_slab_matches_analytic_opacity_and_order():
+    field = _SlabField(sigma=4.0)
+    r = VolumeRenderer(VolumeRenderer.Config(samples_per_diagonal=1024, min_transmittance=1e-6))
+    out = r(field, _front_camera(), 4, 4, torch.zeros(1, 3))
+    # centre pixels: ray crosses the slab (thickness 0.5, nearly perpendicular): opacity 1 - exp(-sigma * 0.5)
+    a = out.alpha[0, 1:3, 1:3, 0]
+    assert torch.allclose(a, torch.full_like(a, 1 - math.exp(-2.0)), atol=0.02)
+    # the front half (red) is seen first: red carries more weight than blue
+    rgb = out.rgb[0, 1, 1]
+    expected_red = 1 - math.exp(-1.0)
+    assert rgb[0].item() == pytest.approx(expected_red, abs=0.02)
+    assert rgb[2].item() == pytest.approx((1 - math.exp(-1.0)) * math.exp(-1.0), abs=0.02)
+    assert out.depth[0, 1, 1, 0] / out.alpha[0, 1, 1, 0] == pytest.approx(3.0 - 0.0, abs=0.1)
+
+
+def test_early_termination_does_not_change_an_opaque_render():
+    field = _SlabField(sigma=200.0)
+    exact = VolumeRenderer(VolumeRenderer.Config(min_transmittance=0.0))(field, _front_camera(), 4, 4, torch.ones(1, 3))
+    fast = VolumeRenderer(VolumeRenderer.Config(min_transmittance=1e-4))(field, _front_camera(), 4, 4, torch.ones(1, 3))
+    assert torch.allclose(exact.rgb, fast.rgb, atol=1e-3)
+
+
+def test_pixel_subset_render_equals_full_render_pixels():
+    field = _SlabField(sigma=3.0)
+    r = VolumeRenderer(VolumeRenderer.Config())
+    cams = _front_camera()
+    full = r(field, cams, 8, 8, torch.ones(1, 3))
+    idx = torch.tensor([[0, 9, 27, 36, 63]])
+    sub = r(field, cams, 8, 8, torch.ones(1, 3), pixel_index=idx)
+    assert sub.rgb.shape == (1, 5, 1, 3)
+    assert torch.allclose(sub.rgb[0, :, 0], full.rgb.reshape(1, 64, 3)[0, idx[0]], atol=1e-6)
+
+
+def test_occupancy_grid_shrinks_to_the_object(generator):
+    grid = OccupancyGrid(16, 1.0)
+    sphere = lambda p: 100.0 * (p.norm(dim=-1) < 0.5).float()  # noqa: E731
+    for _ in range(12):
+        grid.update(sphere, generator, decay=0.3, threshold=1.0)
+    assert grid.query(torch.zeros(1, 3)).item()
+    assert not grid.query(torch.tensor([[0.9, 0.9, 0.9]])).item()
+    assert 0.03 < grid.occupied_fraction() < 0.15
+
+
+def test_march_skips_empty_cells(generator):
+    grid = OccupancyGrid(8, 1.0)
+    grid.occupied.zero_()
+    grid.occupied[3:5, 3:5, 3:5] = True
+    o = torch.tensor([[0.0, 0.0, 3.0]])
+    d = torch.tensor([[0.0, 0.0, -1.0]])
+    s = march(o, d, grid, 1.0, 0.01, generator)
+    z = 3.0 - 0.5 * (s.t_start + s.t_end)
+    assert len(z) > 0 and z.abs().max() <= 0.25 + 1e-6
