@@ -57,7 +57,8 @@ class NeRFField(nn.Module):
         occupancy_update_every: int = 16
         occupancy_decay: float = 0.3
         occupancy_threshold: float = 0.01
-        occupancy_warmup: int = 64
+        occupancy_warmup: int = 0
+        occupancy_dilation: int = 1
 
     def __init__(self, cfg: "NeRFField.Config") -> None:
         super().__init__()
@@ -108,8 +109,9 @@ class NeRFField(nn.Module):
     def after_step(self, step: int, generator: torch.Generator, render_step: float) -> None:
         """Refresh the occupancy grid every ``occupancy_update_every`` steps once past the warm-up."""
         c = self.cfg
-        if step + 1 >= c.occupancy_warmup and (step + 1) % c.occupancy_update_every == 0:
-            self.occupancy.update(self.density, generator, c.occupancy_decay, c.occupancy_threshold / render_step)
+        if step >= c.occupancy_warmup and step % c.occupancy_update_every == 0:
+            self.occupancy.update(self.density, generator, c.occupancy_decay, c.occupancy_threshold / render_step,
+                                  c.occupancy_dilation)
 
     def export_density(self, points: Tensor) -> Tensor:
         return self.density(points)

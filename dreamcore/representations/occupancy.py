@@ -1,7 +1,9 @@
 """Occupancy grid for empty-space skipping (Instant-NGP §4; nerfacc's OccGridEstimator), pure PyTorch.
 
-A grid of R³ cells over [−b, b]³ keeps a running density estimate d ← max(decay·d, σ(x_cell + jitter));
-a cell is occupied when d > min(threshold, mean(d)). Samples in unoccupied cells are skipped.
+A grid of R³ cells over [−b, b]³ keeps a running density estimate d ← max(decay·d, σ(x_cell + jitter))
+(all cells count as occupied until the first update);
+a cell is occupied when d > min(threshold, mean(d)), dilated by a few cells. Samples in unoccupied cells
+are skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ class OccupancyGrid(nn.Module):
     def __init__(self, resolution: int = 64, bound: float = 1.0) -> None:
         super().__init__()
         self.resolution, self.bound = resolution, bound
-        self.register_buffer("density", torch.full((resolution,) * 3, 1e4))
+        self.register_buffer("density", torch.zeros((resolution,) * 3))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("occupied", torch.ones((resolution,) * 3, dtype=torch.bool))
 
     def cell_index(self, points: Tensor) -> Tensor:
@@ -32,15 +35,23 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator, decay: float,
-               threshold: float, chunk: int = 65536) -> None:
+               threshold: float, dilation: int = 1, chunk: int = 65536) -> None:
+        """Re-estimate cell densities; occupied cells are dilated by ``dilation`` cells so that a surface can
+        grow into its neighbourhood (cells marked empty get no samples, hence no gradients)."""
         r = self.resolution
         ar = torch.arange(r, device=self.density.device)
         ijk = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), dim=-1).reshape(-1, 3).float()
         jitter = torch.rand(ijk.shape, generator=generator).to(ijk.device)
         pts = ((ijk + jitter) / r * 2.0 - 1.0) * self.bound
         fresh = torch.cat([density_fn(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)]).reshape(r, r, r)
-        self.density.copy_(torch.maximum(self.density * decay, fresh))
-        self.occupied.copy_(self.density > min(threshold, self.density.mean().item()))
+        first = int(self.updates) == 0
+        self.density.copy_(fresh if first else torch.maximum(self.density * decay, fresh))
+        self.updates += 1
+        occupied = self.density > min(threshold, self.density.mean().item())
+        if dilation > 0:
+            k = 2 * dilation + 1
+            occupied = torch.nn.functional.max_pool3d(occupied[None, None].float(), k, 1, dilation)[0, 0] > 0
+        self.occupied.copy_(occupied)
 
     def occupied_fraction(self) -> float:
         return self.occupied.float().mean().item()

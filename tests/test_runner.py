@@ -1,0 +1,116 @@
+"""The runner end to end on a tiny scene: reproducibility, exact resume, interruption, CLI errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamcore.cli import config_path, main
+from dreamcore.config import load_config
+from dreamcore.errors import DreamcoreError
+from dreamcore.runner.generate import generate, resume_config
+from dreamcore.runner.rundir import RunDir
+from dreamcore.runner.trainer import Trainer
+
+TINY = [
+    "run.steps=6", "run.checkpoint_every=3", "run.val_every=0", "run.val_resolution=16", "run.progress=false",
+    "camera.resolution=24", "camera.batch_size=2", "system.rays_per_view=48",
+    "representation.n_levels=4", "representation.log2_table_size=12", "representation.max_resolution=64",
+    "representation.occupancy_resolution=16", "representation.occupancy_update_every=2",
+    "export.formats=[]", "eval.views=2", "eval.resolution=16", "prior.bank_views=4",
+]
+
+
+def tiny(tmp_path, name, *extra):
+    return load_config(config_path("reference-nerf"), TINY + [f"run.dir={tmp_path / name}", *extra])
+
+
+def ckpt_tensors(run_dir):
+    return load_file(str(run_dir / "ckpt" / "last.safetensors"))
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_seeded_runs_are_reproducible_and_resume_is_exact(tmp_path):
+    full = generate(tiny(tmp_path, "full"), announce=lambda *_: None)
+    again = generate(tiny(tmp_path, "again"), announce=lambda *_: None)
+    assert_same_state(ckpt_tensors(full), ckpt_tensors(again))
+    # stop after 3 steps, then resume to 6 with the saved config
+    part = generate(tiny(tmp_path, "part", "run.steps=3"), announce=lambda *_: None)
+    assert json.loads((part / "ckpt" / "last.json").read_text())["step"] == 3
+    generate(resume_config(part, ["run.steps=6"]), resume=True, announce=lambda *_: None)
+    assert_same_state(ckpt_tensors(full), ckpt_tensors(part))
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and 0.0 <= metrics["scene_iou"] <= 1.0
+    saved = (full / "config.yaml").read_text()
+    assert "rays_per_view: 48" in saved and "steps: 6" in saved
+    other = generate(tiny(tmp_path, "seed1", "run.seed=1"), announce=lambda *_: None)
+    assert not torch.equal(ckpt_tensors(full)["model.representation.encoding.table"],
+                           ckpt_tensors(other)["model.representation.encoding.table"])
+
+
+def test_interrupt_saves_a_checkpoint_and_resumes_exactly(tmp_path, monkeypatch):
+    ref = generate(tiny(tmp_path, "ref"), announce=lambda *_: None)
+    cfg = tiny(tmp_path, "cut")
+    original = Trainer._after_step
+
+    def stop_at_4(self, losses, bar):
+        original(self, losses, bar)
+        if self.step == 4:
+            self._request_stop(None, None)  # what Ctrl-C does
+
+    monkeypatch.setattr(Trainer, "_after_step", stop_at_4)
+    with pytest.raises(DreamcoreError, match="interrupted at step 4.*--resume"):
+        generate(cfg, announce=lambda *_: None)
+    monkeypatch.setattr(Trainer, "_after_step", original)
+    cut = tmp_path / "cut"
+    assert json.loads((cut / "ckpt" / "last.json").read_text())["step"] == 4
+    with pytest.raises(DreamcoreError, match="already holds a run"):
+        generate(tiny(tmp_path, "cut"), announce=lambda *_: None)
+    generate(resume_config(cut, []), resume=True, announce=lambda *_: None)
+    assert_same_state(ckpt_tensors(ref), ckpt_tensors(cut))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint intact."""
+    run = generate(tiny(tmp_path, "atomic", "run.steps=3"), announce=lambda *_: None)
+    before = ckpt_tensors(run)
+    cfg = resume_config(run, ["run.steps=6"])
+    trainer = Trainer(cfg, RunDir(run), resume=True)
+    trainer.train_step(trainer.step)
+    import dreamcore.runner.checkpoint as ck
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.os, "replace", boom)
+    with pytest.raises(OSError):
+        trainer.save()
+    assert_same_state(before, ckpt_tensors(run))
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["generate", "--config", "reference-nerf", "guidance.scale=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'guidance.scale'" in err and "guidance_scale" in err and "Traceback" not in err
+    assert main(["generate", "--config", "reference-nerf", "prompt= ", f"run.dir={tmp_path / 'x'}"]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+    assert main(["generate", "--config", "reference-nerf", f"prior.reference.mesh={tmp_path / 'nope.glb'}",
+                 f"run.dir={tmp_path / 'y'}"]) == 2
+    assert "nope.glb" in capsys.readouterr().err
+    assert main(["generate", "--config", "no-such-config"]) == 2
+    assert "reference-nerf" in capsys.readouterr().err
+    assert main(["generate", "--resume", str(tmp_path)]) == 2
+    assert "not a dreamcore run folder" in capsys.readouterr().err
+
+
+def test_console_script_lists_components():
+    out = subprocess.run([sys.executable, "-m", "dreamcore.cli", "list"], capture_output=True, text=True, check=True)
+    assert "guidance: sds" in out.stdout and "prior: reference" in out.stdout
