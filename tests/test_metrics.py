@@ -1,0 +1,91 @@
+"""PSNR, silhouette IoU, visible surface points and the visible-surface Chamfer distance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import trimesh
+
+from dreamcore.cameras import orbit_cameras
+from dreamcore.meshes.asset import MeshAsset
+from dreamcore.metrics import psnr, silhouette_iou, sphere_cameras, visible_surface_chamfer, visible_surface_points
+
+
+def _sphere(radius: float = 1.0, center=(0.0, 0.0, 0.0), subdivisions: int = 3) -> MeshAsset:
+    mesh = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+    verts = torch.tensor(mesh.vertices, dtype=torch.float32) + torch.tensor(center)
+    return MeshAsset(verts, torch.tensor(mesh.faces))
+
+
+def test_psnr_exact_values():
+    a = torch.zeros(2, 4, 4, 3)
+    assert psnr(a, a + 0.1) == pytest.approx(20.0)
+    b = a.clone()
+    b[0, 0, 0, 0] = 1.0  # mse = 1 / 96
+    assert psnr(a, b) == pytest.approx(10 * math.log10(96))
+    assert psnr(a, a) == math.inf
+    with pytest.raises(ValueError):
+        psnr(a, a[0])
+
+
+def test_silhouette_iou_exact_values():
+    a = torch.zeros(1, 4, 4, 1)
+    b = torch.zeros(1, 4, 4, 1)
+    a[0, :2, :, 0] = 1.0  # rows 0-1: 8 pixels
+    b[0, 1:3, :, 0] = 0.7  # rows 1-2: 8 pixels, overlap 4
+    assert silhouette_iou(a, b) == pytest.approx(4 / 12)
+    assert silhouette_iou(a, b, threshold=0.8) == 0.0
+    assert silhouette_iou(a, a) == 1.0
+    assert silhouette_iou(torch.zeros(3, 3), torch.zeros(3, 3)) == 1.0
+
+
+def test_visible_surface_points_lie_on_the_visible_side():
+    sphere = _sphere(radius=0.8, subdivisions=4)
+    t = torch.tensor
+    cams = orbit_cameras(t([0.0, 40.0]), t([0.0, 200.0]), t([3.0, 2.5]), t([40.0, 50.0]))
+    points = visible_surface_points(sphere, cams, 48)
+    assert points.shape[1] == 3 and len(points) > 1000
+    r = points.norm(dim=-1)
+    assert r.max() < 0.8 + 1e-4 and r.min() > 0.8 * 0.99  # on the (inscribed, faceted) sphere
+    front = visible_surface_points(sphere, cams[:1], 48)
+    assert (front[:, 2] > 0).all()  # camera at +Z sees the +Z hemisphere
+
+
+def test_sphere_cameras_look_at_the_origin_and_depend_on_the_seed():
+    cams = sphere_cameras(24, 3.0, seed=0)
+    assert len(cams) == 24
+    torch.testing.assert_close(cams.position.norm(dim=-1), torch.full((24,), 3.0))
+    forward = -cams.c2w[:, :3, 2]
+    torch.testing.assert_close((forward * cams.position).sum(-1), torch.full((24,), -3.0), atol=1e-5, rtol=0)
+    assert not torch.allclose(cams.position, sphere_cameras(24, 3.0, seed=1).position)
+    torch.testing.assert_close(cams.position, sphere_cameras(24, 3.0, seed=0).position)
+
+
+def test_chamfer_of_a_mesh_with_itself_is_zero():
+    sphere = _sphere(center=(5.0, -2.0, 1.0))
+    assert visible_surface_chamfer(sphere, sphere, n_views=6, resolution=48) == 0.0
+
+
+def test_chamfer_of_a_scaled_copy_matches_the_prediction():
+    # concentric spheres of radii r and s·r: every visible point is |s − 1|·r from the other surface;
+    # the bounding-box diagonal of the reference (radius r) is 2√3·r
+    r, s = 2.0, 1.2
+    center = (1.0, 0.5, -3.0)
+    ref = _sphere(r, center, subdivisions=3)
+    scaled = _sphere(r * s, center, subdivisions=3)
+    predicted = abs(s - 1) / (2 * math.sqrt(3))
+    value = visible_surface_chamfer(scaled, ref, n_views=8, resolution=48)
+    assert value == pytest.approx(predicted, rel=0.05)
+    # scale invariance: the same pair in other units gives the same value
+    big_ref = MeshAsset(ref.vertices * 10, ref.faces)
+    big_scaled = MeshAsset(scaled.vertices * 10, scaled.faces)
+    assert visible_surface_chamfer(big_scaled, big_ref, n_views=8, resolution=48) == pytest.approx(value, rel=0.02)
+
+
+def test_chamfer_grows_with_a_shift():
+    ref = _sphere()
+    near = visible_surface_chamfer(_sphere(center=(0.05, 0, 0)), ref, n_views=6, resolution=48)
+    far = visible_surface_chamfer(_sphere(center=(0.3, 0, 0)), ref, n_views=6, resolution=48)
+    assert 0 < near < far
