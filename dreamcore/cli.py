@@ -18,7 +18,7 @@ def config_path(name: str) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    for cand in (REPO_ROOT / "configs" / name, REPO_ROOT / "configs" / f"{name}.yaml"):
+    for cand in (REPO_ROOT / name, REPO_ROOT / "configs" / name, REPO_ROOT / "configs" / f"{name}.yaml"):
         if cand.is_file():
             return cand
     raise DreamcoreError(f"config file not found: {name} (configs shipped: "

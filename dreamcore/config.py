@@ -83,7 +83,7 @@ class ExportConfig:
 
     formats: list[str] = field(default_factory=lambda: ["glb", "obj", "turntable"])
     resolution: int = 192
-    isosurface: float = 0.0  # density level; 0 = opacity 0.5 across one grid cell
+    isosurface: float = 20.0  # density level of the surface (threestudio uses 25 for similar fields)
     fill_cavities: bool = True
     keep_components: int = 1
     min_component_ratio: float = 0.02

@@ -15,13 +15,13 @@ from dreamcore.renderers.volume import (PackedSamples, VolumeRenderer, exclusive
 
 def test_hash_encoding_interpolates_grid_corners_and_is_continuous():
     enc = HashGridEncoding(n_levels=4, n_features=2, log2_table_size=12, base_resolution=4, max_resolution=32)
-    enc.table.data.normal_()
+    enc.table.data.normal_(generator=torch.Generator().manual_seed(0))
     # level 0 is dense with 5^3 corners: corner (1, 0, 0) is row 1*25? -> index x + y*5 + z*25 with x fastest
     p = torch.tensor([[-1.0 + 2.0 / 4, -1.0, -1.0]])
     assert torch.allclose(enc(p)[0, :2], enc.table[1])
-    x = torch.rand(64, 3) * 2 - 1
-    d = enc(x + 1e-4) - enc(x)
-    assert d.abs().max() < 1e-2
+    x = torch.rand(64, 3, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
+    d = enc(x + 1e-5) - enc(x)
+    assert d.abs().max() < 2e-3  # Lipschitz: |Δf| ≤ res · |Δx| · max|table| / bound
     assert enc(x).shape == (64, 8)
 
 

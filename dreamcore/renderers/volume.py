@@ -46,9 +46,11 @@ def ray_aabb(origins: Tensor, dirs: Tensor, bound: float) -> tuple[Tensor, Tenso
 
 
 def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
-          generator: Optional[torch.Generator]) -> PackedSamples:
-    """Uniform samples along each ray inside the box, dropping those in empty occupancy cells."""
+          generator: Optional[torch.Generator], max_distance: float = math.inf) -> PackedSamples:
+    """Uniform samples along each ray inside the box (and within ``max_distance`` of the origin), dropping those
+    in empty occupancy cells."""
     t_near, t_far = ray_aabb(origins, dirs, bound)
+    t_far = t_far.clamp(max=max_distance)
     hit = t_far > t_near
     if not bool(hit.any()):
         empty = origins.new_zeros(0)
@@ -162,7 +164,8 @@ class VolumeRenderer:
         for i in range(0, points.shape[0], self.cfg.eval_chunk_rays):
             p, n = points[i:i + self.cfg.eval_chunk_rays], normals[i:i + self.cfg.eval_chunk_rays]
             light = torch.zeros_like(p)
-            rgb, acc, *_ = self._render_rays(field, p + n * offset_steps * step, -n, light, "albedo", None)
+            rgb, acc, *_ = self._render_rays(field, p + n * offset_steps * step, -n, light, "albedo", None,
+                                             max_distance=2.0 * offset_steps * step)
             fallback = field(p)[1]
             out.append(torch.where(acc > 0.05, rgb / acc.clamp_min(1e-6), fallback).clamp(0.0, 1.0))
         return torch.cat(out, 0) if out else points.new_zeros(0, 3)
@@ -184,10 +187,11 @@ class VolumeRenderer:
             pos = pos + 0.5 * pos.norm(dim=-1, keepdim=True) * torch.randn(pos.shape, generator=generator).to(pos.device)
         return pos / pos.norm(dim=-1, keepdim=True)
 
-    def _render_rays(self, field, o: Tensor, d: Tensor, light: Tensor, mode: str, generator):
+    def _render_rays(self, field, o: Tensor, d: Tensor, light: Tensor, mode: str, generator,
+                     max_distance: float = math.inf):
         n = o.shape[0]
         step = self.step_size(field)
-        samples = march(o, d, field.occupancy, field.bound, step, generator)
+        samples = march(o, d, field.occupancy, field.bound, step, generator, max_distance)
         samples = self._drop_occluded(field, o, d, samples, n)
         pts = o[samples.ray_index] + d[samples.ray_index] * (0.5 * (samples.t_start + samples.t_end))[:, None]
         sigma, albedo = field(pts) if len(pts) else (pts.new_zeros(0), pts.new_zeros(0, 3))

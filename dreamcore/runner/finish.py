@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -10,15 +9,6 @@ import torch
 
 from dreamcore.cameras import sample_orbit
 from dreamcore.config import Config
-
-
-def isosurface_level(cfg: Config, field) -> float:
-    """The density level of the exported surface: the configured one, or the density whose opacity across one
-    extraction cell is ½ (σ·Δ = ln 2), so the mesh sits where the volume render turns opaque."""
-    if cfg.export.isosurface > 0:
-        return cfg.export.isosurface
-    cell = 2.0 * field.bound / cfg.export.resolution
-    return math.log(2.0) / cell
 
 
 def export_run(system, cfg: Config, run_dir: Path) -> dict:
@@ -30,7 +20,7 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
     t0 = time.perf_counter()
     field = system.representation
     verts, faces = extract_mesh(
-        system.density, resolution=e.resolution, bound=field.bound, isosurface=isosurface_level(cfg, field),
+        system.density, resolution=e.resolution, bound=field.bound, isosurface=e.isosurface,
         fill_cavities=e.fill_cavities, keep_components=e.keep_components,
         min_component_ratio=e.min_component_ratio, target_faces=e.target_faces,
     )

@@ -1,0 +1,82 @@
+"""Export: density field -> mesh (extract), UV atlas (uv), baked texture (bake), GLB / OBJ files (writers) and a
+turntable video (turntable). :func:`export_textured_mesh` composes the steps after extraction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dreamcore.errors import DreamcoreError
+from dreamcore.meshes.asset import Material, MeshAsset, SceneTransform
+
+FORMATS = ("glb", "obj", "turntable")
+PathLike = Union[str, os.PathLike]
+
+
+def textured_asset(verts: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray) -> MeshAsset:
+    """A MeshAsset with one textured material (texture [H, W, 3] in [0, 1], uvs in the glTF convention)."""
+    return MeshAsset(
+        vertices=torch.as_tensor(np.asarray(verts), dtype=torch.float32),
+        faces=torch.as_tensor(np.asarray(faces), dtype=torch.int64),
+        uvs=torch.as_tensor(np.asarray(uvs), dtype=torch.float32),
+        materials=[Material(texture=torch.as_tensor(np.asarray(texture), dtype=torch.float32))],
+    )
+
+
+def export_textured_mesh(
+    run_dir: PathLike,
+    verts: np.ndarray,
+    faces: np.ndarray,
+    color_fn: Callable[[Tensor, Tensor], Tensor],
+    transform: Optional[SceneTransform] = None,
+    formats: Sequence[str] = FORMATS,
+    texture_size: int = 1024,
+    turntable_frames: int = 48,
+    turntable_resolution: int = 256,
+    turntable_format: str = "mp4",
+    bake_samples_fn: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
+    texture_supersample: int = 1,
+) -> dict[str, Path]:
+    """Unwrap (xatlas) -> bake ``color_fn(points, normals) -> [N, 3]`` into a ``texture_size``² texture -> write
+    ``model.glb`` and/or ``model.obj`` + ``model.mtl`` + ``model.png`` (vertices mapped to the reference frame by
+    ``transform.to_original``) and ``turntable.<turntable_format>`` (rendered in the scene frame) into
+    ``run_dir``, each atomically. ``verts`` [V, 3] (scene frame), ``faces`` [F, 3].
+    ``bake_samples_fn(points, normals, colours)``: optional hook receiving every baked chunk.
+    Returns {"glb", "obj", "mtl", "png", "turntable"} -> path for what was written. Raises DreamcoreError for an
+    empty mesh.
+    """
+    from dreamcore.export.bake import bake_texture
+    from dreamcore.export.turntable import write_turntable
+    from dreamcore.export.uv import unwrap
+    from dreamcore.export.writers import write_glb, write_obj
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown export formats {sorted(unknown)}; choose from {FORMATS}")
+    if turntable_format not in ("mp4", "gif"):
+        raise ValueError(f"turntable_format must be 'mp4' or 'gif', got {turntable_format!r}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    if not formats:
+        return paths
+    if len(faces) == 0:
+        raise DreamcoreError("nothing to export: the extracted mesh is empty (no surface at the isosurface level; "
+                             "lower export.isosurface or train longer)")
+    verts_uv, faces_uv, uvs, _ = unwrap(verts, faces, resolution=texture_size)
+    texture = bake_texture(verts_uv, faces_uv, uvs, color_fn, size=texture_size, supersample=texture_supersample,
+                           samples_fn=bake_samples_fn)
+    if "glb" in formats:
+        paths["glb"] = write_glb(run_dir / "model.glb", verts_uv, faces_uv, uvs, texture, transform)
+    if "obj" in formats:
+        paths.update(write_obj(run_dir / "model.obj", verts_uv, faces_uv, uvs, texture, transform))
+    if "turntable" in formats:
+        asset = textured_asset(verts_uv, faces_uv, uvs, texture)
+        paths["turntable"] = write_turntable(run_dir / f"turntable.{turntable_format}", asset,
+                                             frames=turntable_frames, resolution=turntable_resolution)
+    return paths
