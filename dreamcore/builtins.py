@@ -1,5 +1,6 @@
 """Imports every module that registers one of dreamcore's own parts, and the named systems."""
 
+import dreamcore.export.exporters  # noqa: F401
 import dreamcore.guidance.sds  # noqa: F401
 import dreamcore.priors.reference  # noqa: F401
 import dreamcore.renderers.background  # noqa: F401

@@ -79,7 +79,7 @@ class RunConfig:
 
 @dataclass
 class ExportConfig:
-    """Mesh extraction and writing. ``formats`` chooses among glb, obj, turntable."""
+    """Mesh extraction and writing. ``formats`` names registered exporters (glb, obj, turntable)."""
 
     formats: list[str] = field(default_factory=lambda: ["glb", "obj", "turntable"])
     resolution: int = 192
@@ -89,7 +89,6 @@ class ExportConfig:
     min_component_ratio: float = 0.02
     target_faces: int = 40000
     texture_size: int = 1024
-    bake_samples: int = 8
     turntable_frames: int = 48
     turntable_resolution: int = 256
     turntable_format: Literal["mp4", "gif"] = "mp4"

@@ -129,7 +129,8 @@ def test_unwrap(sphere_mesh, unwrapped):
 
 def _uv_area_texels(uv: np.ndarray, f: np.ndarray, size: int) -> np.ndarray:
     t = uv[f] * size
-    return 0.5 * np.abs((t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 2, 0] - t[:, 0, 0]) * (t[:, 1, 1] - t[:, 0, 1]))
+    e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    return 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
 
 
 def test_bake_reproduces_colour_function(unwrapped, baked):

@@ -104,9 +104,11 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["generate", "--config", "reference-nerf", f"prior.reference.mesh={tmp_path / 'nope.glb'}",
                  f"run.dir={tmp_path / 'y'}"]) == 2
-    assert "nope.glb" in capsys.readouterr().err
+    assert "nope.glb" in capsys.readouterr().err and not (tmp_path / "y").exists()
     assert main(["generate", "--config", "no-such-config"]) == 2
     assert "reference-nerf" in capsys.readouterr().err
+    assert main(["generate", "--config", "reference-nerf", "export.formats=[glb,fbx]", f"run.dir={tmp_path / 'z'}"]) == 2
+    assert "unknown exporter 'fbx'" in capsys.readouterr().err and not (tmp_path / "z").exists()
     assert main(["generate", "--resume", str(tmp_path)]) == 2
     assert "not a dreamcore run folder" in capsys.readouterr().err
 
@@ -114,3 +116,4 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
 def test_console_script_lists_components():
     out = subprocess.run([sys.executable, "-m", "dreamcore.cli", "list"], capture_output=True, text=True, check=True)
     assert "guidance: sds" in out.stdout and "prior: reference" in out.stdout
+    assert "exporter: glb, obj, turntable" in out.stdout

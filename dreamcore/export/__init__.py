@@ -14,7 +14,6 @@ from torch import Tensor
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.asset import Material, MeshAsset, SceneTransform
 
-FORMATS = ("glb", "obj", "turntable")
 PathLike = Union[str, os.PathLike]
 
 
@@ -34,7 +33,7 @@ def export_textured_mesh(
     faces: np.ndarray,
     color_fn: Callable[[Tensor, Tensor], Tensor],
     transform: Optional[SceneTransform] = None,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = ("glb", "obj", "turntable"),
     texture_size: int = 1024,
     turntable_frames: int = 48,
     turntable_resolution: int = 256,
@@ -51,13 +50,13 @@ def export_textured_mesh(
     empty mesh.
     """
     from dreamcore.export.bake import bake_texture
-    from dreamcore.export.turntable import write_turntable
     from dreamcore.export.uv import unwrap
-    from dreamcore.export.writers import write_glb, write_obj
 
-    unknown = set(formats) - set(FORMATS)
-    if unknown:
-        raise ValueError(f"unknown export formats {sorted(unknown)}; choose from {FORMATS}")
+    from dreamcore import registry
+    from dreamcore.export.exporters import TexturedMesh
+
+    for name in formats:
+        registry.lookup("exporter", name)  # unknown names fail before any work
     if turntable_format not in ("mp4", "gif"):
         raise ValueError(f"turntable_format must be 'mp4' or 'gif', got {turntable_format!r}")
     run_dir = Path(run_dir)
@@ -65,6 +64,19 @@ def export_textured_mesh(
     paths: dict[str, Path] = {}
     if not formats:
         return paths
+    if len(faces) == 0:
+        raise DreamcoreError("nothing to export: the extracted mesh is empty (no surface at the isosurface level; "
+                             "lower export.isosurface or train longer)")
+    verts_uv, faces_uv, uvs, _ = unwrap(verts, faces, resolution=texture_size)
+    texture = bake_texture(verts_uv, faces_uv, uvs, color_fn, size=texture_size, supersample=texture_supersample,
+                           samples_fn=bake_samples_fn)
+    mesh = TexturedMesh(verts_uv, faces_uv, uvs, texture)
+    options = {"turntable_frames": turntable_frames, "turntable_resolution": turntable_resolution,
+               "turntable_format": turntable_format}
+    for name in formats:
+        exporter = registry.lookup("exporter", name)()
+        paths.update(exporter.write(run_dir, mesh, transform, **options))
+    return paths
     if len(faces) == 0:
         raise DreamcoreError("nothing to export: the extracted mesh is empty (no surface at the isosurface level; "
                              "lower export.isosurface or train longer)")

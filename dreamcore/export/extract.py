@@ -138,7 +138,8 @@ def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[n
 
     if target_faces <= 0 or len(faces) <= target_faces:
         return verts, faces
-    v, f = fast_simplification.simplify(verts.astype(np.float64), faces.astype(np.int32), target_count=int(target_faces))
+    v, f = fast_simplification.simplify(verts.astype(np.float64), faces.astype(np.int32),
+                                        target_count=int(target_faces))
     return np.asarray(v, np.float64), np.asarray(f, np.int64)
 
 

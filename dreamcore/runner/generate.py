@@ -15,6 +15,10 @@ from dreamcore.runner.trainer import Trainer
 
 def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     """Optimize ``cfg`` into ``cfg.run.dir`` (or a new folder under ``runs/``), export and evaluate."""
+    from dreamcore import registry
+
+    for name in cfg.export.formats:
+        registry.lookup("exporter", name)  # an unknown format fails now, not after the optimization
     if not cfg.prompt.strip():
         raise DreamcoreError('the prompt is empty: pass it as `dreamcore generate "a red chair"` or prompt="..."')
     run = RunDir(Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg))
@@ -24,9 +28,9 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
             "or choose another run.dir"
         )
     cfg.run.dir = str(run.path)
+    trainer = Trainer(cfg, run, resume=resume)  # loads the prior and checkpoint: bad input fails before any write
     run.write_config(cfg)
     run.log(f"{'resume' if resume else 'start'}: prompt={cfg.prompt!r} steps={cfg.run.steps}")
-    trainer = Trainer(cfg, run, resume=resume)
     announce(f"run folder: {run.path} (step {trainer.step}/{cfg.run.steps})")
     trainer.fit()
     trainer.validate()
