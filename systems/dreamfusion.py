@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from dreamcore import registry
 from dreamcore.cameras import Cameras, view_labels
-from dreamcore.config import ComponentConfig, Config
+from dreamcore.config import ComponentConfig
+from dreamcore.config import Config as FullConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.asset import SceneTransform
 from dreamcore.renderers.output import RenderOutput
@@ -31,7 +32,7 @@ class DreamFusionSystem:
         lambda_opacity: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
         lambda_orientation: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
 
-    def __init__(self, cfg: "DreamFusionSystem.Config", full: Config) -> None:
+    def __init__(self, cfg: "DreamFusionSystem.Config", full: FullConfig) -> None:
         self.cfg, self.full = cfg, full
         self.prior = registry.build("prior", full.prior)
         if cfg.rays_per_view > 0 and not self.prior.supports_pixel_subsets:

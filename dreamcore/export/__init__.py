@@ -77,18 +77,3 @@ def export_textured_mesh(
         exporter = registry.lookup("exporter", name)()
         paths.update(exporter.write(run_dir, mesh, transform, **options))
     return paths
-    if len(faces) == 0:
-        raise DreamcoreError("nothing to export: the extracted mesh is empty (no surface at the isosurface level; "
-                             "lower export.isosurface or train longer)")
-    verts_uv, faces_uv, uvs, _ = unwrap(verts, faces, resolution=texture_size)
-    texture = bake_texture(verts_uv, faces_uv, uvs, color_fn, size=texture_size, supersample=texture_supersample,
-                           samples_fn=bake_samples_fn)
-    if "glb" in formats:
-        paths["glb"] = write_glb(run_dir / "model.glb", verts_uv, faces_uv, uvs, texture, transform)
-    if "obj" in formats:
-        paths.update(write_obj(run_dir / "model.obj", verts_uv, faces_uv, uvs, texture, transform))
-    if "turntable" in formats:
-        asset = textured_asset(verts_uv, faces_uv, uvs, texture)
-        paths["turntable"] = write_turntable(run_dir / f"turntable.{turntable_format}", asset,
-                                             frames=turntable_frames, resolution=turntable_resolution)
-    return paths

@@ -7,7 +7,6 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
