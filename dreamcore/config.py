@@ -88,6 +88,7 @@ class ExportConfig:
     keep_components: int = 1
     min_component_ratio: float = 0.02
     target_faces: int = 40000
+    smooth_iterations: int = 10  # Taubin smoothing (volume-preserving) of the extracted surface; 0 = off
     texture_size: int = 1024
     turntable_frames: int = 48
     turntable_resolution: int = 256

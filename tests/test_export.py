@@ -284,3 +284,18 @@ def test_export_textured_mesh(tmp_path, sphere_mesh):
     assert empty_v.shape == (0, 3) and empty_f.shape == (0, 3)
     with pytest.raises(DreamcoreError, match="empty"):
         export_textured_mesh(tmp_path / "empty", empty_v, empty_f, colour, TRANSFORM)
+
+
+def test_taubin_smoothing_removes_noise_without_shrinking():
+    import trimesh
+
+    from dreamcore.runner.finish import taubin_smooth
+
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    rng = np.random.default_rng(0)
+    noisy = sphere.vertices * (1 + 0.02 * rng.standard_normal((len(sphere.vertices), 1)))
+    smooth = taubin_smooth(noisy.astype(np.float32), sphere.faces, 10)
+    r_noisy, r_smooth = np.linalg.norm(noisy, axis=1), np.linalg.norm(smooth, axis=1)
+    assert r_smooth.std() < 0.5 * r_noisy.std()
+    assert abs(r_smooth.mean() - 0.5) < 0.005
+    assert taubin_smooth(noisy, sphere.faces, 0) is noisy
