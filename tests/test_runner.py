@@ -117,3 +117,17 @@ def test_console_script_lists_components():
     out = subprocess.run([sys.executable, "-m", "dreamcore.cli", "list"], capture_output=True, text=True, check=True)
     assert "guidance: sds" in out.stdout and "prior: reference" in out.stdout
     assert "exporter: glb, obj, turntable" in out.stdout
+
+
+def test_dreamfusion_recipe_runs_with_shading_and_learned_background(tmp_path):
+    """The text-to-3D recipe: random shading (normals, orientation loss), learned background, strong CFG."""
+    overrides = [o for o in TINY if not o.startswith("system.")] + [
+        "run.steps=4", f"run.dir={tmp_path / 'df'}", "renderer.shading_probs=[0.0,1.0,0.0]",
+    ]
+    cfg = load_config(config_path("dreamfusion"), overrides)
+    assert cfg.renderer.shading == "random" and cfg.background.name == "learned"
+    run = generate(cfg, announce=lambda *_: None)
+    state = ckpt_tensors(run)
+    assert any(k.startswith("model.background.mlp") for k in state)
+    log = (run / "log.txt").read_text()
+    assert "orientation=" in log and "sds=" in log
