@@ -15,6 +15,18 @@ from dreamcore.meshes.io import load_mesh
 
 pytestmark = pytest.mark.slow
 VALIDATOR = Path(__file__).resolve().parents[1] / "tools" / "validate_gltf.mjs"
+THREE_LOADER = Path(__file__).resolve().parents[1] / "tools" / "load_gltf_threejs.mjs"
+THREE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "node" / "node_modules" / "three"
+
+
+def threejs_report(path: Path):
+    """What three.js's GLTFLoader makes of the file (None when node or three is not installed)."""
+    node = shutil.which("node")
+    if node is None or not THREE_DIR.is_dir():
+        return None
+    out = subprocess.run([node, str(THREE_LOADER), str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    return json.loads(out.stdout)
 
 
 def gltf_errors(path: Path):
@@ -72,6 +84,11 @@ def check_run(run: Path, reference: Path, psnr_floor: float, iou_floor: float, c
     assert ((lo - rlo).abs().max() / diag) < 0.03 and ((hi - rhi).abs().max() / diag) < 0.03  # same frame
     errors = gltf_errors(run / "model.glb")
     assert errors in (None, 0), f"glTF validator found {errors} errors"
+    three = threejs_report(run / "model.glb")
+    if three is not None:
+        assert three["meshes"] == 1 and three["material"] == "MeshStandardMaterial"
+        assert three["map"]["width"] > 0 and three["map"]["colorSpace"] == "srgb"
+        assert {"position", "normal", "uv"} <= set(three["attributes"])
     return m
 
 
