@@ -149,3 +149,23 @@ def test_march_skips_empty_cells(generator):
     s = march(o, d, grid, 1.0, 0.01, generator)
     z = 3.0 - 0.5 * (s.t_start + s.t_end)
     assert len(z) > 0 and z.abs().max() <= 0.25 + 1e-6
+
+
+def test_occupancy_update_revisits_occupied_cells_and_a_sample_of_empty_ones(generator):
+    grid = OccupancyGrid(16, 1.0)
+    sphere = lambda p: 100.0 * (p.norm(dim=-1) < 0.5).float()  # noqa: E731
+    grid.update(sphere, generator, decay=0.3, threshold=1.0, dilation=0)
+    seen = []
+
+    def counting(p):
+        seen.append(len(p))
+        return sphere(p)
+
+    occupied = int(grid.occupied.sum())
+    grid.update(counting, generator, decay=0.3, threshold=1.0, dilation=0, empty_fraction=0.0)
+    assert sum(seen) == occupied  # only the occupied cells were evaluated
+    assert int(grid.occupied.sum()) == occupied  # and the occupancy is unchanged
+    seen.clear()
+    grid.update(counting, generator, decay=0.3, threshold=1.0, dilation=0, empty_fraction=0.25)
+    empty = 16**3 - occupied
+    assert occupied + 0.15 * empty < sum(seen) < occupied + 0.35 * empty

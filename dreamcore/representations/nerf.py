@@ -59,6 +59,7 @@ class NeRFField(nn.Module):
         occupancy_threshold: float = 0.01
         occupancy_warmup: int = 0
         occupancy_dilation: int = 1
+        occupancy_empty_fraction: float = 0.125
 
     def __init__(self, cfg: "NeRFField.Config") -> None:
         super().__init__()
@@ -111,7 +112,7 @@ class NeRFField(nn.Module):
         c = self.cfg
         if step >= c.occupancy_warmup and step % c.occupancy_update_every == 0:
             self.occupancy.update(self.density, generator, c.occupancy_decay, c.occupancy_threshold / render_step,
-                                  c.occupancy_dilation)
+                                  c.occupancy_dilation, c.occupancy_empty_fraction)
 
     def export_density(self, points: Tensor) -> Tensor:
         """Density for mesh extraction: zero in cells the occupancy grid marks empty (≈10× fewer queries)."""

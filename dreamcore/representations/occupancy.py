@@ -35,17 +35,28 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator, decay: float,
-               threshold: float, dilation: int = 1, chunk: int = 65536) -> None:
-        """Re-estimate cell densities; occupied cells are dilated by ``dilation`` cells so that a surface can
-        grow into its neighbourhood (cells marked empty get no samples, hence no gradients)."""
+               threshold: float, dilation: int = 1, empty_fraction: float = 1.0, chunk: int = 65536) -> None:
+        """Re-estimate cell densities at a jittered point per cell; occupied cells are dilated by ``dilation``
+        cells so that a surface can grow into its neighbourhood (cells marked empty get no samples, hence no
+        gradients). After the first update only the occupied cells and a random ``empty_fraction`` of the empty
+        ones are re-evaluated (the rest just decay), as Instant-NGP does to keep updates cheap."""
         r = self.resolution
-        ar = torch.arange(r, device=self.density.device)
-        ijk = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), dim=-1).reshape(-1, 3).float()
+        n = r**3
+        cells = torch.arange(n, device=self.density.device)
+        first = int(self.updates) == 0
+        if not first and empty_fraction < 1.0:
+            empty_pick = torch.rand(n, generator=generator).to(cells.device) < empty_fraction
+            cells = cells[self.occupied.reshape(-1) | empty_pick]
+        ijk = torch.stack([cells // (r * r), (cells // r) % r, cells % r], dim=-1).float()
         jitter = torch.rand(ijk.shape, generator=generator).to(ijk.device)
         pts = ((ijk + jitter) / r * 2.0 - 1.0) * self.bound
-        fresh = torch.cat([density_fn(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)]).reshape(r, r, r)
-        first = int(self.updates) == 0
-        self.density.copy_(fresh if first else torch.maximum(self.density * decay, fresh))
+        fresh = torch.cat([density_fn(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)])
+        density = self.density.reshape(-1)
+        if first:
+            density.copy_(fresh)
+        else:
+            density.mul_(decay)
+            density[cells] = torch.maximum(density[cells], fresh)
         self.updates += 1
         occupied = self.density > min(threshold, self.density.mean().item())
         if dilation > 0:
