@@ -289,7 +289,7 @@ def test_export_textured_mesh(tmp_path, sphere_mesh):
 def test_taubin_smoothing_removes_noise_without_shrinking():
     import trimesh
 
-    from dreamcore.runner.finish import taubin_smooth
+    from dreamcore.export.extract import taubin_smooth
 
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
     rng = np.random.default_rng(0)

@@ -11,22 +11,10 @@ from dreamcore.cameras import sample_orbit
 from dreamcore.config import Config
 
 
-def taubin_smooth(verts, faces, iterations: int):
-    """Taubin λ/μ smoothing (Taubin 1995): removes marching-cubes and field noise without shrinking the shape."""
-    if iterations <= 0 or len(faces) == 0:
-        return verts
-    import numpy as np
-    import trimesh
-
-    mesh = trimesh.Trimesh(verts, faces, process=False)
-    trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=iterations)
-    return np.asarray(mesh.vertices, dtype=np.float32)
-
-
 def export_run(system, cfg: Config, run_dir: Path) -> dict:
     """Write model.glb / model.obj+mtl+png / turntable into ``run_dir``; returns paths and timings."""
     from dreamcore.export import export_textured_mesh
-    from dreamcore.export.extract import extract_mesh
+    from dreamcore.export.extract import extract_mesh, taubin_smooth
 
     e = cfg.export
     t0 = time.perf_counter()
