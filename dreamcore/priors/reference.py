@@ -121,7 +121,7 @@ class ReferencePrior(Prior):
         rest = ~cond if self.cfg.camera_conditioned else torch.ones_like(cond)
         if bool(rest.any()):
             idx = rest.nonzero(as_tuple=True)[0]
-            rgb_black, alpha = self.bank(h, w)  # [M,3,H,W], [M,1,H,W]
+            rgb_black, alpha = self.bank_on(h, w, x_t.device)  # [M,3,H,W], [M,1,H,W]
             data = rgb_black[None] + (1.0 - alpha[None]) * bg[idx][:, None, :, None, None]  # [b,M,3,H,W]
             data = data * 2.0 - 1.0
             pix = None if pixel_index is None else pixel_index[idx]
@@ -142,8 +142,8 @@ class ReferencePrior(Prior):
         fov = torch.rad2deg(cameras.fov_y)
         ring = torch.arange(k, dtype=torch.float32) * (2 * math.pi / max(k, 1))
         sig = self.cfg.neighbor_sigma_deg
-        d_el = torch.cat([torch.zeros(1), sig * torch.sin(ring)])
-        d_az = torch.cat([torch.zeros(1), sig * torch.cos(ring)])
+        d_el = torch.cat([torch.zeros(1), sig * torch.sin(ring)]).to(el.device)
+        d_az = torch.cat([torch.zeros(1), sig * torch.cos(ring)]).to(el.device)
         cams = orbit_cameras(
             (el[:, None] + d_el[None]).clamp(-89.9, 89.9).reshape(-1),
             (az[:, None] + d_az[None] / torch.cos(torch.deg2rad(el[:, None])).clamp_min(0.1)).reshape(-1),
@@ -162,9 +162,11 @@ class ReferencePrior(Prior):
         """Renders of the reference over black (premultiplied colour) [B, 3, H, W] and alpha [B, 1, H, W]."""
         from dreamcore.meshes.render import render_mesh
 
-        out = render_mesh(self.asset, cameras, h, w, supersample=self.cfg.reference.supersample,
-                          background=torch.zeros(3))
-        return out.rgb.permute(0, 3, 1, 2).contiguous(), out.alpha.permute(0, 3, 1, 2).contiguous()
+        device = cameras.device
+        out = render_mesh(self.asset, cameras.to(self.asset.vertices.device), h, w,
+                          supersample=self.cfg.reference.supersample, background=torch.zeros(3))
+        rgb, alpha = out.rgb.permute(0, 3, 1, 2).contiguous(), out.alpha.permute(0, 3, 1, 2).contiguous()
+        return rgb.to(device), alpha.to(device)
 
     def reference_views(self, cameras: Cameras, h: int, w: int, background: Tensor) -> tuple[Tensor, Tensor]:
         """Ground-truth images [B, H, W, 3] over ``background`` [B, 3] and alpha [B, H, W, 1] (for metrics)."""
@@ -179,6 +181,10 @@ class ReferencePrior(Prior):
             cams = sample_orbit(self.cfg.bank_views, g, elevation_range=self.cfg.bank_elevation_range)
             self._bank[(h, w)] = self.render_reference(cams, h, w)
         return self._bank[(h, w)]
+
+    def bank_on(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        rgb_black, alpha = self.bank(h, w)
+        return rgb_black.to(device), alpha.to(device)
 
 
 def _pixels(data: Tensor, pixel_index: Optional[Tensor]) -> Tensor:
