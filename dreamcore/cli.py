@@ -121,7 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    # prompt words and key=value overrides may come before or after options: collect the leftovers too
+    ns, extra = parser.parse_known_args(argv)
+    flags = [a for a in extra if a.startswith("-")]
+    if flags:
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    if extra:
+        if not hasattr(ns, "args"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        ns.args = list(ns.args) + extra
     try:
         return ns.func(ns)
     except DreamcoreError as e:

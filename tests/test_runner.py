@@ -131,3 +131,20 @@ def test_dreamfusion_recipe_runs_with_shading_and_learned_background(tmp_path):
     assert any(k.startswith("model.background.mlp") for k in state)
     log = (run / "log.txt").read_text()
     assert "orientation=" in log and "sds=" in log
+
+
+def test_cli_generate_resume_and_export(tmp_path, capsys):
+    """The commands a user types: generate (prompt as words), --resume to extend, export to re-export."""
+    run = tmp_path / "cli"
+    args = ["generate", "a", "small", "robot", "--config", "configs/reference-nerf.yaml", *TINY,
+            "run.steps=3", f"run.dir={run}"]
+    assert main(args) == 0
+    assert "prompt: a small robot" in (run / "config.yaml").read_text()
+    assert main(["generate", "--resume", str(run), "run.steps=5"]) == 0
+    assert json.loads((run / "ckpt" / "last.json").read_text())["step"] == 5
+    assert main(["export", str(run), "export.formats=[glb]", "export.resolution=48", "export.texture_size=64",
+                 "export.isosurface=1.0"]) == 0
+    out = capsys.readouterr().out
+    assert (run / "model.glb").is_file() and "GLB:" in out
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["steps"] == 5 and m["export"]["faces"] > 0 and "glb_iou" in m
