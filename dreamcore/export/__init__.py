@@ -50,13 +50,10 @@ def export_textured_mesh(
     empty mesh.
     """
     from dreamcore.export.bake import bake_texture
+    from dreamcore.export.exporters import TexturedMesh, exporters_for
     from dreamcore.export.uv import unwrap
 
-    from dreamcore import registry
-    from dreamcore.export.exporters import TexturedMesh
-
-    for name in formats:
-        registry.lookup("exporter", name)  # unknown names fail before any work
+    exporters = exporters_for(formats)
     if turntable_format not in ("mp4", "gif"):
         raise ValueError(f"turntable_format must be 'mp4' or 'gif', got {turntable_format!r}")
     run_dir = Path(run_dir)
@@ -73,7 +70,6 @@ def export_textured_mesh(
     mesh = TexturedMesh(verts_uv, faces_uv, uvs, texture)
     options = {"turntable_frames": turntable_frames, "turntable_resolution": turntable_resolution,
                "turntable_format": turntable_format}
-    for name in formats:
-        exporter = registry.lookup("exporter", name)()
+    for exporter in exporters:
         paths.update(exporter.write(run_dir, mesh, transform, **options))
     return paths

@@ -11,7 +11,7 @@ import numpy as np
 
 from dreamcore.config import ComponentConfig
 from dreamcore.meshes.asset import SceneTransform
-from dreamcore.registry import register
+from dreamcore.registry import lookup, register
 
 
 @dataclass
@@ -22,6 +22,11 @@ class TexturedMesh:
     faces: np.ndarray
     uvs: np.ndarray
     texture: np.ndarray
+
+
+def exporters_for(formats) -> list:
+    """Instances of the registered exporters named in ``formats``; an unknown name raises before any work."""
+    return [lookup("exporter", name)() for name in formats]
 
 
 @register("exporter", "glb")

@@ -78,7 +78,7 @@ class ReferencePrior(Prior):
         self.mesh_path = path
         self.asset, self.scene_transform = normalize(load_mesh(path), cfg.reference.radius)
         self.schedule = NoiseSchedule.scaled_linear()
-        self._bank: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        self._bank: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
     # -- contract --------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
@@ -121,7 +121,7 @@ class ReferencePrior(Prior):
         rest = ~cond if self.cfg.camera_conditioned else torch.ones_like(cond)
         if bool(rest.any()):
             idx = rest.nonzero(as_tuple=True)[0]
-            rgb_black, alpha = self.bank_on(h, w, x_t.device)  # [M,3,H,W], [M,1,H,W]
+            rgb_black, alpha = self.bank(h, w, x_t.device)  # [M,3,H,W], [M,1,H,W]
             data = rgb_black[None] + (1.0 - alpha[None]) * bg[idx][:, None, :, None, None]  # [b,M,3,H,W]
             data = data * 2.0 - 1.0
             pix = None if pixel_index is None else pixel_index[idx]
@@ -174,17 +174,14 @@ class ReferencePrior(Prior):
         rgb = rgb_black + (1.0 - alpha) * background[:, :, None, None]
         return rgb.permute(0, 2, 3, 1), alpha.permute(0, 2, 3, 1)
 
-    def bank(self, h: int, w: int) -> tuple[Tensor, Tensor]:
-        """The unconditional data: ``bank_views`` renders from random views (cached per resolution)."""
-        if (h, w) not in self._bank:
+    def bank(self, h: int, w: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """The unconditional data: ``bank_views`` renders from random views (cached per resolution and device)."""
+        key = (h, w, str(device))
+        if key not in self._bank:
             g = torch.Generator().manual_seed(self.cfg.bank_seed)
             cams = sample_orbit(self.cfg.bank_views, g, elevation_range=self.cfg.bank_elevation_range)
-            self._bank[(h, w)] = self.render_reference(cams, h, w)
-        return self._bank[(h, w)]
-
-    def bank_on(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        rgb_black, alpha = self.bank(h, w)
-        return rgb_black.to(device), alpha.to(device)
+            self._bank[key] = self.render_reference(cams.to(device), h, w)
+        return self._bank[key]
 
 
 def _pixels(data: Tensor, pixel_index: Optional[Tensor]) -> Tensor:

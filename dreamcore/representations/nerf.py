@@ -121,6 +121,3 @@ class NeRFField(nn.Module):
         if bool(occupied.any()):
             out[occupied] = self.density(points[occupied])
         return out
-
-    def export_color(self, points: Tensor) -> Tensor:
-        return self.forward(points)[1]

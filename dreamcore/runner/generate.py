@@ -15,10 +15,9 @@ from dreamcore.runner.trainer import Trainer
 
 def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     """Optimize ``cfg`` into ``cfg.run.dir`` (or a new folder under ``runs/``), export and evaluate."""
-    from dreamcore import registry
+    from dreamcore.export.exporters import exporters_for
 
-    for name in cfg.export.formats:
-        registry.lookup("exporter", name)  # an unknown format fails now, not after the optimization
+    exporters_for(cfg.export.formats)  # an unknown format fails now, not after the optimization
     if not cfg.prompt.strip():
         raise DreamcoreError('the prompt is empty: pass it as `dreamcore generate "a red chair"` or prompt="..."')
     run = RunDir(Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg))
