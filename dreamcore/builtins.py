@@ -1,7 +1,13 @@
 """Imports every module that registers one of dreamcore's own parts, and the named systems."""
 
 import dreamcore.export.exporters  # noqa: F401
+import dreamcore.guidance.csd  # noqa: F401
+import dreamcore.guidance.ism  # noqa: F401
+import dreamcore.guidance.nfsd  # noqa: F401
+import dreamcore.guidance.sdi  # noqa: F401
 import dreamcore.guidance.sds  # noqa: F401
+import dreamcore.guidance.sjc  # noqa: F401
+import dreamcore.guidance.vsd  # noqa: F401
 import dreamcore.priors.reference  # noqa: F401
 import dreamcore.renderers.background  # noqa: F401
 import dreamcore.renderers.volume  # noqa: F401

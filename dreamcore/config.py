@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 
 from dreamcore import registry
 from dreamcore.errors import DreamcoreError
+from dreamcore.guidance.views import ViewPromptConfig
 from dreamcore.schedule import Scheduled
 
 
@@ -45,10 +46,6 @@ class CameraConfig:
     uniform_sphere: bool = True
     batch_size: int = 4
     resolution: int = 64
-    # view-label thresholds for view-dependent prompts
-    front_threshold: float = 45.0
-    back_threshold: float = 45.0
-    overhead_threshold: float = 60.0
 
 
 @dataclass
@@ -112,6 +109,7 @@ class Config:
     plugins: list[str] = field(default_factory=list)
     run: RunConfig = field(default_factory=RunConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
+    views: ViewPromptConfig = field(default_factory=ViewPromptConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     system: Any = component("system", "dreamfusion")
     representation: Any = component("representation", "nerf")

@@ -1,7 +1,9 @@
 """Scheduled scalars: a number, or a piecewise-linear function of the training step.
 
 YAML accepts ``0.5`` (constant) or ``[[0, 0.98], [500, 0.5]]`` (pairs of step and value, steps increasing;
-held constant before the first and after the last point).
+held constant before the first and after the last point). threestudio's form ``[start_step, start_value,
+end_value, end_step]`` (a flat list of four numbers) is converted at load time to
+``[[start_step, start_value], [end_step, end_value]]``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class Scheduled:
             raise DreamcoreError(f"{where}: expected a number or [[step, value], ...], got {raw!r}")
         if isinstance(raw, (int, float)):
             return cls.constant(raw)
+        if (isinstance(raw, Sequence) and not isinstance(raw, str) and len(raw) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)):
+            raw = [[raw[0], raw[1]], [raw[3], raw[2]]]  # threestudio's [s0, v0, v1, s1]
         if isinstance(raw, Sequence) and not isinstance(raw, str) and len(raw) > 0:
             pts = []
             for p in raw:

@@ -14,10 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from dreamcore import registry
-from dreamcore.cameras import Cameras, view_labels
+from dreamcore.cameras import Cameras
 from dreamcore.config import ComponentConfig
 from dreamcore.config import Config as FullConfig
 from dreamcore.errors import DreamcoreError
+from dreamcore.guidance.views import conditions
 from dreamcore.meshes.asset import SceneTransform
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.schedule import Scheduled
@@ -28,7 +29,6 @@ class DreamFusionSystem:
     @dataclass
     class Config(ComponentConfig):
         rays_per_view: int = 0  # > 0: train on that many random pixels per view (priors with pixel subsets only)
-        view_dependent_prompt: bool = True
         lambda_opacity: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
         lambda_orientation: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
 
@@ -44,7 +44,8 @@ class DreamFusionSystem:
         self.renderer = registry.build("renderer", full.renderer)
         self.background = registry.build("background", full.background)
         self.guidance = registry.build("guidance", full.guidance)
-        self.embeddings = self.prior.encode_prompt(full.prompt, full.negative_prompt)
+        self.guidance.setup(self.prior, full.run.steps)
+        self.embeddings = self.prior.encode_prompt(full.prompt, full.negative_prompt, full.views)
 
     # -- what the runner checkpoints and optimizes -------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -52,6 +53,10 @@ class DreamFusionSystem:
         if isinstance(self.guidance, nn.Module):
             mods["guidance"] = self.guidance
         return mods
+
+    def extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers stepped inside the step by a component (VSD's score model), checkpointed by the runner."""
+        return {f"guidance.{k}": v for k, v in self.guidance.optimizers().items()}
 
     def parameter_groups(self) -> list[dict]:
         groups = self.representation.parameter_groups() + self.background.parameter_groups()
@@ -67,11 +72,8 @@ class DreamFusionSystem:
         pixels = self._sample_pixels(len(cameras), res, generator)
         render = self.renderer(self.representation, cameras, res, res, self.background.colors(cameras),
                                pixel_index=pixels, generator=generator)
-        labels = None
-        if self.cfg.view_dependent_prompt and self.prior.view_dependent:
-            cam = self.full.camera
-            labels = view_labels(cameras, cam.front_threshold, cam.back_threshold, cam.overhead_threshold)
-        losses = dict(self.guidance(render, cameras, self.prior, self.embeddings, step, generator, labels))
+        views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
+        losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
         lam = self.cfg.lambda_opacity(step)
         if lam > 0:
             losses["opacity"] = lam * render.alpha.mean()

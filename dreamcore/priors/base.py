@@ -55,25 +55,20 @@ class PromptEmbeddings:
     uncond: Tensor
     prompt: str = ""
     extras: dict[str, Tensor] = field(default_factory=dict)
-
-    def for_views(self, labels: Optional[list[str]], batch: int) -> Tensor:
-        """Conditional embeddings [B, ...] for views labelled ``labels`` (``default`` when None or unknown)."""
-        if labels is None:
-            labels = ["default"] * batch
-        return torch.cat([self.cond.get(lbl, self.cond["default"]) for lbl in labels], 0)
-
-    def uncond_batch(self, batch: int) -> Tensor:
-        return self.uncond.expand(batch, *self.uncond.shape[1:])
+    null: Optional[Tensor] = None  # the empty prompt's condition when it differs from ``uncond`` (CSD, NFSD)
 
 
 class Prior(nn.Module):
     """Base class of priors. Subclasses set ``schedule`` and implement the three methods."""
 
     schedule: NoiseSchedule
+    channels: int = 3  # channels of the model space x (4 for latent priors)
     supports_pixel_subsets: bool = False
     view_dependent: bool = True
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None) -> PromptEmbeddings:
+        """Conditions for ``prompt`` (and its per-view variants, :func:`dreamcore.guidance.views.view_prompts`,
+        when ``views`` — a :class:`~dreamcore.guidance.views.ViewPromptConfig` — is given)."""
         raise NotImplementedError
 
     def to_model_space(self, render: RenderOutput) -> Tensor:
@@ -82,7 +77,10 @@ class Prior(nn.Module):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,
                       pixel_index: Optional[Tensor] = None, image_size: Optional[tuple[int, int]] = None) -> Tensor:
-        """ε̂(x_t; y, t) for each batch element's condition ``embeddings[b]`` (same shape as x_t)."""
+        """ε̂(x_t; y, t) for each batch element's condition ``embeddings[b]`` (same shape as x_t).
+
+        Must not disable autograd itself for trainable priors (VSD trains LoRA adapters through it); the
+        guidances call it under ``torch.no_grad()`` where no gradient is wanted."""
         raise NotImplementedError
 
     def predict_epsilon(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **kw) -> Tensor:

@@ -12,6 +12,10 @@ distribution Σ_i w_i δ(x − x_i) under x_t = α_t x + σ_t ε, the minimum-MS
   the same formula on those pixels), which is what lets the NeRF train on random rays.
 * Unconditioned (the negative/empty prompt, or ``camera_conditioned: false``): a bank of ``bank_views`` renders
   from random views, all at once, as a 2D model trained on random views would see them.
+* View-dependent prompts (``camera_conditioned: false``): "front view" etc. restrict the bank to the views
+  carrying that label, like a text-to-image model that learned what "front view" means.
+A condition is a vector [flag, w_1 … w_M]: flag 1 selects the camera-conditioned data, flag 0 the bank with
+weights w (so interpolating two view conditions mixes their views, as embedding interpolation does).
 Each render is composited over the query view's background, so the prior is also background-conditioned.
 The schedule is Stable Diffusion's (scaled-linear β 0.00085→0.012, 1000 steps).
 """
@@ -57,7 +61,6 @@ class ReferenceSource:
 @register("prior", "reference")
 class ReferencePrior(Prior):
     supports_pixel_subsets = True
-    view_dependent = False
 
     @dataclass
     class Config(ComponentConfig):
@@ -67,7 +70,7 @@ class ReferencePrior(Prior):
         neighbor_sigma_deg: float = 5.0
         bank_views: int = 64
         bank_seed: int = 0
-        bank_elevation_range: tuple[float, float] = (-30.0, 60.0)
+        bank_elevation_range: tuple[float, float] = (-30.0, 85.0)
 
     def __init__(self, cfg: "ReferencePrior.Config") -> None:
         super().__init__()
@@ -78,14 +81,30 @@ class ReferencePrior(Prior):
         self.mesh_path = path
         self.asset, self.scene_transform = normalize(load_mesh(path), cfg.reference.radius)
         self.schedule = NoiseSchedule.scaled_linear()
+        self.view_dependent = not cfg.camera_conditioned
+        g = torch.Generator().manual_seed(cfg.bank_seed)
+        self.bank_cameras = sample_orbit(cfg.bank_views, g, elevation_range=cfg.bank_elevation_range)
         self._bank: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
 
     # -- contract --------------------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
-        """Condition ids: 0 = the reference (the prompt), −1 = unconditional (negative or empty prompt)."""
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None) -> PromptEmbeddings:
+        """Conditions [1, 1 + M]: the prompt is the camera-conditioned data (or the whole bank), the negative
+        and empty prompts the whole bank, a view label the bank views with that label."""
         if not prompt.strip():
             raise DreamcoreError("the prompt is empty: give one with prompt=\"...\" (the reference prior accepts any text)")
-        return PromptEmbeddings(cond={"default": torch.zeros(1, 1)}, uncond=torch.full((1, 1), -1.0), prompt=prompt)
+        m = self.cfg.bank_views
+        uniform = torch.cat([torch.zeros(1), torch.full((m,), 1.0 / m)])[None]
+        cond = {"default": torch.cat([torch.ones(1), torch.zeros(m)])[None] if self.cfg.camera_conditioned else uniform}
+        if views is not None and self.view_dependent:
+            from dreamcore.guidance.views import LABELS, label_views
+
+            labels = label_views(torch.rad2deg(self.bank_cameras.elevation), torch.rad2deg(self.bank_cameras.azimuth),
+                                 views)
+            for name in LABELS:
+                mask = torch.tensor([lbl == name for lbl in labels], dtype=torch.float32)
+                w = mask / mask.sum() if mask.sum() > 0 else uniform[0, 1:]
+                cond[name] = torch.cat([torch.zeros(1), w])[None]
+        return PromptEmbeddings(cond=cond, uncond=uniform, prompt=prompt, null=uniform)
 
     def to_model_space(self, render: RenderOutput) -> Tensor:
         return render.rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
@@ -109,23 +128,24 @@ class ReferencePrior(Prior):
         h, w = image_size
         bg = self._backgrounds(cameras, b, x_t.device)
         a, s = self.schedule.alpha_sigma(t)
-        cond = embeddings.reshape(b, -1)[:, 0] >= 0
+        emb = embeddings.reshape(b, -1).to(x_t.device)
+        cond = emb[:, 0] >= 0.5
         out = torch.empty_like(x_t)
-        if self.cfg.camera_conditioned and bool(cond.any()):
+        if bool(cond.any()):
             if cameras is None:
                 raise ValueError("the camera-conditioned reference prior needs the cameras of x_t")
             idx = cond.nonzero(as_tuple=True)[0]
             data, logw = self._camera_data(cameras[idx], h, w, bg[idx])
             pix = None if pixel_index is None else pixel_index[idx]
             out[idx] = _posterior_mean(x_t[idx], a[idx], s[idx], _pixels(data, pix), logw)
-        rest = ~cond if self.cfg.camera_conditioned else torch.ones_like(cond)
+        rest = ~cond
         if bool(rest.any()):
             idx = rest.nonzero(as_tuple=True)[0]
             rgb_black, alpha = self.bank(h, w, x_t.device)  # [M,3,H,W], [M,1,H,W]
             data = rgb_black[None] + (1.0 - alpha[None]) * bg[idx][:, None, :, None, None]  # [b,M,3,H,W]
             data = data * 2.0 - 1.0
             pix = None if pixel_index is None else pixel_index[idx]
-            logw = torch.zeros(len(idx), data.shape[1], device=x_t.device)
+            logw = emb[idx, 1:].clamp_min(1e-30).log()
             out[idx] = _posterior_mean(x_t[idx], a[idx], s[idx], _pixels(data, pix), logw)
         return out
 
@@ -178,9 +198,7 @@ class ReferencePrior(Prior):
         """The unconditional data: ``bank_views`` renders from random views (cached per resolution and device)."""
         key = (h, w, str(device))
         if key not in self._bank:
-            g = torch.Generator().manual_seed(self.cfg.bank_seed)
-            cams = sample_orbit(self.cfg.bank_views, g, elevation_range=self.cfg.bank_elevation_range)
-            self._bank[key] = self.render_reference(cams.to(device), h, w)
+            self._bank[key] = self.render_reference(self.bank_cameras.to(device), h, w)
         return self._bank[key]
 
 

@@ -26,23 +26,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _optimizer_prefix(name: str) -> str:
+    return "optim." if name == "" else f"optim@{name}."
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``ckpt_dir/last.safetensors`` for the state after ``step`` completed steps."""
+                    generator: torch.Generator, extra: dict[str, Any] | None = None,
+                    extra_optimizers: dict[str, torch.optim.Optimizer] | None = None) -> Path:
+    """Write ``ckpt_dir/last.safetensors`` for the state after ``step`` completed steps. ``extra_optimizers``
+    (e.g. VSD's score-model optimizer) are stored beside the main one under their names."""
     from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
     for name, mod in modules.items():
         for k, v in mod.state_dict().items():
             tensors[f"model.{name}.{k}"] = v.detach().cpu().contiguous()
-    opt = optimizer.state_dict()
-    for pid, st in opt["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous().clone()
+    meta: dict[str, Any] = {"step": step, "format": 1}
+    for oname, opt in {"": optimizer, **(extra_optimizers or {})}.items():
+        state = opt.state_dict()
+        prefix = _optimizer_prefix(oname)
+        for pid, st in state["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{prefix}{pid}.{k}"] = v.detach().cpu().contiguous().clone()
+        meta["param_groups" if oname == "" else f"param_groups@{oname}"] = [dict(g) for g in state["param_groups"]]
     tensors["rng.torch"] = generator.get_state().clone()
-    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-    meta = {"step": step, "param_groups": groups, "format": 1, **(extra or {})}
+    meta.update(extra or {})
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     data = save(tensors, metadata={"dreamcore": json.dumps(meta)})
     atomic_write_bytes(ckpt_dir / CKPT_NAME, data)
@@ -51,7 +60,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], op
 
 
 def load_checkpoint(ckpt_dir: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
-                    generator: torch.Generator | None) -> dict[str, Any]:
+                    generator: torch.Generator | None,
+                    extra_optimizers: dict[str, torch.optim.Optimizer] | None = None) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote; returns its metadata (``step`` etc.)."""
     from safetensors import safe_open
 
@@ -71,13 +81,18 @@ def load_checkpoint(ckpt_dir: Path, modules: dict[str, nn.Module], optimizer: to
         if missing or unexpected:
             raise DreamcoreError(f"checkpoint {path} does not match the config's {name}: "
                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if optimizer is not None:
+    named = {"": optimizer} if optimizer is not None else {}
+    for oname, opt in {**named, **(extra_optimizers or {})}.items():
+        groups_key = "param_groups" if oname == "" else f"param_groups@{oname}"
+        if groups_key not in meta:
+            raise DreamcoreError(f"checkpoint {path} has no state for optimizer '{oname or 'main'}'")
+        prefix = _optimizer_prefix(oname)
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, key = k.split(".", 2)
+            if k.startswith(prefix):
+                pid, key = k[len(prefix):].split(".", 1)
                 state.setdefault(int(pid), {})[key] = v
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        opt.load_state_dict({"state": state, "param_groups": meta[groups_key]})
     if generator is not None:
         generator.set_state(tensors["rng.torch"])
     return meta

@@ -40,7 +40,7 @@ class Trainer:
         self.step = 0
         if resume:
             meta = checkpoint.load_checkpoint(run.ckpt_dir, self.system.trainable_modules(), self.optimizer,
-                                              self.generator)
+                                              self.generator, self._extra_optimizers())
             self.step = int(meta["step"])
         self._stop_requested = False
         self.seconds = 0.0
@@ -122,7 +122,11 @@ class Trainer:
 
     def save(self) -> None:
         checkpoint.save_checkpoint(self.run.ckpt_dir, self.step, self.system.trainable_modules(), self.optimizer,
-                                   self.generator, {"seconds": self.seconds})
+                                   self.generator, {"seconds": self.seconds}, self._extra_optimizers())
+
+    def _extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        extra = getattr(self.system, "extra_optimizers", None)
+        return extra() if extra is not None else {}
 
     @torch.no_grad()
     def validate(self) -> Path:
