@@ -173,24 +173,3 @@ def turntable_cameras(
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
     return orbit_cameras(full(elevation_deg), az, full(distance), full(fov_deg))
 
-
-def view_labels(
-    cameras: Cameras, front_threshold: float = 45.0, back_threshold: float = 45.0, overhead_threshold: float = 60.0
-) -> list[str]:
-    """Per-view label for view-dependent prompts: ``overhead`` above ``overhead_threshold`` degrees of
-    elevation; else ``front`` within ``front_threshold`` of azimuth 0, ``back`` within ``back_threshold`` of
-    ±180, ``side`` otherwise (DreamFusion's scheme)."""
-    el = torch.rad2deg(cameras.elevation)
-    az = torch.rad2deg(cameras.azimuth)
-    az = (az + 180.0) % 360.0 - 180.0
-    out = []
-    for e, a in zip(el.tolist(), az.tolist()):
-        if e > overhead_threshold:
-            out.append("overhead")
-        elif abs(a) < front_threshold:
-            out.append("front")
-        elif abs(a) > 180.0 - back_threshold:
-            out.append("back")
-        else:
-            out.append("side")
-    return out

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dreamcore.cameras import look_at, orbit_cameras, sample_orbit, turntable_cameras, view_labels
+from dreamcore.cameras import look_at, orbit_cameras, sample_orbit, turntable_cameras
 
 
 def test_orbit_convention_front_is_plus_z_and_y_up():
@@ -45,14 +45,6 @@ def test_sampling_respects_ranges_and_is_seeded():
     # rotation part is orthonormal
     r = a.c2w[:, :3, :3]
     assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(256, 3, 3), atol=1e-5)
-
-
-def test_view_labels_thresholds():
-    cams = orbit_cameras(torch.tensor([0.0, 0.0, 0.0, 0.0, 70.0, 0.0]),
-                         torch.tensor([0.0, 44.0, 46.0, 180.0, 0.0, -136.0]),
-                         torch.full((6,), 3.0), torch.full((6,), 40.0))
-    assert view_labels(cams) == ["front", "front", "side", "back", "overhead", "back"]
-    assert view_labels(cams, front_threshold=30.0)[1] == "side"
 
 
 def test_look_at_straight_down_is_valid():

@@ -14,6 +14,8 @@ distribution Σ_i w_i δ(x − x_i) under x_t = α_t x + σ_t ε, the minimum-MS
   from random views, all at once, as a 2D model trained on random views would see them.
 * View-dependent prompts (``camera_conditioned: false``): "front view" etc. restrict the bank to the views
   carrying that label, like a text-to-image model that learned what "front view" means.
+* Several objects (``reference.extra_meshes``): every data set holds the renders of each object, equally
+  weighted — a multi-modal prior for mode-seeking vs. diversity experiments. Metrics score the first object.
 A condition is a vector [flag, w_1 … w_M]: flag 1 selects the camera-conditioned data, flag 0 the bank with
 weights w (so interpolating two view conditions mixes their views, as embedding interpolation does).
 Each render is composited over the query view's background, so the prior is also background-conditioned.
@@ -56,6 +58,7 @@ class ReferenceSource:
     mesh: str = "assets/robot.glb"
     radius: float = 0.9
     supersample: int = 2
+    extra_meshes: list[str] = field(default_factory=list)  # more objects for the same prompt: a multi-modal prior
 
 
 @register("prior", "reference")
@@ -80,6 +83,8 @@ class ReferencePrior(Prior):
         path = resolve_path(cfg.reference.mesh)
         self.mesh_path = path
         self.asset, self.scene_transform = normalize(load_mesh(path), cfg.reference.radius)
+        self.extra_assets = [normalize(load_mesh(resolve_path(p)), cfg.reference.radius)[0]
+                             for p in cfg.reference.extra_meshes]
         self.schedule = NoiseSchedule.scaled_linear()
         self.view_dependent = not cfg.camera_conditioned
         g = torch.Generator().manual_seed(cfg.bank_seed)
@@ -145,7 +150,7 @@ class ReferencePrior(Prior):
             data = rgb_black[None] + (1.0 - alpha[None]) * bg[idx][:, None, :, None, None]  # [b,M,3,H,W]
             data = data * 2.0 - 1.0
             pix = None if pixel_index is None else pixel_index[idx]
-            logw = emb[idx, 1:].clamp_min(1e-30).log()
+            logw = emb[idx, 1:].clamp_min(1e-30).log().repeat(1, self.num_objects)
             out[idx] = _posterior_mean(x_t[idx], a[idx], s[idx], _pixels(data, pix), logw)
         return out
 
@@ -170,35 +175,45 @@ class ReferencePrior(Prior):
             cameras.distance[:, None].expand(-1, k + 1).reshape(-1),
             fov[:, None].expand(-1, k + 1).reshape(-1),
         )
-        rgb_black, alpha = self.render_reference(cams, h, w)
         b = len(cameras)
-        rgb_black = rgb_black.reshape(b, k + 1, 3, h, w)
-        alpha = alpha.reshape(b, k + 1, 1, h, w)
-        data = (rgb_black + (1.0 - alpha) * bg[:, None, :, None, None]) * 2.0 - 1.0
-        logw = torch.cat([torch.zeros(1), torch.full((k,), -0.5)])[None].expand(b, -1)
-        return data, logw.to(data.device)
+        datas = []
+        for obj in range(self.num_objects):
+            rgb_black, alpha = self.render_reference(cams, h, w, obj)
+            rgb_black = rgb_black.reshape(b, k + 1, 3, h, w)
+            alpha = alpha.reshape(b, k + 1, 1, h, w)
+            datas.append((rgb_black + (1.0 - alpha) * bg[:, None, :, None, None]) * 2.0 - 1.0)
+        logw = torch.cat([torch.zeros(1), torch.full((k,), -0.5)]).repeat(self.num_objects)[None].expand(b, -1)
+        return torch.cat(datas, 1), logw.to(datas[0].device)
 
-    def render_reference(self, cameras: Cameras, h: int, w: int) -> tuple[Tensor, Tensor]:
-        """Renders of the reference over black (premultiplied colour) [B, 3, H, W] and alpha [B, 1, H, W]."""
+    @property
+    def num_objects(self) -> int:
+        return 1 + len(self.extra_assets)
+
+    def render_reference(self, cameras: Cameras, h: int, w: int, obj: int = 0) -> tuple[Tensor, Tensor]:
+        """Renders of reference object ``obj`` over black (premultiplied colour) [B, 3, H, W], alpha [B, 1, H, W]."""
         from dreamcore.meshes.render import render_mesh
 
         device = cameras.device
-        out = render_mesh(self.asset, cameras.to(self.asset.vertices.device), h, w,
+        asset = self.asset if obj == 0 else self.extra_assets[obj - 1]
+        out = render_mesh(asset, cameras.to(asset.vertices.device), h, w,
                           supersample=self.cfg.reference.supersample, background=torch.zeros(3))
         rgb, alpha = out.rgb.permute(0, 3, 1, 2).contiguous(), out.alpha.permute(0, 3, 1, 2).contiguous()
         return rgb.to(device), alpha.to(device)
 
-    def reference_views(self, cameras: Cameras, h: int, w: int, background: Tensor) -> tuple[Tensor, Tensor]:
+    def reference_views(self, cameras: Cameras, h: int, w: int, background: Tensor,
+                        obj: int = 0) -> tuple[Tensor, Tensor]:
         """Ground-truth images [B, H, W, 3] over ``background`` [B, 3] and alpha [B, H, W, 1] (for metrics)."""
-        rgb_black, alpha = self.render_reference(cameras, h, w)
+        rgb_black, alpha = self.render_reference(cameras, h, w, obj)
         rgb = rgb_black + (1.0 - alpha) * background[:, :, None, None]
         return rgb.permute(0, 2, 3, 1), alpha.permute(0, 2, 3, 1)
 
     def bank(self, h: int, w: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-        """The unconditional data: ``bank_views`` renders from random views (cached per resolution and device)."""
+        """The unconditional data: ``bank_views`` renders from random views of each object, object-major
+        [K·M, 3, H, W] and [K·M, 1, H, W] (cached per resolution and device)."""
         key = (h, w, str(device))
         if key not in self._bank:
-            self._bank[key] = self.render_reference(self.bank_cameras.to(device), h, w)
+            renders = [self.render_reference(self.bank_cameras.to(device), h, w, obj) for obj in range(self.num_objects)]
+            self._bank[key] = (torch.cat([r for r, _ in renders]), torch.cat([a for _, a in renders]))
         return self._bank[key]
 
 
