@@ -75,3 +75,28 @@ def test_the_readme_plugin_example_registers_and_runs_a_new_guidance(tmp_path):
     assert f"plugins:\n- {path}" in (run / "config.yaml").read_text()
     # resuming finds the plugin again from the saved config
     assert main(["generate", "--resume", str(run), "run.steps=8"]) == 0
+
+
+@pytest.mark.parametrize("name", ["prolificdreamer", "esd", "csd", "sjc", "nfsd", "sdi", "ism"])
+def test_recipe_configs_load_with_their_official_defaults(name):
+    from dreamcore.cli import config_path
+    from dreamcore.config import load_config
+
+    cfg = load_config(config_path(name), [])
+    assert cfg.guidance.name in BUILTIN
+    if name == "sjc":
+        assert cfg.guidance.scale_convention == "threestudio"
+        guidance = registry.build("guidance", cfg.guidance)
+        assert guidance.omega(0) == 101.0
+    if name == "prolificdreamer":
+        assert cfg.guidance.t_max(4999) == 0.98 and cfg.guidance.t_max(5001) == 0.5
+    if name == "csd":
+        assert cfg.guidance.coef_negative(5000) == -1.0 and cfg.guidance.coef_null(0) == -1.0 and cfg.views.perp_neg
+
+
+def test_a_recipe_runs_end_to_end_briefly(tmp_path):
+    """csd.yaml: Perp-Neg, annealed coefficients and normalization on the unconditioned reference prior."""
+    overrides = [o for o in TINY if not o.startswith("system.")] + ["run.steps=3", f"run.dir={tmp_path / 'csd'}",
+                                                                     "renderer.shading_probs=[0.0,1.0,0.0]"]
+    assert main(["generate", "--config", "configs/csd.yaml", *overrides]) == 0
+    assert " csd=" in (tmp_path / "csd" / "log.txt").read_text()

@@ -67,6 +67,11 @@ def evaluate_run(system, cfg: Config, run_dir: Path) -> dict:
         "scene_psnr": round(psnr(out.rgb.cpu(), gt_rgb), 3),
         "scene_iou": round(silhouette_iou(out.alpha.cpu(), gt_alpha), 4),
     }
+    for obj in range(1, getattr(prior, "num_objects", 1)):  # multi-object references: the scene vs each object
+        rgb_k, alpha_k = prior.reference_views(cams, r, r, white, obj=obj)
+        metrics.setdefault("scene_psnr_objects", [metrics["scene_psnr"]]).append(round(psnr(out.rgb.cpu(), rgb_k), 3))
+        metrics.setdefault("scene_iou_objects", [metrics["scene_iou"]]).append(
+            round(silhouette_iou(out.alpha.cpu(), alpha_k), 4))
     glb = run_dir / "model.glb"
     if glb.is_file():
         exported = load_mesh(glb)
