@@ -12,6 +12,7 @@ from dreamcore.guidance.views import ViewConditions  # noqa: E402
 from dreamcore.guidance.vsd import VSDGuidance  # noqa: E402
 from dreamcore.priors.base import NoiseSchedule, Prior  # noqa: E402
 from dreamcore.renderers.output import RenderOutput  # noqa: E402
+from dreamcore.schedule import Scheduled  # noqa: E402
 
 
 class TinyUNetPrior(Prior):
@@ -72,7 +73,7 @@ def test_lora_score_starts_at_the_prior_and_uses_lora_only_in_its_own_calls():
 
 
 def test_lora_training_fits_the_renders_and_v_prediction_targets_velocity():
-    prior, vsd, views, cams, render = _setup("v_prediction", score_lr=1e-2, camera_dropout=0.0)
+    prior, vsd, views, cams, render = _setup("v_prediction", score_lr=Scheduled.constant(1e-2), camera_dropout=0.0)
     assert vsd.score.prediction_type == "v_prediction"
     x = prior.to_model_space(render)
     kw = dict(pixel_index=None, image_size=None)

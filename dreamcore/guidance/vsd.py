@@ -40,7 +40,7 @@ class VSDGuidance(Guidance):
         t_max: Scheduled = Scheduled(((5000.0, 0.98), (5001.0, 0.5)))
         lora_guidance_scale: Scheduled = scheduled(1.0)  # ω_L; ESD's λ
         score_model: Literal["auto", "lora", "residual"] = "auto"
-        score_lr: float = 1e-4
+        score_lr: Scheduled = scheduled(1e-4)
         score_betas: tuple[float, float] = (0.9, 0.99)
         score_weight_decay: float = 0.0
         score_steps: int = 1  # score-model updates per scene step (the step ratio)
@@ -71,7 +71,7 @@ class VSDGuidance(Guidance):
             self.score = LoRAScore(prior, c.lora_rank)
         else:
             self.score = ResidualScoreNet(prior.channels, c.residual_hidden, c.residual_layers)
-        self._optimizer = torch.optim.AdamW(self.score.parameters(), lr=c.score_lr, betas=c.score_betas,
+        self._optimizer = torch.optim.AdamW(self.score.parameters(), lr=c.score_lr(0), betas=c.score_betas,
                                             weight_decay=c.score_weight_decay)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -101,6 +101,8 @@ class VSDGuidance(Guidance):
             eps_q = self.score_epsilon(prior, x_t, t, views, cameras, step, kw)
             grad = common.broadcast(self.weights(prior, t), x) * (eps_pre - eps_q)
         losses = self.finish(x, grad, step)
+        for group in self._optimizer.param_groups:
+            group["lr"] = self.cfg.score_lr(step)
         fits = [self.train_score(prior, x.detach(), views, cameras, generator, kw) for _ in range(self.cfg.score_steps)]
         self.last_score_loss = float(torch.stack(fits).mean())
         return losses
