@@ -115,8 +115,10 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 def test_console_script_lists_components():
     out = subprocess.run([sys.executable, "-m", "dreamcore.cli", "list"], capture_output=True, text=True, check=True)
-    assert "guidance: sds" in out.stdout and "prior: reference" in out.stdout
-    assert "exporter: glb, obj, turntable" in out.stdout
+    kinds = dict(line.split(": ", 1) for line in out.stdout.splitlines())
+    assert set(kinds["guidance"].split(", ")) >= {"sds", "sjc", "vsd", "esd", "ism", "csd", "nfsd", "sdi"}
+    assert "reference" in kinds["prior"].split(", ")
+    assert kinds["exporter"] == "glb, obj, turntable"
 
 
 def test_dreamfusion_recipe_runs_with_shading_and_learned_background(tmp_path):
