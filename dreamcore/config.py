@@ -103,6 +103,13 @@ class EvalConfig:
 
 
 @dataclass
+class InitConfig:
+    """Start from an earlier run (multi-stage pipelines: NeRF → DMTet, NeRF → Gaussians)."""
+
+    from_run: str = ""  # a run folder; the representation is initialized from its last checkpoint
+
+
+@dataclass
 class Config:
     prompt: str = ""
     negative_prompt: str = ""
@@ -117,6 +124,7 @@ class Config:
     background: Any = component("background", "solid")
     prior: Any = component("prior", "reference")
     guidance: Any = component("guidance", "sds")
+    init: InitConfig = field(default_factory=InitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

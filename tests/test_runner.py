@@ -150,3 +150,25 @@ def test_cli_generate_resume_and_export(tmp_path, capsys):
     assert (run / "model.glb").is_file() and "GLB:" in out
     m = json.loads((run / "metrics.json").read_text())
     assert m["steps"] == 5 and m["export"]["faces"] > 0 and "glb_iou" in m
+
+
+def test_load_run_system_restores_an_earlier_run_for_the_next_stage(tmp_path):
+    from dreamcore.runner.init import load_run_system
+    from dreamcore.runner.rundir import RunDir
+    from dreamcore.runner.trainer import Trainer
+
+    cfg = tiny(tmp_path, "stage1")
+    run = generate(cfg, announce=lambda *_: None)
+    restored = load_run_system(run)
+    trained = Trainer(load_config(run / "config.yaml"), RunDir(run), resume=True).system
+    pts = torch.rand(500, 3) * 1.6 - 0.8
+    with torch.no_grad():
+        assert torch.equal(restored.density(pts), trained.density(pts))
+    assert not any(p.requires_grad for p in restored.representation.parameters())
+    assert load_config(config_path("reference-nerf"), [f"init.from_run={run}"]).init.from_run == str(run)
+    with pytest.raises(DreamcoreError, match="not a dreamcore run folder"):
+        load_run_system(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.yaml").write_text((run / "config.yaml").read_text())
+    with pytest.raises(DreamcoreError, match="no checkpoint"):
+        load_run_system(tmp_path / "empty")

@@ -1,0 +1,35 @@
+"""Loading an earlier run as the starting point of a new stage (``init.from_run``).
+
+A stage that refines another (Magic3D's NeRF → DMTet, NeRF → Gaussians) asks for the earlier run's *system*,
+restored from its last checkpoint and frozen, and converts what it needs from it: ``system.density(points)``
+for geometry, ``system.surface_color(points, normals)`` for colour. The earlier run's own config rebuilds it,
+so any registered representation can be a source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dreamcore import registry
+from dreamcore.config import load_config
+from dreamcore.errors import DreamcoreError
+from dreamcore.runner import checkpoint
+from dreamcore.runner.rundir import RunDir
+
+
+def load_run_system(run_dir: str | Path, device: torch.device | str = "cpu"):
+    """The system of run folder ``run_dir`` with its last checkpoint loaded, in eval mode, without gradients."""
+    run = RunDir(Path(run_dir))
+    if not (run.path / "config.yaml").is_file():
+        raise DreamcoreError(f"init.from_run={run_dir}: not a dreamcore run folder (no config.yaml)")
+    if not run.has_checkpoint():
+        raise DreamcoreError(f"init.from_run={run_dir}: the run has no checkpoint yet (ckpt/last.safetensors)")
+    cfg = load_config(run.path / "config.yaml", [])
+    system = registry.build("system", cfg.system, full=cfg)
+    modules = system.trainable_modules()
+    checkpoint.load_checkpoint(run.ckpt_dir, modules, None, None)
+    for mod in modules.values():
+        mod.to(device).eval().requires_grad_(False)
+    return system
