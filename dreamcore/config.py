@@ -343,6 +343,11 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads exponents without a dot ("1e-3") as strings
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise DreamcoreError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

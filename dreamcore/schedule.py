@@ -33,6 +33,11 @@ class Scheduled:
             raise DreamcoreError(f"{where}: expected a number or [[step, value], ...], got {raw!r}")
         if isinstance(raw, (int, float)):
             return cls.constant(raw)
+        if isinstance(raw, str):  # YAML 1.1 reads exponents without a dot ("1e-3") as strings
+            try:
+                return cls.constant(float(raw))
+            except ValueError:
+                pass
         if (isinstance(raw, Sequence) and not isinstance(raw, str) and len(raw) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)):
             raw = [[raw[0], raw[1]], [raw[3], raw[2]]]  # threestudio's [s0, v0, v1, s1]

@@ -83,3 +83,15 @@ def test_plugins_register_components(tmp_path):
     assert cfg.background.name == "my-black" and cfg.background.color == (0.0, 0.0, 0.0)
     with pytest.raises(DreamcoreError, match="plugin file not found"):
         load_config(None, [f"plugins=[{tmp_path / 'nope.py'}]"])
+
+
+def test_exponent_literals_without_a_dot_are_numbers():
+    """YAML 1.1 reads `1e-3` as a string; float and scheduled fields take it as the number users mean."""
+    cfg = load_config(config_path("reference-nerf"), ["optimizer.eps=1e-8", "guidance.weight=2e-1",
+                                                      "guidance.t_max=[[0,9e-1],[10,5E-1]]"])
+    assert cfg.optimizer.eps == 1e-8 and cfg.guidance.weight(0) == pytest.approx(0.2)
+    assert cfg.guidance.t_max(10) == pytest.approx(0.5)
+    with pytest.raises(DreamcoreError, match="optimizer.eps: expected a number"):
+        load_config(config_path("reference-nerf"), ["optimizer.eps=tiny"])
+    with pytest.raises(DreamcoreError, match="guidance.weight"):
+        load_config(config_path("reference-nerf"), ["guidance.weight=heavy"])
