@@ -47,6 +47,21 @@ class DreamFusionSystem:
         self.guidance.setup(self.prior, full.run.steps)
         self.embeddings = self.prior.encode_prompt(full.prompt, full.negative_prompt, full.views)
 
+    def initialize_from(self, source) -> None:
+        """Start from an earlier run's system (``init.from_run``): its field (and background, when of the same
+        kind) become this run's starting point, e.g. an SDS coarse stage refined with VSD."""
+        src = source.representation
+        if type(src) is not type(self.representation):
+            raise DreamcoreError(f"init.from_run: representation '{self.full.representation.name}' cannot start "
+                                 f"from a run with representation '{source.full.representation.name}'")
+        try:
+            self.representation.load_state_dict(src.state_dict())
+            if type(source.background) is type(self.background):
+                self.background.load_state_dict(source.background.state_dict())
+        except RuntimeError as e:
+            raise DreamcoreError(f"init.from_run: the earlier run's {self.full.representation.name} has other "
+                                 f"sizes than this config's (keep representation.* equal): {e}") from None
+
     # -- what the runner checkpoints and optimizes -------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
         mods = {"representation": self.representation, "background": self.background}

@@ -172,3 +172,26 @@ def test_load_run_system_restores_an_earlier_run_for_the_next_stage(tmp_path):
     (tmp_path / "empty" / "config.yaml").write_text((run / "config.yaml").read_text())
     with pytest.raises(DreamcoreError, match="no checkpoint"):
         load_run_system(tmp_path / "empty")
+
+
+def test_a_stage_starts_from_an_earlier_run_and_resumes_from_its_own_checkpoint(tmp_path):
+    from dreamcore.runner.trainer import Trainer
+    from dreamcore.runner.rundir import RunDir
+
+    first = generate(tiny(tmp_path, "coarse"), announce=lambda *_: None)
+    pts = torch.rand(400, 3) * 1.6 - 0.8
+    cfg = tiny(tmp_path, "fine", f"init.from_run={first}", "guidance.name=vsd", "guidance.guidance_scale=1.0")
+    stage2 = Trainer(cfg, RunDir(tmp_path / "fine"))
+    coarse = Trainer(load_config(first / "config.yaml"), RunDir(first), resume=True).system
+    with torch.no_grad():
+        assert torch.equal(stage2.system.density(pts), coarse.density(pts))
+    run = generate(tiny(tmp_path, "fine2", f"init.from_run={first}", "run.steps=3"), announce=lambda *_: None)
+    import shutil
+    shutil.rmtree(first)  # the resumed stage needs only its own checkpoint
+    assert main(["generate", "--resume", str(run), "run.steps=5"]) == 0
+    bad = tiny(tmp_path, "bad", f"init.from_run={first}")
+    with pytest.raises(DreamcoreError, match="not a dreamcore run folder"):
+        Trainer(bad, RunDir(tmp_path / "bad"))
+    other = tiny(tmp_path, "other", f"init.from_run={run}", "representation.n_levels=5")
+    with pytest.raises(DreamcoreError, match="other sizes"):
+        Trainer(other, RunDir(tmp_path / "other"))

@@ -31,6 +31,8 @@ class Trainer:
         self.device = pick_device(cfg.run.device)
         torch.manual_seed(cfg.run.seed)  # parameter initialization only; training draws from self.generator
         self.system = registry.build("system", cfg.system, full=cfg)
+        if cfg.init.from_run and not resume:  # a resumed run has its own state in its checkpoint
+            self._initialize_from(cfg.init.from_run)
         for mod in self.system.trainable_modules().values():
             mod.to(self.device)
         groups = [g for g in self.system.parameter_groups() if g["params"]]
@@ -44,6 +46,15 @@ class Trainer:
             self.step = int(meta["step"])
         self._stop_requested = False
         self.seconds = 0.0
+
+    def _initialize_from(self, run_dir: str) -> None:
+        from dreamcore.errors import DreamcoreError
+        from dreamcore.runner.init import load_run_system
+
+        start = getattr(self.system, "initialize_from", None)
+        if start is None:
+            raise DreamcoreError(f"system '{self.cfg.system.name}' cannot start from another run (init.from_run)")
+        start(load_run_system(run_dir))
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> None:
