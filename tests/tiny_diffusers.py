@@ -85,3 +85,41 @@ def save_stable_diffusion(folder: Path, prediction_type: str = "epsilon") -> Pat
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(folder))
     return Path(folder)
+
+
+def save_sdxl(folder: Path) -> Path:
+    """A tiny SDXL pipeline: two CLIP encoders (widths 16 + 16 = cross-attention 32, pooled projection 16),
+    a text_time UNet (6 time ids × 8 + 16 = 64 added-embedding inputs), VAE, scheduler."""
+    from diffusers import StableDiffusionXLPipeline
+
+    tok, tok2 = clip_tokenizer(), clip_tokenizer()
+    u = unet(cross_dim=32, addition_embed_type="text_time", addition_time_embed_dim=8,
+             projection_class_embeddings_input_dim=6 * 8 + 16, transformer_layers_per_block=1)
+    pipe = StableDiffusionXLPipeline(vae=vae(), text_encoder=clip_text_encoder(len(tok), seed=1),
+                                     text_encoder_2=clip_text_encoder(len(tok2), projection=16, seed=2),
+                                     tokenizer=tok, tokenizer_2=tok2, unet=u, scheduler=sd_scheduler(),
+                                     force_zeros_for_empty_prompt=True)
+    pipe.save_pretrained(str(folder))
+    return Path(folder)
+
+
+def save_deepfloyd_if(folder: Path) -> Path:
+    """A tiny IF stage I: T5 encoder (d_model 16), a pixel UNet with learned variance (6 output channels),
+    T5 states projected by ``encoder_hid_proj`` and pooled into the time embedding (``addition_embed_type:
+    text``), and IF's scheduler (squared-cosine β, learned_range variance, thresholding)."""
+    from diffusers import DDPMScheduler, IFPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    tok = t5_tokenizer()
+    torch.manual_seed(3)
+    enc = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)).eval()
+    u = unet(in_channels=3, out_channels=6, cross_dim=16, seed=4, encoder_hid_dim=16, addition_embed_type="text",
+             addition_embed_type_num_heads=2, resnet_time_scale_shift="scale_shift")
+    u.register_to_config(sample_size=16)
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range", thresholding=True,
+                          clip_sample=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
+    pipe = IFPipeline(tokenizer=tok, text_encoder=enc, unet=u, scheduler=sched, safety_checker=None,
+                      feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder))
+    return Path(folder)
