@@ -31,5 +31,5 @@ def test_quick_benchmark_writes_a_table(tmp_path):
     lines = out.read_text().splitlines()
     rows = [ln for ln in lines if ln.startswith("| SD 2.1") or ln.startswith("| IF-I")]
     assert len(rows) == 3  # SD: UNet + VAE; IF: UNet only (pixel space)
-    assert all(float(r.split("|")[-2]) > 0 for r in rows)
+    assert all(float(r.split("|")[-3]) > 0 and float(r.split("|")[-2]) > 0 for r in rows)
     assert "QUICK" in lines[0]

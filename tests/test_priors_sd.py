@@ -231,3 +231,38 @@ def test_generate_runs_with_the_tiny_sd_prior(sd_folders, tmp_path, method):
     assert f" {method}=" in log
     assert json.loads((run / "ckpt" / "last.json").read_text())["step"] == 3
     assert "name: stable-diffusion" in (run / "config.yaml").read_text()
+
+
+def test_vsd_lora_attaches_to_the_real_prior_unet_and_leaves_the_prior_unchanged(sd_folders, tmp_path):
+    from dreamcore.cameras import orbit_cameras
+    from dreamcore.guidance.views import conditions
+    from dreamcore.guidance.vsd import VSDGuidance
+
+    prior = make_prior(sd_folders["v_prediction"], tmp_path)
+    vsd = VSDGuidance(VSDGuidance.Config())
+    vsd.setup(prior, total_steps=10)
+    assert type(vsd.score).__name__ == "LoRAScore" and vsd.score.prediction_type == "v_prediction"
+    cams = orbit_cameras(torch.tensor([0.0, 20.0]), torch.tensor([0.0, 90.0]), torch.full((2,), 3.0),
+                         torch.full((2,), 40.0))
+    views = conditions(prior.encode_prompt("a hamburger"), cams, 2, ViewPromptConfig(enabled=False))
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    keep = torch.ones(2, dtype=torch.bool)
+    with torch.no_grad():
+        base = prior.predict_epsilon(x, t, views.plain)
+        assert torch.allclose(vsd.score(prior, x, t, views.plain, cams, keep), base, atol=1e-5)
+    for step in range(2):
+        vsd(render(), cams, prior, views, step, torch.Generator().manual_seed(step))
+    with torch.no_grad():
+        assert torch.equal(prior.predict_epsilon(x, t, views.plain), base)
+        assert not torch.allclose(vsd.score(prior, x, t, views.plain, cams, keep), base, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_unet_predicts_the_same(sd_folders, tmp_path):
+    ref = make_prior(sd_folders["epsilon"], tmp_path)
+    comp = make_prior(sd_folders["epsilon"], tmp_path, compile=True)
+    assert comp._unet_forward is not comp.unet
+    emb = ref.encode_prompt("a hamburger").cond["default"].expand(2, -1, -1)
+    x_t, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 900])
+    with torch.no_grad():
+        assert torch.allclose(comp.predict_epsilon(x_t, t, emb), ref.predict_epsilon(x_t, t, emb), atol=1e-4)

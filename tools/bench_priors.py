@@ -11,8 +11,9 @@ batch B (the render's gradient goes through the encoder); IF works in pixel spac
     python tools/bench_priors.py --quick   # 1/8-width, 1/4-resolution versions: checks the code path in seconds
 
 Writes a markdown table (stdout, and ``--out``): per model, dtype and batch size, the median seconds of a UNet
-forward (no grad) and of a VAE encode + backward to the image. Timings are wall-clock medians over ``--repeat``
-runs after one warm-up (``torch.cuda.synchronize`` around each on CUDA).
+forward (no grad) and of a VAE encode + backward to the image: medians over ``--repeat`` runs after one
+warm-up of the wall clock (``torch.cuda.synchronize`` around each on CUDA) and of the process CPU time (the
+figure to read on a shared CPU: with ``--threads 1`` it is the single-core compute time).
 """
 
 from __future__ import annotations
@@ -115,19 +116,21 @@ def count_params(cls, cfg: dict) -> int:
         return sum(p.numel() for p in cls(**cfg).parameters())
 
 
-def timed(fn, device: str, repeat: int) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after one warm-up."""
+def timed(fn, device: str, repeat: int) -> tuple[float, float]:
+    """Median wall-clock and process-CPU seconds of ``fn()`` over ``repeat`` runs after one warm-up (CPU time
+    is the honest figure on a shared CPU; on CUDA the wall clock is what counts)."""
     def once():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     once()
-    return statistics.median(once() for _ in range(repeat))
+    runs = [once() for _ in range(repeat)]
+    return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
 
 
 def bench_model(name: str, spec: dict, dtypes: list[str], batches: list[int], device: str, repeat: int) -> list[dict]:
@@ -154,6 +157,7 @@ def bench_model(name: str, spec: dict, dtypes: list[str], batches: list[int], de
 
             rows.append(dict(model=spec["title"], dtype=dname, batch=b, part=f"UNet forward ({ucfg['sample_size']}²)",
                              seconds=timed(unet_forward, device, repeat)))
+            print(rows[-1], file=sys.stderr, flush=True)
         del unet
         if spec.get("vae") is not None:
             vcfg = spec["vae"]
@@ -170,6 +174,7 @@ def bench_model(name: str, spec: dict, dtypes: list[str], batches: list[int], de
                 rows.append(dict(model=spec["title"], dtype=dname, batch=b,
                                  part=f"VAE encode+backward ({vcfg['sample_size']}²)",
                                  seconds=timed(vae_encode_backward, device, repeat)))
+                print(rows[-1], file=sys.stderr, flush=True)
             del vae
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -178,10 +183,10 @@ def bench_model(name: str, spec: dict, dtypes: list[str], batches: list[int], de
 
 def table(rows: list[dict], params: dict, device_name: str, threads: int, quick: bool) -> str:
     head = [f"Prior benchmark on {device_name} ({threads} thread(s)){' — QUICK: 1/8-width test models' if quick else ''}",
-            "", "| model | parameters (UNet / VAE) | part | dtype | batch | seconds |", "|---|---|---|---|---|---|"]
+            "", "| model | parameters (UNet / VAE) | part | dtype | batch | wall s | CPU s |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         head.append(f"| {r['model']} | {params[r['model']]} | {r['part']} | {r['dtype']} | {r['batch']} | "
-                    f"{r['seconds']:.3f} |")
+                    f"{r['seconds'][0]:.3f} | {r['seconds'][1]:.3f} |")
     return "\n".join(head) + "\n"
 
 
