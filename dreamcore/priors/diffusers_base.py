@@ -43,6 +43,7 @@ class DiffusersConfig(ComponentConfig):
     vae_tiling: bool = False
     cpu_offload: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: tracing only, no code generation)
     channels_last: bool = False
     cache_dir: str = ""  # prompt-embedding cache; "" = $DREAMCORE_CACHE or ~/.cache/dreamcore
     cache_prompts: bool = True
@@ -66,7 +67,7 @@ class DiffusersPrior(Prior):
     """Base of the diffusers priors (see the module docstring)."""
 
     Config = DiffusersConfig
-    text_parts: tuple[str, ...] = ("text_encoder",)  # folders whose change invalidates cached embeddings
+    text_parts: tuple[str, ...] = ("tokenizer", "text_encoder")  # their change invalidates cached embeddings
     default_max_length = 77
 
     def __init__(self, cfg: DiffusersConfig) -> None:
@@ -161,7 +162,8 @@ class DiffusersPrior(Prior):
         if c.vae_slicing and vae is None:
             raise DreamcoreError(f"prior.vae_slicing: prior '{c.name}' has no VAE")
         # not a registered submodule (the UNet is already one): the callable used for noise prediction
-        object.__setattr__(self, "_unet_forward", torch.compile(unet) if (c.compile and unet is not None) else unet)
+        forward = torch.compile(unet, backend=c.compile_backend) if (c.compile and unet is not None) else unet
+        object.__setattr__(self, "_unet_forward", forward)
 
     @contextlib.contextmanager
     def on_device(self, module: nn.Module):

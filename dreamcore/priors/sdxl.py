@@ -32,7 +32,7 @@ class SDXLConfig(LatentPriorConfig):
 @register("prior", "sdxl")
 class SDXLPrior(LatentDiffusionPrior):
     Config = SDXLConfig
-    text_parts = ("text_encoder", "text_encoder_2")
+    text_parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")
 
     def load_tokenizers(self) -> list:
         from transformers import AutoTokenizer
