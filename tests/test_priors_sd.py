@@ -3,6 +3,7 @@ agreement with diffusers' own pipeline step (CFG included, ε and v), gradients 
 cache, the offline error, dtypes, and short ``dreamcore generate`` runs with SDS/VSD/ISM/CSD."""
 
 import json
+import os
 import re
 import warnings
 
@@ -139,6 +140,13 @@ def test_prompt_embeddings_are_cached_on_disk_and_the_text_encoder_is_not_loaded
     for k in a.cond:
         assert torch.equal(a.cond[k], b.cond[k])
     assert torch.equal(a.uncond, b.uncond) and torch.equal(a.null, b.null)
+    # new text-encoder weights (a changed file in the local folder) are a different key
+    weights = next((sd_folders["epsilon"] / "text_encoder").glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = make_prior(sd_folders["epsilon"], tmp_path)
+    third.encode_prompt("a hamburger", "blurry", views)
+    assert third.text_encoder_loads == 1 and third.prompt_cache.hits == 0
     # another prompt is a miss; caching off always encodes
     assert second.prompt_cache.get("a different prompt") is None
     off = make_prior(sd_folders["epsilon"], tmp_path, cache_prompts=False, free_text_encoder=False)
