@@ -274,3 +274,16 @@ def test_compiled_unet_predicts_the_same(sd_folders, tmp_path):
     x_t, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 900])
     with torch.no_grad():
         assert torch.allclose(comp.predict_epsilon(x_t, t, emb), ref.predict_epsilon(x_t, t, emb), atol=1e-4)
+
+
+def test_fp16_weight_variant_files_are_read(sd_folders, tmp_path):
+    """``prior.variant=fp16`` reads ``*.fp16.safetensors`` (what the hub ships as half-precision weights)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd_folders["epsilon"]), torch_dtype=torch.float16)
+    pipe.save_pretrained(str(tmp_path / "fp16"), variant="fp16")
+    assert list((tmp_path / "fp16" / "unet").glob("*.fp16.safetensors"))
+    prior = make_prior(tmp_path / "fp16", tmp_path, variant="fp16", dtype="bf16")
+    assert next(prior.unet.parameters()).dtype == torch.bfloat16
+    with pytest.raises(DreamcoreError, match="could not load its 'unet'"):
+        make_prior(sd_folders["epsilon"], tmp_path, variant="fp16")  # that folder has no fp16 files

@@ -109,7 +109,8 @@ class DiffusersPrior(Prior):
     def load(self, cls: Any, subfolder: str, dtype: Optional[torch.dtype] = None, **kw) -> Any:
         """One part through :func:`dreamcore.priors.hub.load_part` with this prior's settings."""
         c = self.cfg
-        return hub.load_part(cls, c.model, subfolder, revision=c.revision, variant=c.variant,
+        weights = isinstance(cls, type) and issubclass(cls, nn.Module)  # variants name weight files only
+        return hub.load_part(cls, c.model, subfolder, revision=c.revision, variant=c.variant if weights else "",
                              local_files_only=c.local_files_only, dtype=dtype, **kw)
 
     def _load_schedule(self) -> NoiseSchedule:
