@@ -287,3 +287,15 @@ def test_fp16_weight_variant_files_are_read(sd_folders, tmp_path):
     assert next(prior.unet.parameters()).dtype == torch.bfloat16
     with pytest.raises(DreamcoreError, match="could not load its 'unet'"):
         make_prior(sd_folders["epsilon"], tmp_path, variant="fp16")  # that folder has no fp16 files
+
+
+def test_vae_tiling_encodes_large_renders_tile_by_tile_with_gradient(sd_folders, tmp_path):
+    prior = make_prior(sd_folders["epsilon"], tmp_path, vae_tiling=True, resolution=32)  # tiles of 16 px
+    calls = []
+    tiled = prior.vae._tiled_encode
+    prior.vae._tiled_encode = lambda x, *a, **k: calls.append(x.shape) or tiled(x, *a, **k)
+    r = render(size=32, requires_grad=True)
+    z = prior.to_model_space(r)
+    assert calls and z.shape == (2, 4, 16, 16) and torch.isfinite(z).all()
+    z.square().mean().backward()
+    assert r.rgb.grad.abs().sum() > 0
