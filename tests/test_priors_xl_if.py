@@ -119,6 +119,9 @@ RUN = ["run.steps=2", "run.checkpoint_every=2", "run.val_every=0", "run.progress
 def test_generate_runs_with_each_prior(folders, tmp_path, name):
     run = tmp_path / name
     folder = folders["sdxl" if name == "sdxl" else "if"]
-    assert main(["generate", "a hamburger", "--config", "configs/dreamfusion-sd.yaml", *RUN, f"prior.name={name}",
+    config = "configs/dreamfusion-if.yaml" if name == "deepfloyd-if" else "configs/dreamfusion-sd.yaml"
+    assert main(["generate", "a hamburger", "--config", config, *RUN, f"prior.name={name}",
                  f"prior.model={folder}", f"prior.cache_dir={tmp_path / 'c'}", f"run.dir={run}"]) == 0
     assert " sds=" in (run / "log.txt").read_text()
+    saved = (run / "config.yaml").read_text()
+    assert f"name: {name}" in saved and ("guidance_scale: 21.0" in saved) == (name == "deepfloyd-if")

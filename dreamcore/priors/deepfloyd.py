@@ -11,12 +11,13 @@ squared-cosine β (Nichol & Dhariwal 2021), 1000 steps, from the model's schedul
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
 
 from dreamcore.cameras import Cameras
-from dreamcore.priors.diffusers_base import DiffusersPrior
+from dreamcore.priors.diffusers_base import DiffusersConfig, DiffusersPrior
 from dreamcore.priors.stable_diffusion import resize
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
@@ -24,6 +25,10 @@ from dreamcore.renderers.output import RenderOutput
 
 @register("prior", "deepfloyd-if")
 class DeepFloydIFPrior(DiffusersPrior):
+    @dataclass
+    class Config(DiffusersConfig):
+        model: str = "DeepFloyd/IF-I-XL-v1.0"  # gated: accept the license on the hub, then download
+
     channels = 3
     default_max_length = 77
 

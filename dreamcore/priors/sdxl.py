@@ -26,6 +26,7 @@ from dreamcore.registry import register
 
 @dataclass
 class SDXLConfig(LatentPriorConfig):
+    model: str = "stabilityai/stable-diffusion-xl-base-1.0"
     force_zeros_for_empty_prompt: bool = True
 
 

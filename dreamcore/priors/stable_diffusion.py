@@ -97,6 +97,10 @@ class LatentDiffusionPrior(DiffusersPrior):
 class StableDiffusionPrior(LatentDiffusionPrior):
     """SD 1.x / 2.x: one CLIP text encoder, conditions [1, L, D] (see the module docstring)."""
 
+    @dataclass
+    class Config(LatentPriorConfig):
+        model: str = "stabilityai/stable-diffusion-2-1-base"
+
     def load_text_encoders(self) -> list:
         from transformers import CLIPTextModel
 
