@@ -52,7 +52,7 @@ def test_sdxl_matches_the_pipeline_step_with_pooled_embeddings_and_time_ids(fold
     x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     for negative in ["", "soggy"]:  # empty: the zero condition (force_zeros_for_empty_prompt)
         emb = prior.encode_prompt("a red hamburger", negative)
-        assert emb.cond["default"].shape == (1, 17, 32)
+        assert emb.cond["default"].shape == (1, tiny_diffusers.MAX_TOKENS + 1, 32)  # + the pooled row
         expected = pipe(prompt="a red hamburger", negative_prompt=negative or None, latents=x_t.clone(),
                         num_inference_steps=1, guidance_scale=5.0, height=16, width=16, output_type="latent").images
         assert torch.allclose(ours(prior, x_t, emb, 5.0), expected, atol=1e-4)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 CHARS = list(string.ascii_lowercase + string.digits + ",.!'-")
-MAX_TOKENS = 16
+MAX_TOKENS = 32
 
 
 def clip_tokenizer():
