@@ -299,3 +299,23 @@ def test_vae_tiling_encodes_large_renders_tile_by_tile_with_gradient(sd_folders,
     assert calls and z.shape == (2, 4, 16, 16) and torch.isfinite(z).all()
     z.square().mean().backward()
     assert r.rgb.grad.abs().sum() > 0
+
+
+def test_cpu_offload_returns_frozen_parts_to_the_cpu_and_keeps_trainable_ones_on_the_device(sd_folders, tmp_path):
+    class Spy(torch.nn.Linear):  # records where it is sent
+        def __init__(self, trainable):
+            super().__init__(2, 2)
+            self.requires_grad_(trainable)
+            self.moves = []
+
+        def to(self, *args, **kwargs):
+            self.moves.append(str(args[0]))
+            return self
+
+    prior = make_prior(sd_folders["epsilon"], tmp_path, cpu_offload=True)
+    prior.device = torch.device("cuda")  # where parts would visit (nothing is really moved by the spies)
+    frozen, trainable = Spy(False), Spy(True)
+    for module in (frozen, trainable):
+        with prior.on_device(module):
+            pass
+    assert frozen.moves == ["cuda", "cpu"] and trainable.moves == ["cuda"]

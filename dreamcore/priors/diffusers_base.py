@@ -168,7 +168,9 @@ class DiffusersPrior(Prior):
 
     @contextlib.contextmanager
     def on_device(self, module: nn.Module):
-        """Under ``cpu_offload``, the module visits the device for the duration of the block."""
+        """Under ``cpu_offload``, the module visits the device for the duration of the block. A module with
+        trainable parameters (VSD's LoRA adapters on the UNet) stays on the device: its gradients are
+        accumulated after the block, onto parameters that must still live where the graph was built."""
         if not self.cfg.cpu_offload:
             yield module
             return
@@ -176,7 +178,8 @@ class DiffusersPrior(Prior):
         try:
             yield module
         finally:
-            module.to("cpu")
+            if not any(p.requires_grad for p in module.parameters()):
+                module.to("cpu")
 
     # -- prompts -------------------------------------------------------------------------------------------------
     @property
