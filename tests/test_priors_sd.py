@@ -319,3 +319,16 @@ def test_cpu_offload_returns_frozen_parts_to_the_cpu_and_keeps_trainable_ones_on
         with prior.on_device(module):
             pass
     assert frozen.moves == ["cuda", "cpu"] and trainable.moves == ["cuda"]
+
+
+def test_the_readme_recipe_configs_load_with_their_defaults():
+    from dreamcore.config import load_config
+    from dreamcore.registry import lookup
+
+    sd = load_config("configs/dreamfusion-sd.yaml", [])
+    assert sd.prior.name == "stable-diffusion" and sd.prior.model == "stabilityai/stable-diffusion-2-1-base"
+    assert sd.system.rays_per_view == 0 and sd.guidance.guidance_scale(0) == 101.0 and sd.camera.resolution == 64
+    fl = load_config("configs/dreamfusion-if.yaml", [])
+    assert fl.prior.name == "deepfloyd-if" and fl.prior.model == "DeepFloyd/IF-I-XL-v1.0"
+    assert fl.guidance.guidance_scale(0) == 21.0
+    assert lookup("prior", "sdxl").Config().model == "stabilityai/stable-diffusion-xl-base-1.0"
