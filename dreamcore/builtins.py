@@ -8,7 +8,10 @@ import dreamcore.guidance.sdi  # noqa: F401
 import dreamcore.guidance.sds  # noqa: F401
 import dreamcore.guidance.sjc  # noqa: F401
 import dreamcore.guidance.vsd  # noqa: F401
+import dreamcore.priors.deepfloyd  # noqa: F401
 import dreamcore.priors.reference  # noqa: F401
+import dreamcore.priors.sdxl  # noqa: F401
+import dreamcore.priors.stable_diffusion  # noqa: F401
 import dreamcore.renderers.background  # noqa: F401
 import dreamcore.renderers.volume  # noqa: F401
 import dreamcore.representations.nerf  # noqa: F401
