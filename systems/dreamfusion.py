@@ -7,7 +7,7 @@ regularizers (opacity sparsity, normal orientation). The runner owns the loop; t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -44,6 +44,7 @@ class DreamFusionSystem:
         self.renderer = registry.build("renderer", full.renderer)
         self.background = registry.build("background", full.background)
         self.guidance = registry.build("guidance", full.guidance)
+        self._check_channels()
         self.guidance.setup(self.prior, full.run.steps)
         self.embeddings = self.prior.encode_prompt(full.prompt, full.negative_prompt, full.views)
 
@@ -61,6 +62,21 @@ class DreamFusionSystem:
         except RuntimeError as e:
             raise DreamcoreError(f"init.from_run: the earlier run's {self.full.representation.name} has other "
                                  f"sizes than this config's (keep representation.* equal): {e}") from None
+
+    def _check_channels(self) -> None:
+        """Field, background and prior agree on the number of colour channels (latent fields: 4), at start."""
+        c = self.color_channels
+        bg = getattr(self.full.background, "color", None)
+        if bg is not None and len(bg) != c:
+            raise DreamcoreError(f"background.color has {len(bg)} values but the field renders {c} channels: "
+                                 f"give it {c} (e.g. {[0.5] * c} for latents)")
+        latent = bool(getattr(getattr(self.prior, "cfg", None), "latent_mode", False))
+        if latent and c != self.prior.channels:
+            raise DreamcoreError(f"prior.latent_mode renders latents directly: set representation.color_channels="
+                                 f"{self.prior.channels} (now {c})")
+        if c != 3 and not latent:
+            raise DreamcoreError(f"representation.color_channels={c} renders latents: it needs a latent prior with "
+                                 "prior.latent_mode=true")
 
     # -- what the runner checkpoints and optimizes -------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -109,12 +125,31 @@ class DreamFusionSystem:
     # -- evaluation and export ---------------------------------------------------------------------------------
     @torch.no_grad()
     def render_views(self, cameras: Cameras, height: int, width: int, background: Tensor) -> RenderOutput:
-        return self.renderer(self.representation, cameras, height, width, background, shading="albedo")
+        """Display renders (RGB over ``background`` [B, 3]); a latent field renders over its own background and
+        its latents are shown through the prior's decoder map."""
+        if self.color_channels == 3:
+            return self.renderer(self.representation, cameras, height, width, background, shading="albedo")
+        out = self.renderer(self.representation, cameras, height, width, self.background.colors(cameras),
+                            shading="albedo")
+        return replace(out, rgb=self.display(out.rgb))
 
     @torch.no_grad()
     def surface_color(self, points: Tensor, normals: Tensor) -> Tensor:
         """Base colour seen at surface points [N, 3]: short rays cast inward along −normal, volume rendered."""
-        return self.renderer.surface_color(self.representation, points, normals)
+        values = self.renderer.surface_color(self.representation, points, normals)
+        return values if self.color_channels == 3 else self.display(values)
+
+    @property
+    def color_channels(self) -> int:
+        return getattr(self.representation, "color_channels", 3)
+
+    def display(self, values: Tensor) -> Tensor:
+        """[..., C] field channels → [..., 3] colours (Latent-NeRF: the prior's latent → RGB map)."""
+        to_rgb = getattr(self.prior, "latents_to_rgb", None)
+        if to_rgb is None:
+            raise DreamcoreError(f"a {self.color_channels}-channel field needs a prior that shows its channels as "
+                                 f"colours (a latent prior with prior.latent_mode=true); '{self.full.prior.name}' has none")
+        return to_rgb(values)
 
     def density(self, points: Tensor) -> Tensor:
         return self.representation.export_density(points)

@@ -169,3 +169,25 @@ def test_occupancy_update_revisits_occupied_cells_and_a_sample_of_empty_ones(gen
     grid.update(counting, generator, decay=0.3, threshold=1.0, dilation=0, empty_fraction=0.25)
     empty = 16**3 - occupied
     assert occupied + 0.15 * empty < sum(seen) < occupied + 0.35 * empty
+
+
+def test_a_four_channel_field_composites_every_channel_and_refuses_shading():
+    """Latent-NeRF: C = 4 channels composite like colours (each channel = its own slab render)."""
+    from dreamcore.errors import DreamcoreError
+
+    field = NeRFField(NeRFField.Config(color_channels=4, n_levels=4, log2_table_size=12, max_resolution=64,
+                                       occupancy_resolution=16))
+    assert field(torch.zeros(5, 3))[1].shape == (5, 4)
+    r = VolumeRenderer(VolumeRenderer.Config())
+    bg = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    out = r(field, _front_camera(), 6, 6, bg, shading="albedo")
+    assert out.rgb.shape == (1, 6, 6, 4)
+    # every channel composites over its own background value: C(bg₂) − C(bg₁) = (1 − α)(bg₂ − bg₁)
+    bg2 = torch.tensor([[0.9, 0.0, 0.5, 1.0]])
+    out2 = r(field, _front_camera(), 6, 6, bg2, shading="albedo")
+    assert torch.allclose(out2.rgb - out.rgb, (1 - out.alpha) * (bg2 - bg)[0], atol=1e-5)
+    assert 0.01 < out.alpha.min() and out.alpha.max() > 0.5  # both partial and opaque pixels were checked
+    with pytest.raises(DreamcoreError, match="albedo only"):
+        r(field, _front_camera(), 6, 6, bg, shading="lambertian")
+    with pytest.raises(DreamcoreError, match="background has 3 channels"):
+        r(field, _front_camera(), 6, 6, torch.ones(1, 3), shading="albedo")

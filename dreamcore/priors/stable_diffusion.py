@@ -84,6 +84,35 @@ class LatentDiffusionPrior(DiffusersPrior):
     def unet_kwargs(self, embeddings: Tensor) -> dict:
         return {"encoder_hidden_states": embeddings.to(self.device, self.dtype)}
 
+    @torch.no_grad()
+    def latents_to_rgb(self, values: Tensor, probes: int = 64) -> Tensor:
+        """Display colours [..., 3] of latent-mode render values [..., C] (z = 2·value − 1, as in
+        :meth:`to_model_space`): an affine map z ↦ A z + b fitted by least squares to the VAE decoder's mean
+        colour of constant latent tiles, at ``probes`` of the values themselves plus as many fixed random latents.
+        It previews and bakes Latent-NeRF fields (val images, GLB textures); the VAE is loaded for it on first use."""
+        from diffusers import AutoencoderKL
+
+        vae = getattr(self, "_display_vae", None) or self.vae
+        if vae is None:  # latent mode skips the VAE for training; previews load it once
+            vae = self._display_vae = self.place(self.load(AutoencoderKL, "vae"), torch.float32)
+        scale = float(vae.config.scaling_factor)
+        shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        c = values.shape[-1]
+        z = values.reshape(-1, c).float() * 2.0 - 1.0
+        pick = z[torch.linspace(0, z.shape[0] - 1, min(probes, z.shape[0])).long()]
+        fixed = torch.rand(probes, c, generator=torch.Generator().manual_seed(0)) * 2.0 - 1.0
+        probe = torch.cat([pick, fixed.to(pick)], 0)
+        colours = []
+        for i in range(0, probe.shape[0], 16):
+            tiles = (probe[i:i + 16] / scale + shift)[:, :, None, None].expand(-1, -1, 8, 8)
+            with self.on_device(vae):
+                img = vae.decode(tiles.to(self.device, next(vae.parameters()).dtype)).sample.float()
+            colours.append(((img + 1.0) / 2.0).clamp(0.0, 1.0).mean((2, 3)).cpu())
+        design = torch.cat([probe.cpu(), torch.ones(probe.shape[0], 1)], 1)
+        fit = torch.linalg.lstsq(design, torch.cat(colours, 0)).solution  # [C + 1, 3]
+        rgb = torch.cat([z.cpu(), torch.ones(z.shape[0], 1)], 1) @ fit
+        return rgb.clamp(0.0, 1.0).reshape(*values.shape[:-1], 3).to(values.device, values.dtype)
+
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,
                       pixel_index: Optional[Tensor] = None, image_size: Optional[tuple[int, int]] = None) -> Tensor:
         """The UNet's raw output (ε or v per ``schedule.prediction_type``), same shape/dtype/device as x_t."""

@@ -22,7 +22,7 @@ from dreamcore.registry import register
 class SolidBackground(nn.Module):
     @dataclass
     class Config(ComponentConfig):
-        color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+        color: tuple[float, ...] = (1.0, 1.0, 1.0)  # one value per colour channel (4 for latent fields)
         random_prob: float = 0.0
 
     def __init__(self, cfg: "SolidBackground.Config") -> None:
@@ -30,18 +30,19 @@ class SolidBackground(nn.Module):
         self.cfg = cfg
 
     def sample_training(self, n: int, generator: torch.Generator) -> Optional[Tensor]:
-        """Per-view colours [n, 3] for a training batch, or None to use :meth:`colors`."""
+        """Per-view colours [n, C] for a training batch, or None to use :meth:`colors`."""
         if self.cfg.random_prob <= 0:
             return None
-        rand = torch.rand(n, 3, generator=generator)
+        c = len(self.cfg.color)
+        rand = torch.rand(n, c, generator=generator)
         use = torch.rand(n, 1, generator=generator) < self.cfg.random_prob
-        return torch.where(use, rand, torch.tensor(self.cfg.color).expand(n, 3))
+        return torch.where(use, rand, torch.tensor(self.cfg.color).expand(n, c))
 
     def colors(self, cameras: Cameras) -> Tensor:
-        """Background [B, 3] for these views (``cameras.background`` wins when set)."""
+        """Background [B, C] for these views (``cameras.background`` wins when set)."""
         if cameras.background is not None:
             return cameras.background
-        return torch.tensor(self.cfg.color, device=cameras.device).expand(len(cameras), 3)
+        return torch.tensor(self.cfg.color, device=cameras.device).expand(len(cameras), len(self.cfg.color))
 
     def parameter_groups(self) -> list[dict]:
         return []
@@ -60,7 +61,7 @@ class LearnedBackground(SolidBackground):
     def __init__(self, cfg: "LearnedBackground.Config") -> None:
         super().__init__(cfg)
         in_dim = 3 + 6 * cfg.frequencies
-        self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 3))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, len(cfg.color)))
 
     def colors(self, cameras: Cameras) -> Tensor:
         if cameras.background is not None:

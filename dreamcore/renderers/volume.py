@@ -19,6 +19,7 @@ from torch import Tensor
 
 from dreamcore.cameras import Cameras
 from dreamcore.config import ComponentConfig
+from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
 
@@ -135,6 +136,13 @@ class VolumeRenderer:
             origins, dirs = origins.gather(1, idx), dirs.gather(1, idx)
         n_per_view = origins.shape[1]
         mode = shading or self._pick_shading(generator)
+        channels = getattr(field, "color_channels", 3)
+        if channels != 3 and mode != "albedo":
+            raise DreamcoreError(f"renderer.shading={mode} lights colours; a {channels}-channel field (latents) "
+                                 "renders albedo only: set renderer.shading=albedo")
+        if background.shape[-1] != channels:
+            raise DreamcoreError(f"the background has {background.shape[-1]} channels, the field {channels}: "
+                                 f"give background.color {channels} values")
         light = self._light_directions(cameras, generator)  # [B,3]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
         view_of_ray = torch.arange(b, device=o.device).repeat_interleave(n_per_view)
@@ -146,7 +154,7 @@ class VolumeRenderer:
         rgb = rgb + (1.0 - acc) * bg
         shape = (b, height, width) if pixel_index is None else (b, n_per_view, 1)
         return RenderOutput(
-            rgb=rgb.reshape(*shape, 3),
+            rgb=rgb.reshape(*shape, channels),
             alpha=acc.reshape(*shape, 1),
             depth=depth.reshape(*shape, 1),
             normal=normal.reshape(*shape, 3) if mode != "albedo" else None,
@@ -157,7 +165,7 @@ class VolumeRenderer:
 
     @torch.no_grad()
     def surface_color(self, field, points: Tensor, normals: Tensor, offset_steps: float = 4.0) -> Tensor:
-        """Colour [N, 3] seen at surface points by rays cast inward along −normal from ``offset_steps`` steps
+        """Colour [N, C] seen at surface points by rays cast inward along −normal from ``offset_steps`` steps
         outside (what a camera there would see), un-premultiplied; the field's albedo where rays see nothing."""
         out = []
         step = self.step_size(field)
@@ -168,7 +176,7 @@ class VolumeRenderer:
                                              max_distance=2.0 * offset_steps * step)
             fallback = field(p)[1]
             out.append(torch.where(acc > 0.05, rgb / acc.clamp_min(1e-6), fallback).clamp(0.0, 1.0))
-        return torch.cat(out, 0) if out else points.new_zeros(0, 3)
+        return torch.cat(out, 0) if out else points.new_zeros(0, getattr(field, "color_channels", 3))
 
     # -- internals -------------------------------------------------------------------------------------------
     def _pick_shading(self, generator: Optional[torch.Generator]) -> str:
@@ -194,7 +202,7 @@ class VolumeRenderer:
         samples = march(o, d, field.occupancy, field.bound, step, generator, max_distance)
         samples = self._drop_occluded(field, o, d, samples, n)
         pts = o[samples.ray_index] + d[samples.ray_index] * (0.5 * (samples.t_start + samples.t_end))[:, None]
-        sigma, albedo = field(pts) if len(pts) else (pts.new_zeros(0), pts.new_zeros(0, 3))
+        sigma, albedo = field(pts) if len(pts) else (pts.new_zeros(0), pts.new_zeros(0, getattr(field, "color_channels", 3)))
         w, _ = render_weights(sigma, samples, n)
         acc = accumulate(w[:, None], samples.ray_index, n)
         t_mid = 0.5 * (samples.t_start + samples.t_end)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamcore.config import ComponentConfig
+from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore.representations.hashgrid import HashGridEncoding
 from dreamcore.representations.occupancy import OccupancyGrid
@@ -60,11 +61,15 @@ class NeRFField(nn.Module):
         occupancy_warmup: int = 0
         occupancy_dilation: int = 1
         occupancy_empty_fraction: float = 0.125
+        color_channels: int = 3  # 4 for Latent-NeRF (the render's channels are a latent prior's latents)
 
     def __init__(self, cfg: "NeRFField.Config") -> None:
         super().__init__()
         self.cfg = cfg
         self.bound = cfg.bound
+        if cfg.color_channels < 1:
+            raise DreamcoreError(f"representation.color_channels must be ≥ 1, got {cfg.color_channels}")
+        self.color_channels = cfg.color_channels
         self.encoding = HashGridEncoding(
             cfg.n_levels, cfg.n_features, cfg.log2_table_size, cfg.base_resolution, cfg.max_resolution, cfg.bound
         )
@@ -73,7 +78,7 @@ class NeRFField(nn.Module):
         for _ in range(cfg.hidden_layers):
             layers += [nn.Linear(dim, cfg.hidden), nn.ReLU(inplace=True)]
             dim = cfg.hidden
-        layers.append(nn.Linear(dim, 4))
+        layers.append(nn.Linear(dim, 1 + cfg.color_channels))
         self.mlp = nn.Sequential(*layers)
         self.occupancy = OccupancyGrid(cfg.occupancy_resolution, cfg.bound)
 
@@ -82,7 +87,7 @@ class NeRFField(nn.Module):
         return self.cfg.blob_density * (1.0 - points.norm(dim=-1) / self.cfg.blob_radius)
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """points [N, 3] → (density σ [N] ≥ 0, albedo [N, 3] in (0, 1))."""
+        """points [N, 3] → (density σ [N] ≥ 0, albedo [N, C] in (0, 1), C = ``color_channels``)."""
         raw = self.mlp(self.encoding(points))
         sigma = trunc_exp(raw[:, 0] + self.density_bias(points))
         return sigma, torch.sigmoid(raw[:, 1:])
