@@ -10,6 +10,8 @@ import dreamcore.guidance.sjc  # noqa: F401
 import dreamcore.guidance.vsd  # noqa: F401
 import dreamcore.priors.reference  # noqa: F401
 import dreamcore.renderers.background  # noqa: F401
+import dreamcore.renderers.mesh  # noqa: F401
 import dreamcore.renderers.volume  # noqa: F401
+import dreamcore.representations.mesh  # noqa: F401
 import dreamcore.representations.nerf  # noqa: F401
 import systems  # noqa: F401
