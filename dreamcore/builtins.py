@@ -12,6 +12,7 @@ import dreamcore.priors.reference  # noqa: F401
 import dreamcore.renderers.background  # noqa: F401
 import dreamcore.renderers.mesh  # noqa: F401
 import dreamcore.renderers.volume  # noqa: F401
+import dreamcore.representations.dmtet  # noqa: F401
 import dreamcore.representations.mesh  # noqa: F401
 import dreamcore.representations.nerf  # noqa: F401
 import systems  # noqa: F401

@@ -33,6 +33,7 @@ class MeshSystem(DreamFusionSystem):
     class Config(DreamFusionSystem.Config):
         lambda_laplacian: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
         lambda_normal_consistency: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
+        lambda_sdf_sign: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))  # DMTet only
 
     def __init__(self, cfg: "MeshSystem.Config", full: FullConfig) -> None:
         super().__init__(cfg, full)
@@ -61,13 +62,14 @@ class MeshSystem(DreamFusionSystem):
 
     def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         losses = super().training_step(cameras, step, generator)
-        lap, nc = self.cfg.lambda_laplacian(step), self.cfg.lambda_normal_consistency(step)
-        if lap > 0 or nc > 0:
+        weights = {"laplacian": self.cfg.lambda_laplacian(step),
+                   "normal_consistency": self.cfg.lambda_normal_consistency(step),
+                   "sdf_sign": self.cfg.lambda_sdf_sign(step)}
+        if any(w > 0 for w in weights.values()):
             reg = self.representation.regularizers()
-            if lap > 0:
-                losses["laplacian"] = lap * reg["laplacian"]
-            if nc > 0:
-                losses["normal_consistency"] = nc * reg["normal_consistency"]
+            for name, w in weights.items():
+                if w > 0 and name in reg:
+                    losses[name] = w * reg[name]
         return losses
 
     def after_step(self, step: int, generator: torch.Generator) -> None:
