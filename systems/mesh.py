@@ -65,11 +65,12 @@ class MeshSystem(DreamFusionSystem):
         weights = {"laplacian": self.cfg.lambda_laplacian(step),
                    "normal_consistency": self.cfg.lambda_normal_consistency(step),
                    "sdf_sign": self.cfg.lambda_sdf_sign(step)}
-        if any(w > 0 for w in weights.values()):
-            reg = self.representation.regularizers()
-            for name, w in weights.items():
-                if w > 0 and name in reg:
-                    losses[name] = w * reg[name]
+        active = tuple(name for name, w in weights.items() if w > 0)
+        if active:
+            reg = self.representation.regularizers(active)
+            for name in active:
+                if name in reg:
+                    losses[name] = weights[name] * reg[name]
         return losses
 
     def after_step(self, step: int, generator: torch.Generator) -> None:

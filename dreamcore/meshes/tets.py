@@ -80,11 +80,12 @@ def marching_tets(positions: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor,
     dev = positions.device
     with torch.no_grad():
         inside = sdf < 0
-        occ = inside[tets]  # [T, 4]
-        n_in = occ.sum(1)
-        valid = (n_in > 0) & (n_in < 4)
+        o = inside.to(torch.uint8)[tets]  # [T, 4]
+        code_all = o[:, 0] + 2 * o[:, 1] + 4 * o[:, 2] + 8 * o[:, 3]
+        valid = ((code_all != 0) & (code_all != 15)).nonzero().squeeze(1)
         vt = tets[valid]
-        code = (occ[valid].long() * (2 ** torch.arange(4, device=dev))).sum(1)
+        occ_v = o[valid].bool()
+        code = code_all[valid].long()
         edges = vt[:, torch.tensor(TET_EDGES, device=dev)]  # [T', 6, 2]
         lo, hi = edges.min(-1).values, edges.max(-1).values
         crossing = inside[lo] != inside[hi]
@@ -109,7 +110,7 @@ def marching_tets(positions: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor,
             v0, v1, v2 = verts[faces].unbind(1)
             normal = torch.cross(v1 - v0, v2 - v0, dim=-1)
             corners = positions[vt[tet_of_face]]  # [F, 4, 3]
-            w_in = occ[valid][tet_of_face].to(positions.dtype)  # [F, 4]
+            w_in = occ_v[tet_of_face].to(positions.dtype)  # [F, 4]
             c_in = (corners * w_in[..., None]).sum(1) / w_in.sum(1, keepdim=True)
             c_out = (corners * (1 - w_in)[..., None]).sum(1) / (1 - w_in).sum(1, keepdim=True)
             flip = (normal * (c_out - c_in)).sum(-1) < 0
@@ -120,4 +121,6 @@ def marching_tets(positions: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor,
 def grid_edges(tets: Tensor) -> Tensor:
     """[E, 2] unique undirected edges of a tet mesh (for the SDF sign regularizer)."""
     e = tets[:, torch.tensor(TET_EDGES)].reshape(-1, 2)
-    return torch.unique(torch.sort(e, dim=1).values, dim=0)
+    n = int(tets.max()) + 1
+    key = torch.unique(e.min(1).values * n + e.max(1).values)
+    return torch.stack([torch.div(key, n, rounding_mode="floor"), key % n], 1)

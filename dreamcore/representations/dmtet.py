@@ -71,6 +71,7 @@ class DMTet(nn.Module):
         self.cell = 2.0 * cfg.bound / cfg.resolution
         self.sdf = nn.Parameter(grid.norm(dim=-1) - cfg.init_radius)
         self.deform = nn.Parameter(torch.zeros_like(grid))
+        self._cache = None
         self.texture = FieldTexture(cfg.bound, cfg.n_levels, cfg.n_features, cfg.log2_table_size,
                                     cfg.base_resolution, cfg.max_resolution, cfg.hidden)
 
@@ -79,17 +80,25 @@ class DMTet(nn.Module):
         return self.grid + self.cell * self.cfg.deform_scale * torch.tanh(self.deform)
 
     def surface(self) -> Surface:
+        """The current surface; reused while the parameters are unchanged (render and regularizers of one
+        step share one extraction and one autograd graph)."""
+        key = (self.sdf._version, self.deform._version, self.sdf.data_ptr(), torch.is_grad_enabled())
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
         verts, faces = marching_tets(self.positions(), self.sdf, self.tets)
-        return Surface.of(verts, faces)
+        surf = Surface.of(verts, faces)
+        self._cache = (key, surf)
+        return surf
 
     def albedo(self, points: Tensor, face_id, bary) -> Tensor:  # noqa: ARG002
         return self.texture(points)
 
-    def regularizers(self) -> dict[str, Tensor]:
+    def regularizers(self, names=("laplacian", "normal_consistency", "sdf_sign")) -> dict[str, Tensor]:
         surf = self.surface()
-        return {"laplacian": laplacian_loss(surf.vertices, surf.faces),
-                "normal_consistency": normal_consistency_loss(surf.vertices, surf.faces, surf.topology),
-                "sdf_sign": self.sdf_sign_loss()}
+        terms = {"laplacian": lambda: laplacian_loss(surf.vertices, surf.faces),
+                 "normal_consistency": lambda: normal_consistency_loss(surf.vertices, surf.faces, surf.topology),
+                 "sdf_sign": self.sdf_sign_loss}
+        return {k: terms[k]() for k in names}
 
     def sdf_sign_loss(self) -> Tensor:
         sa, sb = self.sdf[self.edges[:, 0]], self.sdf[self.edges[:, 1]]

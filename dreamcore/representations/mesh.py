@@ -137,10 +137,11 @@ class MeshRepresentation(nn.Module):
         uv = interpolate_at(uvs, self._uv_faces.to(points.device), face_id, bary.to(uvs.dtype))
         return self.texture(uv)
 
-    def regularizers(self) -> dict[str, Tensor]:
+    def regularizers(self, names=("laplacian", "normal_consistency")) -> dict[str, Tensor]:
         surf = self.surface()
-        return {"laplacian": laplacian_loss(surf.vertices, surf.faces),
-                "normal_consistency": normal_consistency_loss(surf.vertices, surf.faces, surf.topology)}
+        terms = {"laplacian": lambda: laplacian_loss(surf.vertices, surf.faces),
+                 "normal_consistency": lambda: normal_consistency_loss(surf.vertices, surf.faces, surf.topology)}
+        return {k: terms[k]() for k in names if k in terms}
 
     # -- training hooks --------------------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
