@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from dreamcore import registry
@@ -88,3 +89,42 @@ def test_init_from_an_earlier_run_preserves_its_surface_and_colours():
     reg = rep.regularizers()
     assert set(reg) == {"laplacian", "normal_consistency", "sdf_sign"}
     assert all(bool(torch.isfinite(x)) for x in reg.values())
+
+
+@pytest.mark.slow
+def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
+    """The Magic3D-like pair on tiny settings: NeRF coarse stage, then DMTet fine stage from it, exported as a
+    GLB directly from the surface."""
+    import json
+
+    from dreamcore.cli import config_path, main
+    from dreamcore.meshes.io import load_mesh
+
+    common = ["run.progress=false", "run.val_every=0", "prior.bank_views=4", "eval.views=2", "eval.resolution=16",
+              "camera.batch_size=2", "a robot"]
+    coarse, fine = tmp_path / "coarse", tmp_path / "fine"
+    assert main(["generate", "--config", str(config_path("magic3d-coarse")), f"run.dir={coarse}", "run.steps=4",
+                 "camera.resolution=24", "system.rays_per_view=48", "representation.n_levels=4",
+                 "representation.log2_table_size=12", "representation.max_resolution=64",
+                 "representation.occupancy_resolution=16", "export.formats=[]", "representation.blob_density=10",
+                 *common]) == 0
+    assert main(["generate", "--config", str(config_path("magic3d-refine")), f"run.dir={fine}",
+                 f"init.from_run={coarse}", "run.steps=3", "camera.resolution=32", "representation.resolution=16",
+                 "representation.n_levels=4", "representation.log2_table_size=12", "representation.max_resolution=64",
+                 "representation.init_texture_steps=10", "representation.init_texture_points=2000",
+                 "export.formats=[glb]", "export.texture_size=64", *common]) == 0
+    metrics = json.loads((fine / "metrics.json").read_text())
+    assert metrics["export"]["init"]["faces"] > 0 and metrics["export"]["extract_seconds"] == 0.0
+    glb = load_mesh(fine / "model.glb")
+    assert glb.faces.shape[0] == metrics["export"]["faces"] and 0.0 <= metrics["glb_iou"] <= 1.0
+
+
+def test_mesh_stage_configs_parse_and_pick_the_rasterizer():
+    from dreamcore.cli import config_path
+    from dreamcore.config import load_config
+
+    for name, rep in (("magic3d-refine", "dmtet"), ("reference-dmtet", "dmtet"), ("texture", "mesh")):
+        cfg = load_config(config_path(name), ["mesh=assets/robot.glb"] if name == "texture" else [])
+        assert (cfg.system.name, cfg.representation.name, cfg.renderer.name) == ("mesh", rep, "mesh")
+    coarse = load_config(config_path("magic3d-coarse"))
+    assert (coarse.representation.name, coarse.renderer.name) == ("nerf", "volume")
