@@ -100,8 +100,8 @@ def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
     from dreamcore.cli import config_path, main
     from dreamcore.meshes.io import load_mesh
 
-    common = ["run.progress=false", "run.val_every=0", "prior.bank_views=4", "eval.views=2", "eval.resolution=16",
-              "camera.batch_size=2", "a robot"]
+    common = ["run.progress=false", "run.val_every=0", "run.val_resolution=16", "prior.bank_views=4",
+              "eval.views=2", "eval.resolution=16", "camera.batch_size=2", "a robot"]
     coarse, fine = tmp_path / "coarse", tmp_path / "fine"
     assert main(["generate", "--config", str(config_path("magic3d-coarse")), f"run.dir={coarse}", "run.steps=4",
                  "camera.resolution=24", "system.rays_per_view=48", "representation.n_levels=4",
