@@ -117,6 +117,14 @@ def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
     assert metrics["export"]["init"]["faces"] > 0 and metrics["export"]["extract_seconds"] == 0.0
     glb = load_mesh(fine / "model.glb")
     assert glb.faces.shape[0] == metrics["export"]["faces"] and 0.0 <= metrics["glb_iou"] <= 1.0
+    # a finished stage reloads from its own checkpoint, without its source run (no second conversion)
+    from dreamcore.runner.init import load_run_system
+
+    coarse.rename(tmp_path / "moved")
+    restored = load_run_system(fine)
+    assert restored.init_report == {} and restored.representation.surface().faces.shape[0] > 0
+    assert main(["export", str(fine), "export.formats=[obj]", "export.texture_size=32"]) == 0
+    assert (fine / "model.obj").is_file()
 
 
 def test_mesh_stage_configs_parse_and_pick_the_rasterizer():

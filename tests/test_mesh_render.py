@@ -48,8 +48,8 @@ def test_antialiased_coverage_of_a_triangle_is_its_area():
 
 
 def test_vertical_edge_covers_the_exact_fraction_of_its_pixel_column():
-    # a rectangle (two triangles) whose right edge sits at x = 10.3 px: column 10 is covered 0.8 (its centre
-    # 10.5 is outside, the left 0.8 of it... from 10.0 to 10.3 is 0.3 + the half to the left centre)
+    # a rectangle (two triangles) whose right edge sits at x = 10.3 px: pixel column 10 spans [10, 11] and is
+    # covered over 0.3 of its width; its centre (10.5) is outside, so that coverage comes from the antialiasing
     size = 16
     x_edge = 10.3 / size * 2 - 1
     xy = torch.tensor([[-1.5, -1.5], [x_edge, -1.5], [x_edge, 1.5], [-1.5, 1.5]], dtype=torch.float64)

@@ -169,7 +169,7 @@ class MeshRenderer:
         corner = torch.eye(3, device=clip.device, dtype=torch.float32)
         tri_corner_attr = corner.repeat(faces.shape[0], 1)  # [3F, 3]
         tri_faces = torch.arange(3 * faces.shape[0], device=clip.device, dtype=torch.int32).view(-1, 3)
-        bary_img, _ = dr.interpolate(tri_corner_attr[None].contiguous(), rast, tri_faces)
+        bary_img, _ = dr.interpolate(tri_corner_attr.contiguous(), rast, tri_faces)  # 2D attr: all views
         rast_top, bary_top = rast.flip(1), bary_img.flip(1)
         face_id = rast_top[..., 3].long() - 1
         mask = face_id >= 0

@@ -84,8 +84,7 @@ class MeshRepresentation(nn.Module):
         self._uvs: Optional[Tensor] = None
         if cfg.texture == "uv":
             self._setup_uvs(asset)
-            mean = self._mean_color(asset)
-            self.texture = UVTexture(cfg.texture_size, cfg.texture_levels, init_color=mean)
+            self.texture = UVTexture(cfg.texture_size, cfg.texture_levels)  # starts grey (sigmoid(0) = 0.5)
         else:
             self.texture = FieldTexture(1.0, cfg.n_levels, cfg.n_features, cfg.log2_table_size,
                                         cfg.base_resolution, cfg.max_resolution, cfg.hidden)
@@ -108,11 +107,6 @@ class MeshRepresentation(nn.Module):
         self._uvs = torch.from_numpy(uvs).float()
         self._uv_faces = torch.from_numpy(faces_uv).long()
         self._uv_vertex = first_file[torch.from_numpy(vmapping)]
-
-    @staticmethod
-    def _mean_color(asset) -> Optional[Tensor]:
-        """Untextured, uncoloured input: start from its base colour (white for a bare file) at half strength."""
-        return torch.full((3,), 0.5)
 
     # -- the renderer's contract ---------------------------------------------------------------------------------
     def vertices(self) -> Tensor:

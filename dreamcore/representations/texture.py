@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,14 +51,11 @@ class FieldTexture(nn.Module):
 
 
 class UVTexture(nn.Module):
-    def __init__(self, size: int = 512, levels: int = 5, init_color: Optional[Tensor] = None) -> None:
+    def __init__(self, size: int = 512, levels: int = 5) -> None:
         super().__init__()
         self.size = size
         sizes = [max(1, size >> level) for level in range(levels)]
-        self.levels = nn.ParameterList([nn.Parameter(torch.zeros(s, s, 3)) for s in sizes])
-        if init_color is not None:  # a uniform start colour, on the coarsest level (logit space)
-            with torch.no_grad():
-                self.levels[-1].copy_(torch.logit(init_color.clamp(0.02, 0.98)).expand_as(self.levels[-1]))
+        self.levels = nn.ParameterList([nn.Parameter(torch.zeros(s, s, 3)) for s in sizes])  # grey start
 
     def image(self) -> Tensor:
         """[S, S, 3] texture in (0, 1): sigmoid of the summed upsampled levels."""
