@@ -100,7 +100,7 @@ class MeshSystem(DreamFusionSystem):
         options = {"turntable_frames": e.turntable_frames, "turntable_resolution": e.turntable_resolution,
                    "turntable_format": e.turntable_format}
         if getattr(rep.cfg, "texture", "field") == "uv":
-            verts, faces, uvs, texture, _ = rep.export_arrays()
+            verts, faces, uvs, texture, _ = rep.export_arrays(e.texture_size)
             mesh = TexturedMesh(verts, faces, uvs, texture)
             run_dir.mkdir(parents=True, exist_ok=True)
             paths: dict = {}

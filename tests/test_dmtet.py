@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from dreamcore import registry
@@ -91,7 +90,6 @@ def test_init_from_an_earlier_run_preserves_its_surface_and_colours():
     assert all(bool(torch.isfinite(x)) for x in reg.values())
 
 
-@pytest.mark.slow
 def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
     """The Magic3D-like pair on tiny settings: NeRF coarse stage, then DMTet fine stage from it, exported as a
     GLB directly from the surface."""

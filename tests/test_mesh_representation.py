@@ -51,6 +51,7 @@ def test_uv_texture_keeps_the_files_uvs_and_vertices_bit_for_bit():
     assert torch.equal(torch.from_numpy(faces), asset.faces)
     assert torch.equal(torch.from_numpy(uvs), asset.uvs)
     assert texture.shape == (64, 64, 3)
+    assert rep.export_arrays(texture_size=128)[3].shape == (128, 128, 3)  # export.texture_size resamples
     # welded geometry: fewer vertices, same triangles
     assert rep.base.shape[0] < asset.vertices.shape[0]
     corners = rep.transform.to_original(rep.base[rep.faces])

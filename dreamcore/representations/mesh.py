@@ -154,9 +154,10 @@ class MeshRepresentation(nn.Module):
 
     # -- export -------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def export_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    def export_arrays(self, texture_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """(verts [V', 3], faces [F, 3], uvs [V', 2], texture [S, S, 3], in_original_frame) of a UV-textured
-        mesh. Fixed geometry: the file's own vertex values (bit for bit), in its own frame."""
+        mesh, the texture resampled to ``texture_size`` when given (bilinear, antialiased when shrinking).
+        Fixed geometry: the file's own vertex values (bit for bit), in its own frame."""
         if self._uvs is None:
             raise DreamcoreError("export_arrays needs representation.texture=uv")
         file_vertex = self._uv_vertex
@@ -165,7 +166,12 @@ class MeshRepresentation(nn.Module):
             pos = self.transform.to_original(welded[self.split_index[file_vertex].cpu()].double()).float()
         else:
             pos = self.original.vertices[file_vertex]
-        texture = self.texture.image().detach().cpu().numpy()
+        image = self.texture.image().detach().cpu()
+        if texture_size and texture_size != image.shape[0]:
+            image = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(texture_size, texture_size),
+                                                    mode="bilinear", align_corners=False,
+                                                    antialias=texture_size < image.shape[0])[0].permute(1, 2, 0)
+        texture = image.clamp(0.0, 1.0).numpy()
         return pos.numpy(), self._uv_faces.numpy(), self._uvs.numpy(), texture, True
 
     def export_density(self, points: Tensor) -> Tensor:
