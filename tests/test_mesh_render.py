@@ -236,3 +236,13 @@ def test_nvdiffrast_matches_the_torch_reference():
     assert float(((t.alpha - n.alpha).abs() > 0.5).float().mean()) < 0.002
     assert float((t.rgb - n.rgb).abs().mean()) < 0.01
     assert torch.allclose(t.depth[hard[..., 0]], n.depth[hard[..., 0]], atol=1e-3)
+
+
+def test_backend_choice():
+    from dreamcore.errors import DreamcoreError
+
+    auto = registry.build("renderer", parse_component("renderer", {"name": "mesh"}, "r"))
+    assert auto.backend == ("nvdiffrast" if nvdiffrast_available() else "torch")
+    if not nvdiffrast_available():
+        with pytest.raises(DreamcoreError, match="nvdiffrast"):
+            registry.build("renderer", parse_component("renderer", {"name": "mesh", "backend": "nvdiffrast"}, "r"))
