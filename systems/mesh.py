@@ -90,7 +90,8 @@ class MeshSystem(DreamFusionSystem):
     @torch.no_grad()
     def export_mesh(self, run_dir: Path, cfg: FullConfig) -> dict:
         """Write the surface directly: a UV-textured representation as it is (its UVs and texture image), a
-        texture field through an xatlas atlas baked at ``export.texture_size``."""
+        texture field through an xatlas atlas baked at ``export.texture_size``. Extracted surfaces (DMTet) are
+        decimated to ``export.target_faces`` first; explicit meshes keep their triangles."""
         from dreamcore.export import export_textured_mesh
         from dreamcore.export.exporters import TexturedMesh, exporters_for
 
@@ -112,6 +113,10 @@ class MeshSystem(DreamFusionSystem):
             faces = surf.faces.cpu().numpy()
             if len(faces) == 0:
                 raise DreamcoreError("nothing to export: the surface is empty")
+            if getattr(rep, "decimate_on_export", False):  # extracted surfaces (DMTet): export.target_faces
+                from dreamcore.export.extract import decimate
+
+                verts, faces = decimate(verts, faces, e.target_faces)
             device = surf.vertices.device
             transform = self.scene_transform
             paths = export_textured_mesh(

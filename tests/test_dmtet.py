@@ -110,9 +110,10 @@ def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
                  f"init.from_run={coarse}", "run.steps=3", "camera.resolution=32", "representation.resolution=16",
                  "representation.n_levels=4", "representation.log2_table_size=12", "representation.max_resolution=64",
                  "representation.init_texture_steps=10", "representation.init_texture_points=2000",
-                 "export.formats=[glb]", "export.texture_size=64", *common]) == 0
+                 "export.formats=[glb]", "export.texture_size=64", "export.target_faces=300", *common]) == 0
     metrics = json.loads((fine / "metrics.json").read_text())
-    assert metrics["export"]["init"]["faces"] > 0 and metrics["export"]["extract_seconds"] == 0.0
+    assert metrics["export"]["init"]["faces"] > 600 and metrics["export"]["extract_seconds"] == 0.0
+    assert metrics["export"]["faces"] <= 310  # the DMTet surface is decimated to export.target_faces
     glb = load_mesh(fine / "model.glb")
     assert glb.faces.shape[0] == metrics["export"]["faces"] and 0.0 <= metrics["glb_iou"] <= 1.0
     # a finished stage reloads from its own checkpoint, without its source run (no second conversion)

@@ -34,6 +34,8 @@ from dreamcore.representations.texture import FieldTexture
 
 @register("representation", "dmtet")
 class DMTet(nn.Module):
+    decimate_on_export = True  # marching tetrahedra over-tessellates: export.target_faces applies
+
     @dataclass
     class Config(ComponentConfig):
         resolution: int = 64  # grid cells per axis (6 tets per cell)
