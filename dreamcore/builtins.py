@@ -13,6 +13,9 @@ import dreamcore.priors.reference  # noqa: F401
 import dreamcore.priors.sdxl  # noqa: F401
 import dreamcore.priors.stable_diffusion  # noqa: F401
 import dreamcore.renderers.background  # noqa: F401
+import dreamcore.renderers.mesh  # noqa: F401
 import dreamcore.renderers.volume  # noqa: F401
+import dreamcore.representations.dmtet  # noqa: F401
+import dreamcore.representations.mesh  # noqa: F401
 import dreamcore.representations.nerf  # noqa: F401
 import systems  # noqa: F401

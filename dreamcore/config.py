@@ -201,6 +201,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         tree = merge_trees(tree, load_yaml_tree(path))
     if overrides:
         tree = merge_trees(tree, parse_overrides(overrides))
+    if "mesh" in tree:  # top-level alias (configs/texture.yaml): ``mesh=X.obj`` is ``representation.path=X.obj``
+        rep = tree.get("representation")
+        rep = {"name": rep} if isinstance(rep, str) else dict(rep or {})
+        rep["path"] = tree.pop("mesh")
+        tree["representation"] = rep
     load_plugins(tree.get("plugins", []) or [])
     return parse(Config, tree, "")
 

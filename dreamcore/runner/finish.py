@@ -16,6 +16,9 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
     from dreamcore.export import export_textured_mesh
     from dreamcore.export.extract import extract_mesh, taubin_smooth
 
+    own_export = getattr(system, "export_mesh", None)
+    if own_export is not None:  # surface representations write themselves (no marching cubes)
+        return own_export(run_dir, cfg)
     e = cfg.export
     t0 = time.perf_counter()
     field = system.representation
