@@ -50,7 +50,12 @@ class DreamFusionSystem:
 
     def initialize_from(self, source) -> None:
         """Start from an earlier run's system (``init.from_run``): its field (and background, when of the same
-        kind) become this run's starting point, e.g. an SDS coarse stage refined with VSD."""
+        kind) become this run's starting point, e.g. an SDS coarse stage refined with VSD. A representation that
+        converts from other kinds (DMTet from a NeRF's density) does so in its ``init_from_system``; its report
+        (a dict) is returned."""
+        convert = getattr(self.representation, "init_from_system", None)
+        if convert is not None:
+            return convert(source)
         src = source.representation
         if type(src) is not type(self.representation):
             raise DreamcoreError(f"init.from_run: representation '{self.full.representation.name}' cannot start "
@@ -62,6 +67,7 @@ class DreamFusionSystem:
         except RuntimeError as e:
             raise DreamcoreError(f"init.from_run: the earlier run's {self.full.representation.name} has other "
                                  f"sizes than this config's (keep representation.* equal): {e}") from None
+        return {}
 
     def _check_channels(self) -> None:
         """Field, background and prior agree on the number of colour channels (latent fields: 4), at start."""

@@ -43,16 +43,15 @@ class MeshSystem(DreamFusionSystem):
         if full.renderer.name != "mesh":
             raise DreamcoreError(f"system 'mesh' rasterizes: set renderer.name=mesh (got '{full.renderer.name}')")
         self.init_report: dict = {}
-        if full.init.from_run and not _has_checkpoint(full.run.dir):  # resumed / reloaded runs load their own
-            init = getattr(self.representation, "init_from_system", None)
-            if init is None:
-                raise DreamcoreError(f"representation '{full.representation.name}' cannot start from an earlier "
-                                     "run (init.from_run)")
-            from dreamcore.runner.init import load_run_system
 
-            t0 = time.perf_counter()
-            self.init_report = init(load_run_system(full.init.from_run))
-            self.init_report["seconds"] = round(time.perf_counter() - t0, 2)
+    def initialize_from(self, source) -> None:
+        """``init.from_run``: the representation converts the earlier run (DMTet: SDF from its density)."""
+        if getattr(self.representation, "init_from_system", None) is None:
+            raise DreamcoreError(f"representation '{self.full.representation.name}' cannot start from an earlier "
+                                 "run (init.from_run)")
+        t0 = time.perf_counter()
+        self.init_report = dict(super().initialize_from(source))
+        self.init_report["seconds"] = round(time.perf_counter() - t0, 2)
 
     @property
     def scene_transform(self):
@@ -126,9 +125,3 @@ class MeshSystem(DreamFusionSystem):
         return {"files": {k: str(v) for k, v in paths.items()}, "faces": int(len(faces)),
                 "vertices": int(len(verts)), "extract_seconds": 0.0, "write_seconds": round(t1 - t0, 2),
                 **({"init": self.init_report} if self.init_report else {})}
-
-
-def _has_checkpoint(run_dir: str) -> bool:
-    from dreamcore.runner.rundir import RunDir
-
-    return bool(run_dir) and RunDir(Path(run_dir)).has_checkpoint()
