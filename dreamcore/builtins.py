@@ -13,3 +13,5 @@ import dreamcore.renderers.background  # noqa: F401
 import dreamcore.renderers.volume  # noqa: F401
 import dreamcore.representations.nerf  # noqa: F401
 import systems  # noqa: F401
+import dreamcore.renderers.splat  # noqa: F401
+import dreamcore.representations.gaussians  # noqa: F401
