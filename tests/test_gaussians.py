@@ -157,3 +157,20 @@ def test_init_from_an_earlier_nerf_run(tmp_path):
     dens = source.density((rep.means.detach()[:, None] + offsets).reshape(-1, 3)).reshape(-1, 8)
     assert bool((dens.amax(1) > 1.0).all())
     assert torch.allclose(rep.scales.detach(), torch.full((300, 3), 0.5 * h))
+
+
+@pytest.mark.parametrize("name", ["dreamgaussian", "luciddreamer"])
+def test_recipe_configs_run_briefly_on_the_reference_prior(tmp_path, name):
+    cfg = load_config(config_path(name), [])
+    assert cfg.system.name == "gaussian" and cfg.representation.name == "gaussians"
+    if name == "dreamgaussian":
+        assert cfg.guidance.t_schedule == "linear" and cfg.system.densify.grad_threshold == 0.01
+        assert cfg.representation.lr_means(300) == pytest.approx(2e-5)
+    else:
+        assert cfg.guidance.name == "ism" and cfg.views.perp_neg and cfg.system.densify.opacity_reset_every == 300
+    run = tmp_path / name
+    assert main(["generate", "--config", f"configs/{name}.yaml", "run.steps=2", "run.progress=false",
+                 "run.val_every=0", "run.val_resolution=16", "camera.resolution=24", "camera.batch_size=1", "representation.init_points=300",
+                 "export.formats=[ply]", "eval.views=2", "eval.resolution=16", "prior.bank_views=8",
+                 f"run.dir={run}"]) == 0
+    assert (run / "model.ply").is_file()
