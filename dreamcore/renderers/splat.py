@@ -69,7 +69,7 @@ class SplatRenderer:
     @dataclass
     class Config(ComponentConfig):
         backend: Literal["auto", "torch", "gsplat"] = "auto"
-        tile_size: int = 16
+        tile_size: int = 8
         near: float = 0.01
         normals: Literal["gaussians", "depth"] = "gaussians"
         shading: Literal["albedo", "lambertian", "textureless", "random"] = "albedo"

@@ -12,7 +12,9 @@ Compositing (front to back by view depth of the centre): at pixel p,
     T_i = Π_{j<i} (1 − α_j),  C = Σ_i T_i α_i c_i + T_final·bg,
 stopping before the Gaussian that would bring T below 10⁻⁴ (3DGS's rules). Pixels are binned into square
 tiles; each Gaussian is listed in the tiles its footprint overlaps; a pixel visits its tile's sorted list.
-A no-grad pass drops pairs that contribute nothing; the differentiable pass recomputes only the rest.
+A no-grad pass marches each pixel's list in chunks (``chunk`` Gaussians, doubling) until its transmittance is
+spent and
+keeps the pairs that contribute; the differentiable pass recomputes only those.
 Pixel centres are at (j + ½, i + ½) for row i, column j (dreamcore's camera convention).
 """
 
@@ -91,12 +93,22 @@ def pixel_centres(pixel_index: Optional[Tensor], b: int, height: int, width: int
     return pixel_index // width, pixel_index % width
 
 
-def _tile_lists(proj: Projection, tile: int, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Gaussian ids (view-major, b·N + n) sorted by (view, tile, depth), and each global tile's start and count."""
+def _tile_lists(proj: Projection, opacities: Tensor, tile: int, tiles_x: int,
+                tiles_y: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gaussian ids (view-major, b·N + n) sorted by (view, tile, depth), and each global tile's start and count.
+    Binning uses the footprint where α can reach 1/255 — Mahalanobis m ≤ 2 ln(255 o), bounding half-width
+    √(λ_max m) — when that is inside the 3σ square (pairs outside it are skipped by the α rule anyway)."""
     b, n = proj.depths.shape
     dev = proj.depths.device
     with torch.no_grad():
-        radii = proj.radii.reshape(-1)
+        a, c = proj.cov2d[..., 0, 0], proj.cov2d[..., 1, 1]
+        bb = proj.cov2d[..., 0, 1]
+        mid = 0.5 * (a + c)
+        lam = mid + torch.sqrt((mid * mid - (a * c - bb * bb)).clamp_min(0.1))
+        level = 2.0 * torch.log((255.0 * opacities.detach()).clamp_min(1e-6)).reshape(1, n)
+        reach = torch.where(level > 0, torch.sqrt(lam * level.clamp_min(0.0)), torch.zeros_like(lam))
+        radii = torch.where(level > 0, torch.minimum(proj.radii, torch.ceil(reach)), torch.zeros_like(lam))
+        radii = torch.where(proj.radii > 0, radii, torch.zeros_like(radii)).reshape(-1)
         vis = (radii > 0).nonzero(as_tuple=True)[0]
         m = proj.means2d.detach().reshape(-1, 2)[vis]
         r = radii[vis]
@@ -124,43 +136,61 @@ def _tile_lists(proj: Projection, tile: int, tiles_x: int, tiles_y: int) -> tupl
 
 
 def rasterize(proj: Projection, opacities: Tensor, features: Tensor, height: int, width: int,
-              pixel_index: Optional[Tensor] = None, tile: int = 16) -> tuple[Tensor, Tensor]:
+              pixel_index: Optional[Tensor] = None, tile: int = 16, chunk: int = 32) -> tuple[Tensor, Tensor]:
     """Composite per-view features [B, N, C] (colour, depth, normals…) of Gaussians with opacities [N]
     → (Σ_i T_i α_i f_i [B, P, C], accumulated alpha [B, P]) for all pixels (P = H·W, row-major) or ``pixel_index``."""
     b, n = proj.depths.shape
     dev = features.device
     tiles_x, tiles_y = math.ceil(width / tile), math.ceil(height / tile)
-    gauss, t_start, t_count = _tile_lists(proj, tile, tiles_x, tiles_y)
+    gauss, t_start, t_count = _tile_lists(proj, opacities, tile, tiles_x, tiles_y)
     rows, cols = pixel_centres(pixel_index, b, height, width, dev)
     p = rows.shape[1]
     view = torch.arange(b, device=dev)[:, None].expand(b, p)
     pix_tile = (view * (tiles_x * tiles_y) + (rows // tile) * tiles_x + cols // tile).reshape(-1)
     pcount = t_count[pix_tile]
-    pid = torch.repeat_interleave(torch.arange(b * p, device=dev), pcount)
-    local = torch.arange(len(pid), device=dev) - (torch.cumsum(pcount, 0) - pcount)[pid]
-    gid = gauss[t_start[pix_tile[pid]] + local]  # global (view-major) Gaussian id of each pair
-    px = (cols.reshape(-1).to(features.dtype) + 0.5)
-    py = (rows.reshape(-1).to(features.dtype) + 0.5)
-    means2d = proj.means2d.reshape(-1, 2)
-    conics = proj.conics.reshape(-1, 3)
-    opac = opacities.reshape(1, n).expand(b, n).reshape(-1)
+    pstart = t_start[pix_tile]
+    pix = torch.stack([cols.reshape(-1), rows.reshape(-1)], -1).to(features.dtype) + 0.5  # [B·P, 2]
+    opac = opacities.reshape(1, n, 1).expand(b, n, 1).reshape(-1, 1)
+    packed = torch.cat([proj.means2d.reshape(-1, 2), proj.conics.reshape(-1, 3), opac], 1)  # [B·N, 6]
 
-    def alphas(pid_: Tensor, gid_: Tensor) -> Tensor:
-        dx = px[pid_] - means2d[gid_, 0]
-        dy = py[pid_] - means2d[gid_, 1]
-        cn = conics[gid_]
-        power = -0.5 * (cn[:, 0] * dx * dx + cn[:, 2] * dy * dy) - cn[:, 1] * dx * dy
-        alpha = (opac[gid_] * torch.exp(power.clamp(max=0.0))).clamp(max=ALPHA_MAX)
+    def alphas(pid_: Tensor, gid_: Tensor, table: Tensor) -> Tensor:
+        g = table[gid_]  # one gather per pair: (u, v, a, b, c, o)
+        d = pix[pid_] - g[:, :2]
+        dx, dy = d[:, 0], d[:, 1]
+        power = -0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) - g[:, 3] * dx * dy
+        alpha = (g[:, 5] * torch.exp(power.clamp(max=0.0))).clamp(max=ALPHA_MAX)
         return torch.where(power > 0, torch.zeros_like(alpha), alpha)
 
-    with torch.no_grad():  # which pairs contribute: α ≥ 1/255 and T after them ≥ 10⁻⁴
-        a = alphas(pid, gid)
-        keep = a >= ALPHA_MIN
-        pid, gid, a = pid[keep], gid[keep], a[keep]
-        log_t_after = exclusive_segment_cumsum(torch.log1p(-a), pid, b * p) + torch.log1p(-a)
-        keep = log_t_after >= math.log(T_MIN)
-        pid, gid = pid[keep], gid[keep]
-    alpha = alphas(pid, gid)
+    with torch.no_grad():  # which pairs contribute (α ≥ 1/255, T after them ≥ 10⁻⁴), marching `chunk` at a time
+        table = packed.detach()
+        log_t = torch.zeros(b * p, dtype=torch.float64, device=dev)
+        stop = math.log(T_MIN)
+        kept_pid, kept_gid = [], []
+        k = 0
+        while True:
+            live = ((pcount > k) & (log_t >= stop)).nonzero(as_tuple=True)[0]
+            if len(live) == 0:
+                break
+            m = (pcount[live] - k).clamp(max=chunk)
+            pid = torch.repeat_interleave(live, m)
+            local = k + torch.arange(len(pid), device=dev) - (torch.cumsum(m, 0) - m).repeat_interleave(m)
+            gid = gauss[pstart[pid] + local]
+            a = alphas(pid, gid, table)
+            ok = a >= ALPHA_MIN
+            pid, gid, a = pid[ok], gid[ok], a[ok]
+            la = torch.log1p(-a).double()
+            after = log_t[pid] + exclusive_segment_cumsum(la, pid, b * p) + la
+            ok = after >= stop
+            kept_pid.append(pid[ok])
+            kept_gid.append(gid[ok])
+            log_t.index_add_(0, pid, la)
+            k += chunk
+            chunk = min(2 * chunk, 4096)  # pixels still open after many Gaussians are mostly empty: go faster
+        pid = torch.cat(kept_pid) if kept_pid else torch.zeros(0, dtype=torch.long, device=dev)
+        gid = torch.cat(kept_gid) if kept_gid else torch.zeros(0, dtype=torch.long, device=dev)
+        order = torch.sort(pid, stable=True).indices  # pixel-major, depth order kept within each pixel
+        pid, gid = pid[order], gid[order]
+    alpha = alphas(pid, gid, packed)
     trans = torch.exp(exclusive_segment_cumsum(torch.log1p(-alpha), pid, b * p))
     w = trans * alpha
     feats = features.reshape(b * n, -1)[gid]
