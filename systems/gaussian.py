@@ -7,6 +7,7 @@ schedules, the active SH degree, and adaptive density control (Kerbl et al. 2023
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -38,6 +39,8 @@ class GaussianSystem(DreamFusionSystem):
 
     def _initialize(self) -> None:
         rep, init = self.representation, self.full.init
+        if self.full.run.dir and (Path(self.full.run.dir) / "ckpt" / "last.safetensors").is_file():
+            return  # resuming or re-exporting: the checkpoint replaces the Gaussians (and the source may be gone)
         g = torch.Generator().manual_seed(self.full.run.seed)
         if init.from_run:
             from dreamcore.runner.init import load_run_system

@@ -174,3 +174,27 @@ def test_recipe_configs_run_briefly_on_the_reference_prior(tmp_path, name):
                  "export.formats=[ply]", "eval.views=2", "eval.resolution=16", "prior.bank_views=8",
                  f"run.dir={run}"]) == 0
     assert (run / "model.ply").is_file()
+
+
+def test_init_file_through_the_system_lands_in_the_reference_scene_frame(tmp_path):
+    from dreamcore.runner.rundir import RunDir
+
+    cfg = gtiny(tmp_path, "file", "representation.init=file", "representation.init_file=assets/robot.glb")
+    rep = Trainer(cfg, RunDir(tmp_path / "file")).system.representation
+    r = rep.means.detach().norm(dim=-1)
+    assert len(rep) == 300 and float(r.max()) <= 0.9 + 1e-4 and float(r.max()) > 0.6  # normalized to radius 0.9
+    with pytest.raises(DreamcoreError, match="init_file"):
+        Trainer(gtiny(tmp_path, "nofile", "representation.init=file"), RunDir(tmp_path / "nofile"))
+
+
+def test_a_run_initialized_from_another_resumes_without_its_source(tmp_path):
+    import shutil
+
+    nerf = tmp_path / "nerf"
+    assert main(["generate", "--config", "configs/reference-nerf.yaml", *TINY, "run.steps=2", f"run.dir={nerf}"]) == 0
+    run = tmp_path / "gs"
+    assert main(["generate", "--config", "configs/reference-gaussians.yaml", *GTINY, "run.steps=2",
+                 f"init.from_run={nerf}", "representation.init_density_threshold=0.5", f"run.dir={run}"]) == 0
+    shutil.rmtree(nerf)
+    assert main(["generate", "--resume", str(run), "run.steps=4"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4
