@@ -198,3 +198,22 @@ def test_a_run_initialized_from_another_resumes_without_its_source(tmp_path):
     shutil.rmtree(nerf)
     assert main(["generate", "--resume", str(run), "run.steps=4"]) == 0
     assert json.loads((run / "metrics.json").read_text())["steps"] == 4
+
+
+def test_bake_colour_composites_what_an_inward_ray_sees():
+    """Two discs facing +Z at z = 0 (red, α 0.6) and z = −0.02 (green, α 0.7): a ray cast along −Z from above
+    sees red·α₁ + green·α₂(1 − α₁), whatever the storage order."""
+    from dreamcore.representations.gaussian_field import ray_composite
+
+    for order in ([0, 1], [1, 0]):
+        g = Gaussians(Gaussians.Config(init_points=2))
+        with torch.no_grad():
+            g.means.data = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -0.02]])[order]
+            g.log_scales.data = torch.log(torch.tensor([[0.1, 0.1, 0.002]] * 2))
+            g.opacity_logits.data = torch.logit(torch.tensor([0.6, 0.7]))[order]
+            g.sh_dc.data = rgb_to_sh_dc(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))[order][:, None]
+        pts, nrm = torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+        rgb, acc = ray_composite(g, pts, nrm, g.albedo().detach(), offset=0.05)
+        assert torch.allclose(rgb[0], torch.tensor([0.6, 0.7 * 0.4, 0.0]), atol=1e-5)
+        assert torch.allclose(acc, torch.tensor([0.6 + 0.7 * 0.4]), atol=1e-5)
+        assert torch.allclose(g.export_color(pts, nrm), (rgb / acc[:, None]).clamp(0, 1), atol=1e-6)

@@ -75,6 +75,7 @@ class SplatRenderer:
         shading: Literal["albedo", "lambertian", "textureless", "random"] = "albedo"
         shading_probs: tuple[float, float, float] = (0.1, 0.45, 0.45)
         ambient: float = 0.3
+        bake_offset: float = 0.05  # texture baking: rays start this far outside the surface
 
     supports_pixel_subsets = True
 
@@ -135,8 +136,9 @@ class SplatRenderer:
                             pixel_index=pixel_index, image_size=(height, width), extras=extras)
 
     @torch.no_grad()
-    def surface_color(self, gaussians, points: Tensor, normals: Tensor) -> Tensor:  # noqa: ARG002
-        return gaussians.export_color(points)
+    def surface_color(self, gaussians, points: Tensor, normals: Tensor) -> Tensor:
+        """Colour seen at surface points by short rays cast inward along −normal (texture baking)."""
+        return gaussians.export_color(points, normals, self.cfg.bake_offset)
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _gsplat(self, gaussians, cameras: Cameras, features: Tensor, height: int, width: int,

@@ -245,16 +245,23 @@ class Gaussians(nn.Module):
         return kernel_sum(self, points, None, chunk)[0]
 
     @torch.no_grad()
-    def export_color(self, points: Tensor) -> Tensor:
-        """Opacity·kernel-weighted mean DC colour [N, 3] at ``points`` (the nearest Gaussian's where none reach)."""
-        from dreamcore.representations.gaussian_field import kernel_sum
+    def export_color(self, points: Tensor, normals: Optional[Tensor] = None, offset: float = 0.05) -> Tensor:
+        """Base colour [N, 3] at surface ``points``: with ``normals``, what a short ray cast inward from
+        ``offset`` outside sees (un-premultiplied); elsewhere the opacity·kernel-weighted mean DC colour, or the
+        nearest Gaussian's where no kernel reaches."""
+        from dreamcore.representations.gaussian_field import kernel_sum, ray_composite
 
-        dens, rgb = kernel_sum(self, points, self.albedo())
+        albedo = self.albedo()
+        dens, rgb = kernel_sum(self, points, albedo)
         out = rgb / dens.clamp_min(1e-8)[:, None]
         far = dens < 1e-4
         if bool(far.any()):
             idx = torch.cdist(points[far], self.means.detach()).argmin(dim=1)
-            out[far] = self.albedo()[idx]
+            out[far] = albedo[idx]
+        if normals is not None:
+            seen, acc = ray_composite(self, points, normals, albedo, offset)
+            hit = acc > 0.05
+            out[hit] = seen[hit] / acc[hit, None]
         return out.clamp(0.0, 1.0)
 
     # -- initialization --------------------------------------------------------------------------------------------
