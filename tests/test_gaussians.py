@@ -217,3 +217,19 @@ def test_bake_colour_composites_what_an_inward_ray_sees():
         assert torch.allclose(rgb[0], torch.tensor([0.6, 0.7 * 0.4, 0.0]), atol=1e-5)
         assert torch.allclose(acc, torch.tensor([0.6 + 0.7 * 0.4]), atol=1e-5)
         assert torch.allclose(g.export_color(pts, nrm), (rgb / acc[:, None]).clamp(0, 1), atol=1e-6)
+
+
+def test_bad_gaussian_settings_fail_with_clear_messages(tmp_path):
+    from dreamcore.renderers.splat import SplatRenderer, gsplat_available
+    from dreamcore.runner.rundir import RunDir
+
+    with pytest.raises(DreamcoreError, match="sh_degree"):
+        Gaussians(Gaussians.Config(sh_degree=4))
+    if not gsplat_available():
+        with pytest.raises(DreamcoreError, match="gsplat"):
+            SplatRenderer(SplatRenderer.Config(backend="gsplat"))
+    with pytest.raises(DreamcoreError, match="representation.name=gaussians"):
+        Trainer(load_config(config_path("reference-nerf"), TINY + ["system.name=gaussian", f"run.dir={tmp_path}/x"]),
+                RunDir(tmp_path / "x"))
+    with pytest.raises(DreamcoreError, match="densify"):
+        load_config(config_path("reference-gaussians"), ["system.densify.clone_every=3"])
