@@ -110,26 +110,23 @@ def _tile_lists(proj: Projection, opacities: Tensor, tile: int, tiles_x: int,
         radii = torch.where(level > 0, torch.minimum(proj.radii, torch.ceil(reach)), torch.zeros_like(lam))
         radii = torch.where(proj.radii > 0, radii, torch.zeros_like(radii)).reshape(-1)
         vis = (radii > 0).nonzero(as_tuple=True)[0]
+        vis = vis[torch.argsort(proj.depths.detach().reshape(-1)[vis], stable=True)]  # front to back
         m = proj.means2d.detach().reshape(-1, 2)[vis]
         r = radii[vis]
         x0 = ((m[:, 0] - r) / tile).floor().clamp(0, tiles_x - 1).long()
         x1 = ((m[:, 0] + r) / tile).floor().clamp(0, tiles_x - 1).long()
         y0 = ((m[:, 1] - r) / tile).floor().clamp(0, tiles_y - 1).long()
         y1 = ((m[:, 1] + r) / tile).floor().clamp(0, tiles_y - 1).long()
-        nx, ny = x1 - x0 + 1, y1 - y0 + 1
-        cnt = nx * ny
-        k = torch.repeat_interleave(torch.arange(len(vis), device=dev), cnt)
-        local = torch.arange(len(k), device=dev) - (torch.cumsum(cnt, 0) - cnt)[k]
-        tx = x0[k] + local % nx[k]
-        ty = y0[k] + local // nx[k]
-        view = vis[k] // n
+        nx = x1 - x0 + 1
+        cnt = nx * (y1 - y0 + 1)
         n_tiles = tiles_x * tiles_y
-        tile_id = view * n_tiles + ty * tiles_x + tx
-        depth_rank = torch.empty(b * n, dtype=torch.long, device=dev)
-        depth_rank[torch.argsort(proj.depths.detach().reshape(-1), stable=True)] = torch.arange(b * n, device=dev)
-        key = tile_id * (b * n) + depth_rank[vis[k]]
-        order = torch.argsort(key)
-        gauss = vis[k][order]
+        first = (vis // n) * n_tiles + y0 * tiles_x + x0  # each Gaussian's top-left tile (global id)
+        k = torch.repeat_interleave(torch.arange(len(vis), device=dev), cnt)  # pairs, in depth order
+        local = torch.arange(len(k), device=dev) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+        fk = torch.stack([first, nx], 1)[k]
+        tile_id = fk[:, 0] + (local // fk[:, 1]) * tiles_x + local % fk[:, 1]
+        order = torch.sort(tile_id, stable=True).indices  # by tile; depth order kept within a tile
+        gauss = vis[k[order]]
         count = torch.bincount(tile_id, minlength=b * n_tiles)
         start = torch.cumsum(count, 0) - count
     return gauss, start, count
