@@ -15,7 +15,6 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
     """Write model.glb / model.obj+mtl+png / turntable into ``run_dir``; returns paths and timings."""
     from dreamcore.export import export_textured_mesh
     from dreamcore.export.extract import extract_mesh, taubin_smooth
-
     from dreamcore.registry import lookup
 
     e = cfg.export
