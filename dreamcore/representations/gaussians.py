@@ -252,16 +252,21 @@ class Gaussians(nn.Module):
         from dreamcore.representations.gaussian_field import kernel_sum, ray_composite
 
         albedo = self.albedo()
-        dens, rgb = kernel_sum(self, points, albedo)
-        out = rgb / dens.clamp_min(1e-8)[:, None]
-        far = dens < 1e-4
-        if bool(far.any()):
-            idx = torch.cdist(points[far], self.means.detach()).argmin(dim=1)
-            out[far] = albedo[idx]
+        out = points.new_zeros(points.shape[0], 3)
+        todo = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
         if normals is not None:
             seen, acc = ray_composite(self, points, normals, albedo, offset)
             hit = acc > 0.05
             out[hit] = seen[hit] / acc[hit, None]
+            todo = ~hit
+        if bool(todo.any()):
+            dens, rgb = kernel_sum(self, points[todo], albedo)
+            fill = rgb / dens.clamp_min(1e-8)[:, None]
+            far = dens < 1e-4
+            if bool(far.any()):
+                idx = torch.cdist(points[todo][far], self.means.detach()).argmin(dim=1)
+                fill[far] = albedo[idx]
+            out[todo] = fill
         return out.clamp(0.0, 1.0)
 
     # -- initialization --------------------------------------------------------------------------------------------
