@@ -19,3 +19,6 @@ import dreamcore.representations.dmtet  # noqa: F401
 import dreamcore.representations.mesh  # noqa: F401
 import dreamcore.representations.nerf  # noqa: F401
 import systems  # noqa: F401
+import dreamcore.renderers.splat  # noqa: F401
+import dreamcore.representations.gaussians  # noqa: F401
+import dreamcore.export.ply  # noqa: F401

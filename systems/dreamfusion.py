@@ -104,11 +104,15 @@ class DreamFusionSystem:
         return getattr(self.prior, "scene_transform", SceneTransform())
 
     # -- the step ------------------------------------------------------------------------------------------------
-    def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
+    def render_training(self, cameras: Cameras, generator: torch.Generator) -> RenderOutput:
+        """The training views (whole images, or random pixel subsets when ``rays_per_view`` > 0)."""
         res = self.full.camera.resolution
         pixels = self._sample_pixels(len(cameras), res, generator)
-        render = self.renderer(self.representation, cameras, res, res, self.background.colors(cameras),
-                               pixel_index=pixels, generator=generator)
+        return self.renderer(self.representation, cameras, res, res, self.background.colors(cameras),
+                             pixel_index=pixels, generator=generator)
+
+    def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
+        render = self.render_training(cameras, generator)
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
         lam = self.cfg.lambda_opacity(step)

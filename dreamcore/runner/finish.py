@@ -15,12 +15,21 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
     """Write model.glb / model.obj+mtl+png / turntable into ``run_dir``; returns paths and timings."""
     from dreamcore.export import export_textured_mesh
     from dreamcore.export.extract import extract_mesh, taubin_smooth
+    from dreamcore.registry import lookup
 
     own_export = getattr(system, "export_mesh", None)
     if own_export is not None:  # surface representations write themselves (no marching cubes)
         return own_export(run_dir, cfg)
     e = cfg.export
     t0 = time.perf_counter()
+    # exporters that write the representation itself (Gaussians' model.ply) need no mesh
+    direct = [n for n in e.formats if not getattr(lookup("exporter", n), "needs_mesh", True)]
+    files = {}
+    for name in direct:
+        files.update(lookup("exporter", name)().write_system(run_dir, system, system.scene_transform))
+    formats = tuple(n for n in e.formats if n not in direct)
+    if not formats:
+        return {"files": {k: str(v) for k, v in files.items()}}
     field = system.representation
     verts, faces = extract_mesh(
         system.density, resolution=e.resolution, bound=field.bound, isosurface=e.isosurface,
@@ -30,13 +39,13 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
     verts = taubin_smooth(verts, faces, e.smooth_iterations)
     t1 = time.perf_counter()
     paths = export_textured_mesh(
-        run_dir, verts, faces, system.surface_color, system.scene_transform, formats=tuple(e.formats),
+        run_dir, verts, faces, system.surface_color, system.scene_transform, formats=formats,
         texture_size=e.texture_size, turntable_frames=e.turntable_frames,
         turntable_resolution=e.turntable_resolution, turntable_format=e.turntable_format,
     )
     t2 = time.perf_counter()
     return {
-        "files": {k: str(v) for k, v in paths.items()},
+        "files": {k: str(v) for k, v in {**files, **paths}.items()},
         "faces": int(len(faces)),
         "vertices": int(len(verts)),
         "extract_seconds": round(t1 - t0, 2),

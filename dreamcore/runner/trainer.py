@@ -38,6 +38,9 @@ class Trainer:
         groups = [g for g in self.system.parameter_groups() if g["params"]]
         o = cfg.optimizer
         self.optimizer = torch.optim.Adam(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        attach = getattr(self.system, "attach_optimizer", None)
+        if attach is not None:  # systems that edit the optimizer's state (Gaussian densification)
+            attach(self.optimizer)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.step = 0
         if resume:
@@ -108,8 +111,10 @@ class Trainer:
     # -- bookkeeping --------------------------------------------------------------------------------------------
     def _set_learning_rate(self, step: int) -> None:
         lr = self.cfg.optimizer.lr(step)
+        scheduled = getattr(self.system, "group_lr_scales", None)  # per-group schedules, by group name
+        scales = scheduled(step) if scheduled is not None else {}
         for g in self.optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
+            g["lr"] = lr * scales.get(g.get("name"), g.get("lr_scale", 1.0))
 
     def _after_step(self, losses: dict[str, float], bar) -> None:
         cfg = self.cfg.run

@@ -1,0 +1,84 @@
+"""Gaussian-splatting system (DreamGaussian / LucidDreamer / GaussianDreamer style): the DreamFusion step —
+render, guidance, regularizers — on 3D Gaussians, plus what Gaussians need around it: initialization (random
+ball, a mesh / point-cloud file, or an earlier run via ``init.from_run``), per-parameter learning-rate
+schedules, the active SH degree, and adaptive density control (Kerbl et al. 2023) with optimizer surgery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from dreamcore import registry
+from dreamcore.cameras import Cameras
+from dreamcore.config import Config as FullConfig
+from dreamcore.errors import DreamcoreError
+from dreamcore.renderers.output import RenderOutput
+from dreamcore.representations import densify
+from dreamcore.representations.gaussians import Gaussians
+from systems.dreamfusion import DreamFusionSystem
+
+
+@registry.register("system", "gaussian")
+class GaussianSystem(DreamFusionSystem):
+    @dataclass
+    class Config(DreamFusionSystem.Config):
+        densify: densify.DensifyConfig = field(default_factory=densify.DensifyConfig)
+
+    def __init__(self, cfg: "GaussianSystem.Config", full: FullConfig) -> None:
+        super().__init__(cfg, full)
+        if not isinstance(self.representation, Gaussians):
+            raise DreamcoreError(f"system.name=gaussian needs representation.name=gaussians, "
+                                 f"got '{full.representation.name}'")
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._render: Optional[RenderOutput] = None
+        self._initialize()
+
+    def _initialize(self) -> None:
+        rep, init = self.representation, self.full.init
+        if self.full.run.dir and (Path(self.full.run.dir) / "ckpt" / "last.safetensors").is_file():
+            return  # resuming or re-exporting: the checkpoint replaces the Gaussians (and the source may be gone)
+        g = torch.Generator().manual_seed(self.full.run.seed)
+        if init.from_run:
+            return  # the trainer calls initialize_from with the earlier run (not when resuming)
+        if rep.cfg.init == "file":
+            if not rep.cfg.init_file:
+                raise DreamcoreError("representation.init=file needs representation.init_file=PATH")
+            rep.init_from_file(rep.cfg.init_file, self.scene_transform, g)
+
+    def initialize_from(self, source) -> dict:
+        """``init.from_run``: Gaussians where the earlier run's density exceeds the threshold, in its colours."""
+        rep = self.representation
+        level = rep.cfg.init_density_threshold or source.full.export.isosurface
+        rep.init_from_system(source, level, torch.Generator().manual_seed(self.full.run.seed))
+        return {}
+
+    # -- runner hooks ------------------------------------------------------------------------------------------
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def group_lr_scales(self, step: int) -> dict[str, float]:
+        return self.representation.lr_scales(step)
+
+    def render_training(self, cameras: Cameras, generator: torch.Generator) -> RenderOutput:
+        self._render = super().render_training(cameras, generator)
+        return self._render
+
+    def after_step(self, step: int, generator: torch.Generator) -> None:
+        rep, c = self.representation, self.cfg.densify
+        rep.after_step(step, generator)
+        render, self._render = self._render, None
+        s = step + 1  # steps completed
+        if not c.enabled or s >= c.stop:
+            return
+        if render is not None and "means2d" in render.extras:
+            h, w = render.image_size
+            densify.accumulate(rep, render.extras["means2d"], render.extras["radii"], w, h)
+        if s >= c.start and s % c.every == 0:
+            prune_screen = c.opacity_reset_every > 0 and s > c.opacity_reset_every
+            densify.densify_and_prune(rep, c, self.optimizer, generator, prune_screen)
+        if c.opacity_reset_every > 0 and s % c.opacity_reset_every == 0:
+            densify.reset_opacity(rep, c.reset_opacity, self.optimizer)
