@@ -191,3 +191,19 @@ def test_a_four_channel_field_composites_every_channel_and_refuses_shading():
         r(field, _front_camera(), 6, 6, bg, shading="lambertian")
     with pytest.raises(DreamcoreError, match="background has 3 channels"):
         r(field, _front_camera(), 6, 6, torch.ones(1, 3), shading="albedo")
+
+
+def test_shading_draws_follow_their_probabilities_and_lights_sit_near_the_camera():
+    from dreamcore.renderers.shading import light_directions, pick_shading
+
+    g = torch.Generator().manual_seed(0)
+    draws = [pick_shading("random", (0.2, 0.5, 0.3), g) for _ in range(3000)]
+    for mode, p in [("albedo", 0.2), ("lambertian", 0.5), ("textureless", 0.3)]:
+        assert draws.count(mode) / 3000 == pytest.approx(p, abs=0.03)
+    assert pick_shading("random", (0.2, 0.5, 0.3), None) == "albedo" and pick_shading("lambertian", (1, 0, 0), g) == "lambertian"
+    cams = orbit_cameras(torch.tensor([30.0, 0.0]), torch.tensor([0.0, 90.0]), torch.tensor([3.0, 3.0]),
+                         torch.tensor([40.0, 40.0]))
+    exact = light_directions(cams, None)
+    assert torch.allclose(exact, cams.position / cams.position.norm(dim=-1, keepdim=True))
+    jittered = light_directions(cams, torch.Generator().manual_seed(1))
+    assert torch.allclose(jittered.norm(dim=-1), torch.ones(2)) and not torch.allclose(jittered, exact)

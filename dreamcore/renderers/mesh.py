@@ -26,6 +26,7 @@ from dreamcore.meshes.diffraster import EdgeTopology, antialias, interpolate_at,
 from dreamcore.meshes.raster import Fragments, vertices_to_clip
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
+from dreamcore.renderers.shading import light_directions, pick_shading
 
 
 @dataclass
@@ -97,8 +98,8 @@ class MeshRenderer:
         """Render B views of ``representation.surface()``; ``background`` [B, 3]. ``pixel_index`` [B, N] returns
         only those pixels (the whole image is rasterized either way)."""
         surf = representation.surface()
-        mode = shading or self._pick_shading(generator)
-        light = self._light_directions(cameras, generator)
+        mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
+        light = light_directions(cameras, generator)
         out = self.render_surface(surf, representation.albedo, cameras, height, width, background, mode, light)
         if pixel_index is not None:
             out = _gather_pixels(out, pixel_index)
@@ -181,22 +182,6 @@ class MeshRenderer:
         frags._nv_rast = rast  # type: ignore[attr-defined]
         # depth for the occluder choice is unused by nvdiffrast's own antialias
         return frags, idx, fid, bary
-
-    # -- shading choices (as the volume renderer) ---------------------------------------------------------------
-    def _pick_shading(self, generator: Optional[torch.Generator]) -> str:
-        if self.cfg.shading != "random":
-            return self.cfg.shading
-        if generator is None:
-            return "albedo"
-        u = torch.rand(1, generator=generator).item()
-        p = self.cfg.shading_probs
-        return "albedo" if u < p[0] else ("lambertian" if u < p[0] + p[1] else "textureless")
-
-    def _light_directions(self, cameras: Cameras, generator: Optional[torch.Generator]) -> Tensor:
-        pos = cameras.position
-        if generator is not None:
-            pos = pos + 0.5 * pos.norm(dim=-1, keepdim=True) * torch.randn(pos.shape, generator=generator).to(pos.device)
-        return pos / pos.norm(dim=-1, keepdim=True)
 
 
 def _gather_pixels(out: RenderOutput, pixel_index: Tensor) -> RenderOutput:

@@ -24,6 +24,7 @@ from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
+from dreamcore.renderers.shading import light_directions, pick_shading
 from dreamcore.renderers.splat_kernel import project, rasterize
 from dreamcore.representations.gaussians import quat_to_rotmat
 
@@ -100,14 +101,14 @@ class SplatRenderer:
                  shading: Optional[str] = None) -> RenderOutput:
         """Render B views over ``background`` [B, 3]; ``pixel_index`` [B, P] renders only those pixels."""
         b = len(cameras)
-        mode = shading or self._pick_shading(generator)
+        mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
         cam_pos = cameras.position.to(gaussians.means.dtype)
         to_g = gaussians.means[None] - cam_pos[:, None]
         dist = to_g.norm(dim=-1, keepdim=True)  # [B,N,1]
         rgb = gaussians.colors(to_g / dist.clamp_min(1e-9))
         normals = gaussian_normals(gaussians, cam_pos)
         if mode != "albedo":
-            light = self._light_directions(cameras, generator).to(rgb.dtype)
+            light = light_directions(cameras, generator).to(rgb.dtype)
             shade = (normals * light[:, None]).sum(-1, keepdim=True).clamp_min(0.0)
             shade = self.cfg.ambient + (1.0 - self.cfg.ambient) * shade
             rgb = rgb * shade if mode == "lambertian" else shade.expand_as(rgb)
@@ -170,17 +171,3 @@ class SplatRenderer:
             means2d.retain_grad()
         return out, acc, means2d, meta["radii"]
 
-    def _pick_shading(self, generator: Optional[torch.Generator]) -> str:
-        if self.cfg.shading != "random":
-            return self.cfg.shading
-        if generator is None:
-            return "albedo"
-        u = torch.rand(1, generator=generator).item()
-        p = self.cfg.shading_probs
-        return "albedo" if u < p[0] else ("lambertian" if u < p[0] + p[1] else "textureless")
-
-    def _light_directions(self, cameras: Cameras, generator: Optional[torch.Generator]) -> Tensor:
-        pos = cameras.position
-        if generator is not None:
-            pos = pos + 0.5 * pos.norm(dim=-1, keepdim=True) * torch.randn(pos.shape, generator=generator).to(pos.device)
-        return pos / pos.norm(dim=-1, keepdim=True)

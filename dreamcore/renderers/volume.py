@@ -22,6 +22,7 @@ from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
+from dreamcore.renderers.shading import light_directions, pick_shading
 
 
 @dataclass
@@ -135,7 +136,7 @@ class VolumeRenderer:
             idx = pixel_index[..., None].expand(-1, -1, 3)
             origins, dirs = origins.gather(1, idx), dirs.gather(1, idx)
         n_per_view = origins.shape[1]
-        mode = shading or self._pick_shading(generator)
+        mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
         channels = getattr(field, "color_channels", 3)
         if channels != 3 and mode != "albedo":
             raise DreamcoreError(f"renderer.shading={mode} lights colours; a {channels}-channel field (latents) "
@@ -143,7 +144,7 @@ class VolumeRenderer:
         if background.shape[-1] != channels:
             raise DreamcoreError(f"the background has {background.shape[-1]} channels, the field {channels}: "
                                  f"give background.color {channels} values")
-        light = self._light_directions(cameras, generator)  # [B,3]
+        light = light_directions(cameras, generator)  # [B,3]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
         view_of_ray = torch.arange(b, device=o.device).repeat_interleave(n_per_view)
         chunk = o.shape[0] if torch.is_grad_enabled() else self.cfg.eval_chunk_rays
@@ -179,22 +180,6 @@ class VolumeRenderer:
         return torch.cat(out, 0) if out else points.new_zeros(0, getattr(field, "color_channels", 3))
 
     # -- internals -------------------------------------------------------------------------------------------
-    def _pick_shading(self, generator: Optional[torch.Generator]) -> str:
-        if self.cfg.shading != "random":
-            return self.cfg.shading
-        if generator is None:
-            return "albedo"
-        u = torch.rand(1, generator=generator).item()
-        p = self.cfg.shading_probs
-        return "albedo" if u < p[0] else ("lambertian" if u < p[0] + p[1] else "textureless")
-
-    def _light_directions(self, cameras: Cameras, generator: Optional[torch.Generator]) -> Tensor:
-        """Unit light directions [B, 3]: near the camera (DreamFusion samples lights around the camera)."""
-        pos = cameras.position
-        if generator is not None:
-            pos = pos + 0.5 * pos.norm(dim=-1, keepdim=True) * torch.randn(pos.shape, generator=generator).to(pos.device)
-        return pos / pos.norm(dim=-1, keepdim=True)
-
     def _render_rays(self, field, o: Tensor, d: Tensor, light: Tensor, mode: str, generator,
                      max_distance: float = math.inf):
         n = o.shape[0]
