@@ -29,7 +29,7 @@ from dreamcore.meshes.regularizers import laplacian_loss, normal_consistency_los
 from dreamcore.meshes.tets import grid_edges, marching_tets, tet_grid
 from dreamcore.registry import register
 from dreamcore.renderers.mesh import Surface
-from dreamcore.representations.texture import FieldTexture
+from dreamcore.representations.texture import FieldTexture, FieldTextureConfig
 
 
 @register("representation", "dmtet")
@@ -37,22 +37,13 @@ class DMTet(nn.Module):
     decimate_on_export = True  # marching tetrahedra over-tessellates: export.target_faces applies
 
     @dataclass
-    class Config(ComponentConfig):
+    class Config(FieldTextureConfig, ComponentConfig):
         resolution: int = 64  # grid cells per axis (6 tets per cell)
         bound: float = 1.0
         init_radius: float = 0.5
         deform_scale: float = 0.45  # max vertex displacement, in cells
         sdf_lr_scale: float = 0.1
         deform_lr_scale: float = 0.1
-        # texture field
-        n_levels: int = 12
-        n_features: int = 2
-        log2_table_size: int = 15
-        base_resolution: int = 16
-        max_resolution: int = 512
-        hidden: int = 64
-        grid_lr_scale: float = 1.0
-        mlp_lr_scale: float = 0.1
         # init.from_run
         init_isosurface: float = 0.0  # density level of the surface; 0: the earlier run's export.isosurface
         init_sdf_scale: float = 0.5  # κ in cells per unit of ln σ
@@ -74,8 +65,7 @@ class DMTet(nn.Module):
         self.sdf = nn.Parameter(grid.norm(dim=-1) - cfg.init_radius)
         self.deform = nn.Parameter(torch.zeros_like(grid))
         self._cache = None
-        self.texture = FieldTexture(cfg.bound, cfg.n_levels, cfg.n_features, cfg.log2_table_size,
-                                    cfg.base_resolution, cfg.max_resolution, cfg.hidden)
+        self.texture = FieldTexture.from_config(cfg.bound, cfg)
 
     # -- geometry ------------------------------------------------------------------------------------------------
     def positions(self) -> Tensor:

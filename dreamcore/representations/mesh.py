@@ -28,7 +28,7 @@ from dreamcore.meshes.diffraster import interpolate_at
 from dreamcore.meshes.regularizers import laplacian_loss, normal_consistency_loss
 from dreamcore.registry import register
 from dreamcore.renderers.mesh import Surface
-from dreamcore.representations.texture import FieldTexture, UVTexture
+from dreamcore.representations.texture import FieldTexture, FieldTextureConfig, UVTexture
 
 
 def weld(vertices: Tensor) -> tuple[Tensor, Tensor]:
@@ -40,7 +40,7 @@ def weld(vertices: Tensor) -> tuple[Tensor, Tensor]:
 @register("representation", "mesh")
 class MeshRepresentation(nn.Module):
     @dataclass
-    class Config(ComponentConfig):
+    class Config(FieldTextureConfig, ComponentConfig):
         path: str = ""  # GLB / OBJ / PLY file (``mesh=...`` at the top level of configs/texture.yaml)
         radius: float = 0.9  # normalization, as prior.reference.radius
         optimize_geometry: bool = True
@@ -50,15 +50,6 @@ class MeshRepresentation(nn.Module):
         texture_size: int = 512
         texture_levels: int = 6
         texture_lr_scale: float = 1.0
-        # field texture
-        n_levels: int = 12
-        n_features: int = 2
-        log2_table_size: int = 15
-        base_resolution: int = 16
-        max_resolution: int = 512
-        hidden: int = 64
-        grid_lr_scale: float = 1.0
-        mlp_lr_scale: float = 0.1
 
     def __init__(self, cfg: "MeshRepresentation.Config") -> None:
         super().__init__()
@@ -86,8 +77,7 @@ class MeshRepresentation(nn.Module):
             self._setup_uvs(asset)
             self.texture = UVTexture(cfg.texture_size, cfg.texture_levels)  # starts grey (sigmoid(0) = 0.5)
         else:
-            self.texture = FieldTexture(1.0, cfg.n_levels, cfg.n_features, cfg.log2_table_size,
-                                        cfg.base_resolution, cfg.max_resolution, cfg.hidden)
+            self.texture = FieldTexture.from_config(1.0, cfg)
         self._surface_cache: Optional[tuple] = None
 
     def _setup_uvs(self, asset) -> None:

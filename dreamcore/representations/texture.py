@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,7 +20,27 @@ from dreamcore.meshes.raster import sample_texture
 from dreamcore.representations.hashgrid import HashGridEncoding
 
 
+@dataclass
+class FieldTextureConfig:
+    """The texture field's options, mixed into the configs of the representations that carry one (flat keys:
+    ``representation.n_levels`` etc.)."""
+
+    n_levels: int = 12
+    n_features: int = 2
+    log2_table_size: int = 15
+    base_resolution: int = 16
+    max_resolution: int = 512
+    hidden: int = 64
+    grid_lr_scale: float = 1.0
+    mlp_lr_scale: float = 0.1
+
+
 class FieldTexture(nn.Module):
+    @classmethod
+    def from_config(cls, bound: float, cfg: FieldTextureConfig) -> "FieldTexture":
+        return cls(bound, cfg.n_levels, cfg.n_features, cfg.log2_table_size, cfg.base_resolution,
+                   cfg.max_resolution, cfg.hidden)
+
     def __init__(self, bound: float = 1.0, n_levels: int = 12, n_features: int = 2, log2_table_size: int = 15,
                  base_resolution: int = 16, max_resolution: int = 256, hidden: int = 64) -> None:
         super().__init__()
