@@ -67,16 +67,21 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_export(ns: argparse.Namespace) -> int:
     """Re-export (and re-score) a run from its last checkpoint, e.g. with another texture size."""
-    from dreamcore.runner.finish import evaluate_run, export_run
-    from dreamcore.runner.generate import resume_config
+    from dreamcore.runner.generate import finish_run, resume_config
     from dreamcore.runner.rundir import RunDir
     from dreamcore.runner.trainer import Trainer
 
     cfg = resume_config(ns.run_dir, list(ns.args))
     run = RunDir(Path(ns.run_dir))
     trainer = Trainer(cfg, run, resume=True)
-    metrics = {"steps": trainer.step, "export": export_run(trainer.system, cfg, run.path)}
-    metrics.update(evaluate_run(trainer.system, cfg, run.path))
+    metrics = {"steps": trainer.step, **finish_run(trainer.system, cfg, run.path)}
+    previous = run.path / "metrics.json"
+    if cfg.refine.config and previous.is_file() and "stage1" in json.loads(previous.read_text()):
+        print(f"this run's mesh comes from its refinement stage: re-export that with "
+              f"`dreamcore export {run.path / cfg.refine.dir}` (its files are not copied up again)")
+        refined = json.loads(previous.read_text())
+        refined["stage1"] = {k: v for k, v in metrics.items() if k != "export"}
+        metrics = refined
     run.write_metrics(metrics)
     _report(run.path)
     return 0

@@ -110,6 +110,19 @@ class InitConfig:
 
 
 @dataclass
+class RefineConfig:
+    """A second stage run into ``<run.dir>/<dir>`` when this run finishes, started from it (``init.from_run``):
+    DreamGaussian's and Magic3D's mesh refinement in one command. It inherits this run's prompt, negative
+    prompt, plugins, view prompts, prior, eval and run seed/device/threads/progress, and writes the mesh
+    formats of ``export.formats``, which are then copied into this run's folder (this run writes only the
+    formats that need no mesh, e.g. ``ply``)."""
+
+    config: str = ""  # the stage's YAML (a path relative to the config file that names it); "" = no refinement
+    dir: str = "refine"
+    overrides: list[str] = field(default_factory=list)  # key=value for the stage, after its own file
+
+
+@dataclass
 class Config:
     prompt: str = ""
     negative_prompt: str = ""
@@ -125,6 +138,7 @@ class Config:
     prior: Any = component("prior", "reference")
     guidance: Any = component("guidance", "sds")
     init: InitConfig = field(default_factory=InitConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -147,6 +161,9 @@ def load_yaml_tree(path: str | Path) -> dict:
     data = OmegaConf.to_container(node, resolve=True) or {}
     if not isinstance(data, dict):
         raise DreamcoreError(f"config {path} must be a mapping at top level")
+    refine = data.get("refine")
+    if isinstance(refine, dict) and refine.get("config"):  # relative to this file, like ``extends``
+        refine["config"] = str((path.parent / str(refine["config"])).resolve())
     base = data.pop("extends", None)
     if base:
         parent = load_yaml_tree((path.parent / base).resolve())

@@ -54,10 +54,11 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate_run(system, cfg: Config, run_dir: Path) -> dict:
+def evaluate_run(system, cfg: Config, run_dir: Path, score_glb: bool = True) -> dict:
     """Held-out views (a seed of their own) scored against the reference prior's renders: PSNR and silhouette
     IoU of the optimized scene and of the exported GLB as written to disk, and the GLB's visible-surface
-    Chamfer distance to the reference mesh (fraction of the reference's bounding-box diagonal)."""
+    Chamfer distance to the reference mesh (fraction of the reference's bounding-box diagonal); ``score_glb``
+    False skips the GLB (a refinement stage writes it)."""
     from dreamcore.meshes.io import load_mesh
     from dreamcore.meshes.render import render_mesh
     from dreamcore.metrics import psnr, silhouette_iou, visible_surface_chamfer
@@ -85,7 +86,7 @@ def evaluate_run(system, cfg: Config, run_dir: Path) -> dict:
         metrics.setdefault("scene_iou_objects", [metrics["scene_iou"]]).append(
             round(silhouette_iou(out.alpha.cpu(), alpha_k), 4))
     glb = run_dir / "model.glb"
-    if glb.is_file():
+    if score_glb and glb.is_file():
         exported = load_mesh(glb)
         in_scene = _to_scene(exported, system.scene_transform)
         m = render_mesh(in_scene, cams, r, r, supersample=2, background=white)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from dreamcore.config import Config, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.finish import evaluate_run, export_run
+from dreamcore.runner.refine import first_stage_formats, mesh_formats, run_refinement, stage_config
 from dreamcore.runner.rundir import RunDir, default_run_dir
 from dreamcore.runner.trainer import Trainer
 
@@ -27,6 +29,8 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
             "or choose another run.dir"
         )
     cfg.run.dir = str(run.path)
+    if cfg.refine.config:
+        stage_config(cfg, run.path)  # a bad refinement config fails now, not after the first stage
     trainer = Trainer(cfg, run, resume=resume)  # loads the prior and checkpoint: bad input fails before any write
     run.write_config(cfg)
     run.log(f"{'resume' if resume else 'start'}: prompt={cfg.prompt!r} steps={cfg.run.steps}")
@@ -34,14 +38,26 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     trainer.fit()
     trainer.validate()
     t0 = time.perf_counter()
-    export = export_run(trainer.system, cfg, run.path) if cfg.export.formats else {}
     metrics = {"steps": trainer.step, "train_seconds": round(trainer.seconds, 1),
-               "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4), "export": export}
-    metrics.update(evaluate_run(trainer.system, cfg, run.path))
+               "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4),
+               **finish_run(trainer.system, cfg, run.path)}
     metrics["finish_seconds"] = round(time.perf_counter() - t0, 1)
+    if cfg.refine.config and mesh_formats(cfg.export.formats):  # the mesh comes from the refinement stage
+        run.write_metrics(metrics)
+        run.log(f"stage 1 done; refinement stage {cfg.refine.config}")
+        del trainer
+        metrics = run_refinement(cfg, run.path, metrics, announce)
     run.write_metrics(metrics)
     run.log("done: " + json.dumps({k: v for k, v in metrics.items() if k != "export"}))
     return run.path
+
+
+def finish_run(system, cfg: Config, run_dir: Path) -> dict:
+    """Export what this stage writes (all formats, or only the non-mesh ones when a refinement stage follows)
+    and score it: {"export": ..., metrics...}."""
+    formats = first_stage_formats(cfg)
+    export = export_run(system, replace(cfg, export=replace(cfg.export, formats=formats)), run_dir) if formats else {}
+    return {"export": export, **evaluate_run(system, cfg, run_dir, score_glb=not cfg.refine.config)}
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:

@@ -1,0 +1,101 @@
+"""The refinement stage of a two-stage run (``refine.config``): DreamGaussian's stage 2 (Tang et al. 2023,
+§3.3: the Gaussians' mesh refined in UV space) and Magic3D's fine stage (Lin et al. 2023: a DMTet surface from
+the coarse field, optimized through a rasterizer), started by ``dreamcore generate`` when the first stage ends.
+
+The stage is an ordinary run in ``<run.dir>/<refine.dir>`` (own config, checkpoints, log and resume) with
+``init.from_run`` = the first stage. What makes it the same job rather than a new one is inherited from the
+first stage (:data:`INHERITED`); its mesh files are then copied into the first stage's folder, so ``model.glb``
+there is the refined asset, and ``metrics.json`` there reports it (first-stage figures stay under ``"stage1"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from dreamcore.config import Config, load_config
+from dreamcore.errors import DreamcoreError
+
+# top-level sections and run fields the refinement stage takes from the first stage
+INHERITED = ("prompt", "negative_prompt", "plugins", "views", "prior", "eval")
+INHERITED_RUN = ("seed", "device", "threads", "progress")
+
+
+def mesh_formats(formats: list[str]) -> list[str]:
+    """The export formats written from a mesh (GLB, OBJ, turntable), as opposed to the representation itself."""
+    from dreamcore.registry import lookup
+
+    return [f for f in formats if getattr(lookup("exporter", f), "needs_mesh", True)]
+
+
+def first_stage_formats(cfg: Config) -> list[str]:
+    """What the first stage itself writes: everything, or with a refinement stage only the non-mesh formats.
+    (The refinement stage exists to make the mesh: without a mesh format in ``export.formats`` it is skipped.)"""
+    if not cfg.refine.config:
+        return list(cfg.export.formats)
+    meshes = mesh_formats(cfg.export.formats)
+    return [f for f in cfg.export.formats if f not in meshes]
+
+
+def stage_config(cfg: Config, run_dir: Path) -> Config:
+    """The refinement stage's config: its own file, the inherited parts of ``cfg``, ``init.from_run`` =
+    ``run_dir``, ``run.dir`` = ``run_dir / refine.dir``, the mesh formats of ``cfg.export.formats``, then
+    ``refine.overrides``."""
+    import copy
+
+    from dreamcore.cli import config_path
+
+    r = cfg.refine
+    if not r.dir or Path(r.dir).is_absolute() or ".." in Path(r.dir).parts:
+        raise DreamcoreError(f"refine.dir must be a sub-folder name of the run folder, got {r.dir!r}")
+    stage = load_config(config_path(r.config), list(r.overrides))
+    for name in INHERITED:
+        setattr(stage, name, copy.deepcopy(getattr(cfg, name)))
+    for name in INHERITED_RUN:
+        setattr(stage.run, name, getattr(cfg.run, name))
+    stage.run.dir = str(run_dir / r.dir)
+    stage.init.from_run = str(run_dir)
+    stage.export.formats = mesh_formats(cfg.export.formats)
+    if stage.refine.config:
+        raise DreamcoreError(f"the refinement stage {r.config} names a refinement of its own (refine.config="
+                             f"{stage.refine.config}); chains are not supported")
+    return stage
+
+
+def promote(stage_dir: Path, run_dir: Path, files: dict) -> dict:
+    """Copy the stage's exported files (``{"glb": path, ...}``) into ``run_dir``, each atomically (copy to a
+    temporary name, then rename). Returns {key: new path}."""
+    out = {}
+    for key, src in files.items():
+        src = Path(src)
+        if src.parent.resolve() != stage_dir.resolve() or not src.is_file():
+            continue
+        dst = run_dir / src.name
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        out[key] = str(dst)
+    return out
+
+
+def run_refinement(cfg: Config, run_dir: Path, metrics: dict, announce=print) -> dict:
+    """Run (or resume) the refinement stage of the finished first stage in ``run_dir``; copy its mesh files
+    up and return the combined metrics: the stage's own (final asset), the first stage's under ``"stage1"``."""
+    from dreamcore.runner.generate import generate
+    from dreamcore.runner.rundir import RunDir
+
+    stage = stage_config(cfg, run_dir)
+    stage_dir = Path(stage.run.dir)
+    resume = RunDir(stage_dir).has_checkpoint()
+    announce(f"refinement stage: {cfg.refine.config} -> {stage_dir}" + (" (resuming)" if resume else ""))
+    generate(stage, resume=resume, announce=announce)
+    refined = json.loads((stage_dir / "metrics.json").read_text())
+    files = promote(stage_dir, run_dir, refined.get("export", {}).get("files", {}))
+    combined = {k: v for k, v in refined.items() if k != "export"}
+    combined["export"] = {**metrics.get("export", {}), **refined.get("export", {})}
+    combined["export"]["files"] = {**metrics.get("export", {}).get("files", {}), **files}
+    combined["stage1"] = {k: v for k, v in metrics.items() if k != "export"}
+    combined["refine_dir"] = str(stage_dir)
+    return combined
