@@ -70,11 +70,13 @@ def test_bad_files_raise_clear_errors(tmp_path):
 
 
 def test_generate_writes_model_ply_and_a_textured_mesh(tmp_path):
+    """Without the refinement stage (refine.config=) the mesh is marching cubes of the Gaussians' density."""
     run = tmp_path / "run"
     overrides = [o for o in GTINY if not o.startswith("export.")]
     assert main(["generate", "--config", "configs/reference-gaussians.yaml", *overrides, "run.steps=3",
                  "export.formats=[ply,glb]", "export.resolution=48", "export.texture_size=64",
-                 "export.isosurface=0.05", f"run.dir={run}"]) == 0
+                 "export.isosurface=0.05", "refine.config=", f"run.dir={run}"]) == 0
+    assert not (run / "refine").exists()
     ckpt = load_file(str(run / "ckpt/last.safetensors"))
     from dreamcore.meshes.io import load_mesh, normalize
 
