@@ -76,10 +76,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
     trainer = Trainer(cfg, run, resume=True)
     metrics = {"steps": trainer.step, **finish_run(trainer.system, cfg, run.path)}
     previous = run.path / "metrics.json"
-    if cfg.refine.config and previous.is_file() and "stage1" in json.loads(previous.read_text()):
+    refined = json.loads(previous.read_text()) if cfg.refine.config and previous.is_file() else {}
+    if "stage1" in refined:  # keep the refined asset's figures; only the first stage's are new
         print(f"this run's mesh comes from its refinement stage: re-export that with "
               f"`dreamcore export {run.path / cfg.refine.dir}` (its files are not copied up again)")
-        refined = json.loads(previous.read_text())
         refined["stage1"] = {k: v for k, v in metrics.items() if k != "export"}
         metrics = refined
     run.write_metrics(metrics)
