@@ -13,33 +13,17 @@ from dreamcore.guidance.nfsd import NFSDGuidance
 from dreamcore.guidance.sdi import SDIGuidance
 from dreamcore.guidance.sds import SDSGuidance
 from dreamcore.guidance.sjc import SJCGuidance
-from dreamcore.guidance.views import ViewConditions, ViewPromptConfig, conditions
 from dreamcore.guidance.vsd import ESDGuidance, VSDGuidance
 from dreamcore.priors.analytic import GaussianPrior, ReferenceSetPrior, sd_schedule
 from dreamcore.priors.base import NoiseSchedule
-from dreamcore.renderers.output import RenderOutput
 from dreamcore.schedule import Scheduled
+from test_guidance import D, gen, plain_views, render_of
 
-D = torch.float64
 C = Scheduled.constant
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def means(k=3, shape=(2, 2, 2), seed=0, scale=1.0):
     return scale * torch.randn(k, *shape, generator=gen(seed), dtype=D)
-
-
-def plain_views(prior, b: int) -> ViewConditions:
-    return conditions(prior.encode_prompt("p"), None, b, ViewPromptConfig(enabled=False))
-
-
-def render_of(x: torch.Tensor) -> tuple[torch.Tensor, RenderOutput]:
-    rgb = x.detach().permute(0, 2, 3, 1).clone().requires_grad_(True)
-    b, h, w = rgb.shape[:3]
-    return rgb, RenderOutput(rgb=rgb, alpha=torch.ones(b, h, w, 1, dtype=D), depth=torch.zeros(b, h, w, 1, dtype=D))
 
 
 def grad_at(guidance, prior, x, views, step=0, seed=0, cameras=None):
