@@ -1,24 +1,52 @@
-"""Imports every module that registers one of dreamcore's own parts, and the named systems."""
+"""Where dreamcore's own parts are registered: kind → name → the module whose import registers it.
 
-import dreamcore.export.exporters  # noqa: F401
-import dreamcore.guidance.csd  # noqa: F401
-import dreamcore.guidance.ism  # noqa: F401
-import dreamcore.guidance.nfsd  # noqa: F401
-import dreamcore.guidance.sdi  # noqa: F401
-import dreamcore.guidance.sds  # noqa: F401
-import dreamcore.guidance.sjc  # noqa: F401
-import dreamcore.guidance.vsd  # noqa: F401
-import dreamcore.priors.deepfloyd  # noqa: F401
-import dreamcore.priors.reference  # noqa: F401
-import dreamcore.priors.sdxl  # noqa: F401
-import dreamcore.priors.stable_diffusion  # noqa: F401
-import dreamcore.renderers.background  # noqa: F401
-import dreamcore.renderers.mesh  # noqa: F401
-import dreamcore.renderers.volume  # noqa: F401
-import dreamcore.representations.dmtet  # noqa: F401
-import dreamcore.representations.mesh  # noqa: F401
-import dreamcore.representations.nerf  # noqa: F401
-import systems  # noqa: F401
-import dreamcore.renderers.splat  # noqa: F401
-import dreamcore.representations.gaussians  # noqa: F401
-import dreamcore.export.ply  # noqa: F401
+A table, as entry points would be, so that nothing here imports the parts: :func:`dreamcore.registry.lookup`
+imports a part's module the first time its name is asked for (start-up stays light and the registry, at the
+bottom of the layers, depends on none of them). ``tests/test_layers.py`` checks that the table and the
+``@register`` decorators in the code agree.
+"""
+
+BUILTINS: dict[str, dict[str, str]] = {
+    "background": {
+        "learned": "dreamcore.renderers.background",
+        "solid": "dreamcore.renderers.background",
+    },
+    "exporter": {
+        "glb": "dreamcore.export.exporters",
+        "obj": "dreamcore.export.exporters",
+        "ply": "dreamcore.export.ply",
+        "turntable": "dreamcore.export.exporters",
+    },
+    "guidance": {
+        "csd": "dreamcore.guidance.csd",
+        "esd": "dreamcore.guidance.vsd",
+        "ism": "dreamcore.guidance.ism",
+        "nfsd": "dreamcore.guidance.nfsd",
+        "sdi": "dreamcore.guidance.sdi",
+        "sds": "dreamcore.guidance.sds",
+        "sjc": "dreamcore.guidance.sjc",
+        "vsd": "dreamcore.guidance.vsd",
+    },
+    "prior": {
+        "deepfloyd-if": "dreamcore.priors.deepfloyd",
+        "reference": "dreamcore.priors.reference",
+        "sdxl": "dreamcore.priors.sdxl",
+        "stable-diffusion": "dreamcore.priors.stable_diffusion",
+    },
+    "renderer": {
+        "mesh": "dreamcore.renderers.mesh",
+        "splat": "dreamcore.renderers.splat",
+        "volume": "dreamcore.renderers.volume",
+    },
+    "representation": {
+        "dmtet": "dreamcore.representations.dmtet",
+        "gaussians": "dreamcore.representations.gaussians",
+        "mesh": "dreamcore.representations.mesh",
+        "nerf": "dreamcore.representations.nerf",
+    },
+    "system": {
+        "dreamfusion": "systems.dreamfusion",
+        "gaussian": "systems.gaussian",
+        "mesh": "systems.mesh",
+    },
+}

@@ -164,6 +164,29 @@ def sample_orbit(
     return orbit_cameras(el, az, dist, fov)
 
 
+def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
+    """Azimuths in degrees wrapped to [−180, 180)."""
+    return (azimuth_deg + 180.0) % 360.0 - 180.0
+
+
+def view_labels(elevation_deg: Tensor, azimuth_deg: Tensor, front_threshold: float = 45.0,
+                back_threshold: float = 45.0, overhead_threshold: float = 60.0) -> list[str]:
+    """One of :data:`VIEW_LABELS` per camera (DreamFusion's scheme, §3.2; later rules win): ``side``;
+    ``front`` if |ψ| < θ_f; ``back`` if |ψ| > 180 − θ_b; ``overhead`` if the elevation φ > θ_o (degrees)."""
+    az = wrap_azimuth(azimuth_deg)
+    out = []
+    for e, a in zip(elevation_deg.tolist(), az.tolist()):
+        label = "side"
+        if -front_threshold < a < front_threshold:
+            label = "front"
+        if a > 180.0 - back_threshold or a < -180.0 + back_threshold:
+            label = "back"
+        if e > overhead_threshold:
+            label = "overhead"
+        out.append(label)
+    return out
+
+
 def turntable_cameras(
     n: int, elevation_deg: float = 15.0, distance: float = 3.2, fov_deg: float = 40.0, start_azimuth: float = 0.0
 ) -> Cameras:

@@ -10,21 +10,6 @@ from pathlib import Path
 
 from dreamcore.errors import DreamcoreError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def config_path(name: str) -> Path:
-    """A config file as given, else from the checkout's ``configs/`` (``reference-nerf`` or ``.yaml`` names)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (REPO_ROOT / name, REPO_ROOT / "configs" / name, REPO_ROOT / "configs" / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    raise DreamcoreError(f"config file not found: {name} (configs shipped: "
-                         f"{', '.join(sorted(q.stem for q in (REPO_ROOT / 'configs').glob('*.yaml')))})")
-
-
 def _split(args: list[str]) -> tuple[list[str], list[str]]:
     """Positional words that are not key=value (the prompt) and the overrides."""
     words = [a for a in args if "=" not in a]
@@ -32,7 +17,7 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
-    from dreamcore.config import load_config
+    from dreamcore.config import config_path, load_config
     from dreamcore.runner.generate import generate, resume_config
 
     words, overrides = _split(ns.args)
@@ -52,7 +37,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from dreamcore.config import load_config
+    from dreamcore.config import config_path, load_config
     from dreamcore.runner.generate import generate
 
     overrides = list(ns.args)

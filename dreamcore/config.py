@@ -19,8 +19,9 @@ from typing import Any, Literal, Union
 
 from dreamcore import registry
 from dreamcore.errors import DreamcoreError
-from dreamcore.guidance.views import ViewPromptConfig
+from dreamcore.files import REPO_ROOT
 from dreamcore.schedule import Scheduled
+from dreamcore.views import ViewPromptConfig
 
 
 @dataclass
@@ -145,6 +146,18 @@ class Config:
 
 # --------------------------------------------------------------------------------------------------------------
 # loading
+
+
+def config_path(name: str) -> Path:
+    """A config file as given, else from the checkout's ``configs/`` (``reference-nerf`` or ``.yaml`` names)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (REPO_ROOT / name, REPO_ROOT / "configs" / name, REPO_ROOT / "configs" / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise DreamcoreError(f"config file not found: {name} (configs shipped: "
+                         f"{', '.join(sorted(q.stem for q in (REPO_ROOT / 'configs').glob('*.yaml')))})")
 
 
 def load_yaml_tree(path: str | Path) -> dict:

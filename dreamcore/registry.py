@@ -8,13 +8,16 @@ Each component class is registered under a kind ("representation", "renderer", "
       guidance_scale: 1.0
 
 Adding a part never touches the runner: decorate the class with ``@register("guidance", "my-loss")``.
+dreamcore's own parts are listed by module in :mod:`dreamcore.builtins` and imported on first lookup.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any, Callable, TypeVar
 
+from dreamcore.builtins import BUILTINS
 from dreamcore.errors import DreamcoreError
 
 T = TypeVar("T")
@@ -27,6 +30,10 @@ def register(kind: str, name: str) -> Callable[[type[T]], type[T]]:
 
     def wrap(cls: type[T]) -> type[T]:
         table = _REGISTRY.setdefault(kind, {})
+        builtin = BUILTINS.get(kind, {}).get(name)
+        if builtin is not None and builtin != cls.__module__:
+            raise DreamcoreError(f"{kind} '{name}' is a built-in name (of {builtin}); register {cls.__name__} "
+                                 f"under another name")
         if name in table and table[name] is not cls:
             raise DreamcoreError(f"{kind} '{name}' is registered twice ({table[name].__module__} and {cls.__module__})")
         if not hasattr(cls, "Config"):
@@ -39,39 +46,38 @@ def register(kind: str, name: str) -> Callable[[type[T]], type[T]]:
 
 
 def names(kind: str) -> list[str]:
-    """Registered names of one kind, sorted."""
-    ensure_builtins()
-    return sorted(_REGISTRY.get(kind, {}))
+    """Registered names of one kind (built-in or registered by a plugin), sorted; imports nothing."""
+    return sorted(set(_REGISTRY.get(kind, {})) | set(BUILTINS.get(kind, {})))
 
 
 def lookup(kind: str, name: str) -> type:
-    """The class registered as ``kind``/``name``; a :class:`DreamcoreError` lists the valid names otherwise."""
-    ensure_builtins()
+    """The class registered as ``kind``/``name`` (a built-in part's module is imported on first use); a
+    :class:`DreamcoreError` lists the valid names otherwise."""
     table = _REGISTRY.get(kind, {})
+    if name not in table and name in BUILTINS.get(kind, {}):
+        importlib.import_module(BUILTINS[kind][name])
+        table = _REGISTRY.get(kind, {})
+        if name not in table:
+            raise RuntimeError(f"{BUILTINS[kind][name]} does not register {kind} '{name}' (dreamcore/builtins.py)")
     if name not in table:
-        hint = difflib.get_close_matches(str(name), table, n=1)
+        valid = names(kind)
+        hint = difflib.get_close_matches(str(name), valid, n=1)
         did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
         raise DreamcoreError(
-            f"unknown {kind} '{name}'.{did_you_mean} Valid {kind} names: {', '.join(sorted(table)) or '(none)'}"
+            f"unknown {kind} '{name}'.{did_you_mean} Valid {kind} names: {', '.join(valid) or '(none)'}"
         )
     return table[name]
 
 
 def kinds() -> list[str]:
-    ensure_builtins()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(BUILTINS))
 
 
-_BUILTINS_LOADED = False
-
-
-def ensure_builtins() -> None:
-    """Import the modules that register dreamcore's own parts and the named systems (idempotent)."""
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
-    import dreamcore.builtins  # noqa: F401  (imports register everything)
+def load_builtins() -> None:
+    """Import every built-in part's module (``dreamcore list`` and tests that inspect the classes)."""
+    for table in BUILTINS.values():
+        for module in sorted(set(table.values())):
+            importlib.import_module(module)
 
 
 def build(kind: str, cfg: Any, **kwargs: Any) -> Any:

@@ -1,9 +1,8 @@
 import pytest
 
-from dreamcore.config import Config, load_config, parse_overrides
+from dreamcore.config import Config, config_path, load_config, parse_overrides
 from dreamcore.errors import DreamcoreError
 from dreamcore.schedule import Scheduled
-from dreamcore.cli import config_path
 
 
 def test_yaml_and_overrides_merge_into_typed_config():

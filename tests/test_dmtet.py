@@ -95,7 +95,8 @@ def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
     GLB directly from the surface."""
     import json
 
-    from dreamcore.cli import config_path, main
+    from dreamcore.cli import main
+    from dreamcore.config import config_path
     from dreamcore.meshes.io import load_mesh
 
     common = ["run.progress=false", "run.val_every=0", "run.val_resolution=16", "prior.bank_views=4",
@@ -127,8 +128,7 @@ def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
 
 
 def test_mesh_stage_configs_parse_and_pick_the_rasterizer():
-    from dreamcore.cli import config_path
-    from dreamcore.config import load_config
+    from dreamcore.config import config_path, load_config
 
     for name, rep in (("magic3d-refine", "dmtet"), ("reference-dmtet", "dmtet"), ("texture", "mesh")):
         cfg = load_config(config_path(name), ["mesh=assets/robot.glb"] if name == "texture" else [])

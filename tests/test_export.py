@@ -14,11 +14,12 @@ import torch
 
 from dreamcore.cameras import orbit_cameras
 from dreamcore.errors import DreamcoreError
-from dreamcore.export import export_textured_mesh, textured_asset
+from dreamcore.export import export_textured_mesh
+from dreamcore.meshes.asset import textured_asset
 from dreamcore.export.bake import bake_texture
 from dreamcore.export.extract import extract_mesh, face_components
 from dreamcore.export.turntable import write_turntable
-from dreamcore.export.uv import unwrap
+from dreamcore.meshes.uv import unwrap
 from dreamcore.export.writers import write_glb, write_obj
 from dreamcore.meshes.asset import MeshAsset, SceneTransform
 

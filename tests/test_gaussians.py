@@ -11,8 +11,8 @@ import torch
 import trimesh
 from safetensors.torch import load_file
 
-from dreamcore.cli import config_path, main
-from dreamcore.config import load_config
+from dreamcore.cli import main
+from dreamcore.config import config_path, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.representations.gaussians import Gaussians, eval_sh, rgb_to_sh_dc
 from dreamcore.runner.generate import generate, resume_config

@@ -13,7 +13,8 @@ from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig
 from dreamcore.guidance.sds import SDSGuidance
 from dreamcore.guidance.timesteps import DreamTimeConfig, TimestepSampler, dreamtime_density
-from dreamcore.guidance.views import ViewConditions, ViewPromptConfig, conditions, label_views, view_prompts
+from dreamcore.guidance.views import ViewConditions, conditions
+from dreamcore.views import ViewPromptConfig, label_views, view_prompts
 from dreamcore.priors.analytic import GaussianPrior, ReferenceSetPrior, sd_schedule
 from dreamcore.priors.base import NoiseSchedule
 from dreamcore.renderers.output import RenderOutput

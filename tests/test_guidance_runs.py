@@ -18,7 +18,6 @@ EXPORT = ["export.formats=[glb]", "export.resolution=40", "export.texture_size=6
 
 
 def test_all_builtin_methods_are_registered():
-    registry.ensure_builtins()
     assert set(BUILTIN) <= set(registry.names("guidance"))
 
 
@@ -79,8 +78,7 @@ def test_the_readme_plugin_example_registers_and_runs_a_new_guidance(tmp_path):
 
 @pytest.mark.parametrize("name", ["prolificdreamer", "esd", "csd", "sjc", "nfsd", "sdi", "ism"])
 def test_recipe_configs_load_with_their_official_defaults(name):
-    from dreamcore.cli import config_path
-    from dreamcore.config import load_config
+    from dreamcore.config import config_path, load_config
 
     cfg = load_config(config_path(name), [])
     assert cfg.guidance.name in BUILTIN

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from dreamcore.cli import config_path, main
+from dreamcore.cli import main
+from dreamcore.config import config_path
 
 
 @pytest.mark.slow

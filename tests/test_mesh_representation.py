@@ -9,8 +9,8 @@ import torch
 
 from dreamcore import registry
 from dreamcore.cameras import sample_orbit
-from dreamcore.cli import config_path, main
-from dreamcore.config import load_config, parse_component
+from dreamcore.cli import main
+from dreamcore.config import config_path, load_config, parse_component
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.io import load_mesh
 from dreamcore.metrics import psnr, silhouette_iou

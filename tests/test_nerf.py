@@ -9,7 +9,8 @@ from dreamcore.config import load_config
 from dreamcore.representations.hashgrid import HashGridEncoding
 from dreamcore.representations.nerf import NeRFField
 from dreamcore.representations.occupancy import OccupancyGrid
-from dreamcore.renderers.volume import (PackedSamples, VolumeRenderer, exclusive_segment_cumsum, march, ray_aabb,
+from dreamcore.packed import exclusive_segment_cumsum
+from dreamcore.renderers.volume import (PackedSamples, VolumeRenderer, march, ray_aabb,
                                         render_weights)
 
 

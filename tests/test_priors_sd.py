@@ -17,7 +17,7 @@ import tiny_diffusers  # noqa: E402
 from dreamcore.cli import main  # noqa: E402
 from dreamcore.errors import DreamcoreError  # noqa: E402
 from dreamcore.guidance import common  # noqa: E402
-from dreamcore.guidance.views import ViewPromptConfig  # noqa: E402
+from dreamcore.views import ViewPromptConfig  # noqa: E402
 from dreamcore.priors.stable_diffusion import StableDiffusionPrior  # noqa: E402
 from dreamcore.renderers.output import RenderOutput  # noqa: E402
 from dreamcore.schedule import Scheduled  # noqa: E402
@@ -83,7 +83,7 @@ def test_v_prediction_is_converted_to_epsilon(sd_folders, tmp_path):
 def test_gradient_reaches_the_render_through_the_vae_encoder(sd_folders, tmp_path):
     prior = make_prior(sd_folders["epsilon"], tmp_path)
     r = render(requires_grad=True)
-    z = prior.to_model_space(r)
+    z = prior.to_model_space(r.rgb)
     assert z.shape == (2, 4, 8, 8) and prior.resolution == 16  # 12 px render resized to the model's 16 px
     w = torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
     (z * w).sum().backward()
@@ -93,14 +93,14 @@ def test_gradient_reaches_the_render_through_the_vae_encoder(sd_folders, tmp_pat
     prior.vae.double()
     prior.vae_dtype = torch.float64
     rgb = r.rgb.detach().double().requires_grad_(True)
-    zz = prior.to_model_space(render_like(rgb))
+    zz = prior.to_model_space(rgb)
     w = torch.randn(zz.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     (g,) = torch.autograd.grad((zz * w).sum(), rgb)
     d = torch.randn(rgb.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     h = 1e-5
     with torch.no_grad():
-        plus = (prior.to_model_space(render_like(rgb + h * d)) * w).sum()
-        minus = (prior.to_model_space(render_like(rgb - h * d)) * w).sum()
+        plus = (prior.to_model_space(rgb + h * d) * w).sum()
+        minus = (prior.to_model_space(rgb - h * d) * w).sum()
     fd = float((plus - minus) / (2 * h))
     assert zz.dtype == torch.float64
     assert fd == pytest.approx(float((g * d).sum()), rel=1e-5, abs=1e-9)
@@ -117,11 +117,6 @@ def test_gradient_reaches_the_render_through_the_vae_encoder(sd_folders, tmp_pat
     losses = sds(r2, None, prior, views, 0, torch.Generator().manual_seed(0))
     sum(losses.values()).backward()
     assert r2.rgb.grad.abs().sum() > 0
-
-
-def render_like(rgb):
-    b, h, w, _ = rgb.shape
-    return RenderOutput(rgb=rgb, alpha=torch.ones(b, h, w, 1), depth=torch.zeros(b, h, w, 1))
 
 
 def test_prompt_embeddings_are_cached_on_disk_and_the_text_encoder_is_not_loaded_again(sd_folders, tmp_path):
@@ -199,7 +194,7 @@ def test_dtypes_and_memory_options(sd_folders, tmp_path):
     with torch.no_grad():
         a = ref.predict_epsilon(x_t, t, emb)
         b = bf.predict_epsilon(x_t, t, emb)
-        za, zb = ref.to_model_space(render()), bf.to_model_space(render())
+        za, zb = ref.to_model_space(render().rgb), bf.to_model_space(render().rgb)
     assert b.dtype == torch.float32 and zb.dtype == torch.float32
     assert (a - b).abs().max() < 0.05 * a.abs().max() + 0.05
     assert (za - zb).abs().max() < 0.05 * za.abs().max() + 0.05
@@ -216,10 +211,10 @@ def test_latent_mode_takes_the_render_channels_as_latents(sd_folders, tmp_path):
     prior = make_prior(sd_folders["epsilon"], tmp_path, latent_mode=True)
     assert prior.vae is None
     lat = torch.rand(1, 8, 8, 4, requires_grad=True)
-    z = prior.to_model_space(RenderOutput(rgb=lat, alpha=torch.ones(1, 8, 8, 1), depth=torch.zeros(1, 8, 8, 1)))
+    z = prior.to_model_space(lat)
     assert torch.allclose(z, lat.permute(0, 3, 1, 2) * 2 - 1)
     with pytest.raises(DreamcoreError, match="4-channel render"):
-        prior.to_model_space(render())
+        prior.to_model_space(render().rgb)
 
 
 SD_RUN = ["run.steps=3", "run.checkpoint_every=3", "run.val_every=0", "run.progress=false", "run.val_resolution=16",
@@ -295,7 +290,7 @@ def test_vae_tiling_encodes_large_renders_tile_by_tile_with_gradient(sd_folders,
     tiled = prior.vae._tiled_encode
     prior.vae._tiled_encode = lambda x, *a, **k: calls.append(x.shape) or tiled(x, *a, **k)
     r = render(size=32, requires_grad=True)
-    z = prior.to_model_space(r)
+    z = prior.to_model_space(r.rgb)
     assert calls and z.shape == (2, 4, 16, 16) and torch.isfinite(z).all()
     z.square().mean().backward()
     assert r.rgb.grad.abs().sum() > 0

@@ -12,11 +12,10 @@ import tiny_diffusers  # noqa: E402
 from dreamcore.cli import main  # noqa: E402
 from dreamcore.errors import DreamcoreError  # noqa: E402
 from dreamcore.guidance import common  # noqa: E402
-from dreamcore.guidance.views import ViewPromptConfig  # noqa: E402
+from dreamcore.views import ViewPromptConfig  # noqa: E402
 from dreamcore.priors.deepfloyd import DeepFloydIFPrior  # noqa: E402
 from dreamcore.priors.sdxl import SDXLPrior  # noqa: E402
 from dreamcore.priors.stable_diffusion import StableDiffusionPrior  # noqa: E402
-from dreamcore.renderers.output import RenderOutput  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +103,7 @@ def test_deepfloyd_if_matches_the_pipeline_step_and_splits_the_learned_variance(
         eps = prior.predict_noise(x_t, torch.tensor([500]), emb.cond["default"])
     assert full.shape[1] == 6 and torch.equal(eps, full[:, :3])
     r = torch.rand(2, 24, 24, 3, requires_grad=True)
-    x = prior.to_model_space(RenderOutput(rgb=r, alpha=torch.ones(2, 24, 24, 1), depth=torch.zeros(2, 24, 24, 1)))
+    x = prior.to_model_space(r)
     assert x.shape == (2, 3, 16, 16)
     x.sum().backward()
     assert r.grad.abs().sum() > 0

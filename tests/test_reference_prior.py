@@ -92,7 +92,7 @@ def test_view_labels_select_bank_views_and_extra_objects_join_the_data(tmp_path,
     """Unconditioned by camera, "front view" is the bank's front views; a second object doubles every data set."""
     import trimesh
 
-    from dreamcore.guidance.views import ViewPromptConfig, label_views
+    from dreamcore.views import ViewPromptConfig, label_views
 
     cfg = load_config(None, ["prior.camera_conditioned=false", "prior.bank_views=24"]).prior
     p = ReferencePrior(cfg)

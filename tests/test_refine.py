@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dreamcore.cli import config_path, main
-from dreamcore.config import load_config
+from dreamcore.cli import main
+from dreamcore.config import config_path, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.io import load_mesh
 from dreamcore.runner.refine import first_stage_formats, stage_config

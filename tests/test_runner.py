@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamcore.cli import config_path, main
-from dreamcore.config import load_config
+from dreamcore.cli import main
+from dreamcore.config import config_path, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.generate import generate, resume_config
 from dreamcore.runner.rundir import RunDir
@@ -85,12 +85,12 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     cfg = resume_config(run, ["run.steps=6"])
     trainer = Trainer(cfg, RunDir(run), resume=True)
     trainer.train_step(trainer.step)
-    import dreamcore.runner.checkpoint as ck
+    import dreamcore.files
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck.os, "replace", boom)
+    monkeypatch.setattr(dreamcore.files.os, "replace", boom)
     with pytest.raises(OSError):
         trainer.save()
     assert_same_state(before, ckpt_tensors(run))

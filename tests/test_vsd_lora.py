@@ -27,8 +27,8 @@ class TinyUNetPrior(Prior):
             cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4)
         self.schedule = NoiseSchedule.scaled_linear(prediction_type=prediction_type)
 
-    def to_model_space(self, render):
-        return render.rgb.permute(0, 3, 1, 2) * 2 - 1
+    def to_model_space(self, rgb, pixel_index=None):
+        return rgb.permute(0, 3, 1, 2) * 2 - 1
 
     def predict_noise(self, x_t, t, embeddings, **kw):
         return self.unet(x_t, t, encoder_hidden_states=embeddings).sample
@@ -75,7 +75,7 @@ def test_lora_score_starts_at_the_prior_and_uses_lora_only_in_its_own_calls():
 def test_lora_training_fits_the_renders_and_v_prediction_targets_velocity():
     prior, vsd, views, cams, render = _setup("v_prediction", score_lr=Scheduled.constant(1e-2), camera_dropout=0.0)
     assert vsd.score.prediction_type == "v_prediction"
-    x = prior.to_model_space(render)
+    x = prior.to_model_space(render.rgb)
     kw = dict(pixel_index=None, image_size=None)
 
     def fixed_loss():

@@ -152,7 +152,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.steps, args.seeds, args.diversity_steps = 20, 2, 10
-    registry.ensure_builtins()
     methods = [m for m in args.methods.split(",") if m] or registry.names("guidance")
     work = Path(args.work)
     if work.exists():

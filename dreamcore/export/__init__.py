@@ -12,19 +12,9 @@ import torch
 from torch import Tensor
 
 from dreamcore.errors import DreamcoreError
-from dreamcore.meshes.asset import Material, MeshAsset, SceneTransform
+from dreamcore.meshes.asset import SceneTransform
 
 PathLike = Union[str, os.PathLike]
-
-
-def textured_asset(verts: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray) -> MeshAsset:
-    """A MeshAsset with one textured material (texture [H, W, 3] in [0, 1], uvs in the glTF convention)."""
-    return MeshAsset(
-        vertices=torch.as_tensor(np.asarray(verts), dtype=torch.float32),
-        faces=torch.as_tensor(np.asarray(faces), dtype=torch.int64),
-        uvs=torch.as_tensor(np.asarray(uvs), dtype=torch.float32),
-        materials=[Material(texture=torch.as_tensor(np.asarray(texture), dtype=torch.float32))],
-    )
 
 
 def export_textured_mesh(
@@ -51,7 +41,7 @@ def export_textured_mesh(
     """
     from dreamcore.export.bake import bake_texture
     from dreamcore.export.exporters import TexturedMesh, exporters_for
-    from dreamcore.export.uv import unwrap
+    from dreamcore.meshes.uv import unwrap
 
     exporters = exporters_for(formats)
     if turntable_format not in ("mp4", "gif"):

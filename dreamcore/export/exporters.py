@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from dreamcore.config import ComponentConfig
-from dreamcore.meshes.asset import SceneTransform
+from dreamcore.meshes.asset import SceneTransform, textured_asset
 from dreamcore.registry import lookup, register
 
 
@@ -68,7 +68,6 @@ class TurntableExporter:
     def write(self, run_dir: Path, mesh: TexturedMesh, transform: Optional[SceneTransform], *,
               turntable_frames: int = 48, turntable_resolution: int = 256, turntable_format: str = "mp4",
               **_) -> dict[str, Path]:
-        from dreamcore.export import textured_asset
         from dreamcore.export.turntable import write_turntable
 
         asset = textured_asset(mesh.verts, mesh.faces, mesh.uvs, mesh.texture)

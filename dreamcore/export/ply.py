@@ -21,6 +21,7 @@ from torch import Tensor
 
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
+from dreamcore.files import atomic_write_bytes
 from dreamcore.meshes.asset import SceneTransform
 from dreamcore.registry import register
 
@@ -36,8 +37,6 @@ def write_ply(path: str | Path, means: Tensor, log_scales: Tensor, quats: Tensor
               sh_dc: Tensor, sh_rest: Tensor, transform: Optional[SceneTransform] = None) -> Path:
     """Write N Gaussians (means [N, 3], log_scales [N, 3], quats [N, 4], opacity_logits [N], sh_dc [N, 1, 3],
     sh_rest [N, K−1, 3]) atomically to ``path``."""
-    from dreamcore.runner.checkpoint import atomic_write_bytes
-
     means, log_scales = means.detach().float().cpu(), log_scales.detach().float().cpu()
     if transform is not None:
         means = transform.to_original(means)

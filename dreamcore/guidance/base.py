@@ -97,7 +97,7 @@ class Guidance(nn.Module):
 
     def forward(self, render: RenderOutput, cameras: Cameras, prior, views: ViewConditions, step: int,
                 generator: torch.Generator) -> dict[str, Tensor]:
-        x = prior.to_model_space(render)
+        x = prior.to_model_space(render.rgb, render.pixel_index)
         with torch.no_grad():
             grad = self.gradient(x.detach(), render, cameras, prior, views, step, generator)
         return self.finish(x, grad, step)

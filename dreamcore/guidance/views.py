@@ -2,10 +2,8 @@
 
 DreamFusion (Poole et al. 2022, §3.2) appends "front/side/back/overhead view" to the prompt by camera angle;
 threestudio's prompt processor adds embedding interpolation between neighbouring views and Perp-Neg
-(Armandpour et al. 2023) negative weights. Angles in degrees, azimuth ψ wrapped to [−180, 180).
-
-Labels (later rules win): ``side``; ``front`` if |ψ| < θ_f; ``back`` if |ψ| > 180 − θ_b; ``overhead`` if
-elevation φ > θ_o.
+(Armandpour et al. 2023) negative weights. Angles in degrees, azimuth ψ wrapped to [−180, 180). The labels
+of cameras are :func:`dreamcore.cameras.view_labels`, the texts per label :func:`dreamcore.views.view_prompts`.
 
 Interpolation and Perp-Neg (threestudio's scheme): for |ψ| < 90, r = 1 − |ψ|/90, y⁺ = r E_front + (1−r) E_side,
 negatives (front, side) with weights (−f_fs(r), −f_sf(1−r)); for |ψ| ≥ 90, r = 2 − |ψ|/90,
@@ -17,72 +15,13 @@ E_overhead and no negatives. f(r) = a·e^{−b r} + c. The weights are stored ne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from dreamcore.cameras import Cameras
-
-LABELS = ("front", "side", "back", "overhead")
-
-
-@dataclass
-class ViewPromptConfig:
-    """The ``views`` config section."""
-
-    enabled: bool = True
-    front_threshold: float = 45.0
-    back_threshold: float = 45.0
-    overhead_threshold: float = 60.0
-    style: Literal["suffix", "prefix"] = "suffix"  # "<prompt>, front view" or "front view of <prompt>"
-    prompt_front: str = ""  # explicit per-view prompts override the generated ones
-    prompt_side: str = ""
-    prompt_back: str = ""
-    prompt_overhead: str = ""
-    interpolate: bool = False  # blend neighbouring view embeddings by azimuth instead of switching
-    perp_neg: bool = False  # Perp-Neg: subtract the perpendicular part of the other views' directions
-    f_front_side: tuple[float, float, float] = (4.0, 0.5, -2.426)
-    f_side_front: tuple[float, float, float] = (4.0, 0.5, -2.426)
-    f_side_back: tuple[float, float, float] = (1.0, 0.5, -0.606)
-    f_front_side_back: tuple[float, float, float] = (1.0, 0.5, 0.967)
-
-
-def view_prompts(prompt: str, cfg: ViewPromptConfig) -> dict[str, str]:
-    """The text of each view's prompt (``default`` is the prompt itself)."""
-    out = {"default": prompt}
-    names = {"front": "front", "side": "side", "back": "back", "overhead": "overhead"}
-    prefix = {"front": "front view of", "side": "side view of", "back": "backside view of",
-              "overhead": "overhead view of"}
-    for label in LABELS:
-        explicit = getattr(cfg, f"prompt_{label}")
-        if explicit:
-            out[label] = explicit
-        elif cfg.style == "prefix":
-            out[label] = f"{prefix[label]} {prompt}"
-        else:
-            out[label] = f"{prompt}, {names[label]} view"
-    return out
-
-
-def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
-    return (azimuth_deg + 180.0) % 360.0 - 180.0
-
-
-def label_views(elevation_deg: Tensor, azimuth_deg: Tensor, cfg: ViewPromptConfig) -> list[str]:
-    """One label per view (DreamFusion's scheme with configurable thresholds)."""
-    az = wrap_azimuth(azimuth_deg)
-    out = []
-    for e, a in zip(elevation_deg.tolist(), az.tolist()):
-        label = "side"
-        if -cfg.front_threshold < a < cfg.front_threshold:
-            label = "front"
-        if a > 180.0 - cfg.back_threshold or a < -180.0 + cfg.back_threshold:
-            label = "back"
-        if e > cfg.overhead_threshold:
-            label = "overhead"
-        out.append(label)
-    return out
+from dreamcore.cameras import Cameras, wrap_azimuth
+from dreamcore.views import LABELS, ViewPromptConfig, label_views
 
 
 def _decay(f: tuple[float, float, float], r: Tensor) -> Tensor:

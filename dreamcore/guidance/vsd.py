@@ -91,7 +91,7 @@ class VSDGuidance(Guidance):
     def forward(self, render, cameras, prior, views, step, generator) -> dict[str, Tensor]:
         if self.score is None:
             raise RuntimeError("VSDGuidance.setup(prior, total_steps) was not called")
-        x = prior.to_model_space(render)
+        x = prior.to_model_space(render.rgb, render.pixel_index)
         kw = self.prior_kwargs(render, cameras)
         with torch.no_grad():
             t = self.sample_t(x.shape[0], step, prior, generator)

@@ -39,6 +39,19 @@ class MeshAsset:
     materials: list[Material] = field(default_factory=lambda: [Material()])
 
 
+def textured_asset(verts, faces, uvs, texture) -> MeshAsset:
+    """A MeshAsset with one textured material from arrays: verts [V, 3], faces [F, 3], uvs [V, 2] (glTF
+    convention), texture [H, W, 3] in [0, 1]."""
+    import numpy as np
+
+    return MeshAsset(
+        vertices=torch.as_tensor(np.asarray(verts), dtype=torch.float32),
+        faces=torch.as_tensor(np.asarray(faces), dtype=torch.int64),
+        uvs=torch.as_tensor(np.asarray(uvs), dtype=torch.float32),
+        materials=[Material(texture=torch.as_tensor(np.asarray(texture), dtype=torch.float32))],
+    )
+
+
 @dataclass(frozen=True)
 class SceneTransform:
     """Similarity between a mesh's own frame and dreamcore's normalized scene: ``p_scene = (p - center) * scale``."""

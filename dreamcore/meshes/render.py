@@ -3,6 +3,7 @@ prior, metrics and turntables)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -12,11 +13,21 @@ from torch import Tensor
 from dreamcore.cameras import Cameras
 from dreamcore.meshes.asset import MeshAsset
 from dreamcore.meshes.raster import rasterize, sample_texture, vertices_to_clip
-from dreamcore.renderers.output import RenderOutput
 
 SHADINGS = ("albedo", "lambertian")
 AMBIENT, DIFFUSE = 0.35, 0.65
 _PIXELS_PER_CHUNK = 1 << 20  # (super)pixels rasterized at once
+
+
+@dataclass
+class MeshImages:
+    """What :func:`render_mesh` returns: rgb [B, H, W, 3], alpha [B, H, W, 1], depth [B, H, W, 1] and
+    normal [B, H, W, 3] (see there)."""
+
+    rgb: Tensor
+    alpha: Tensor
+    depth: Tensor
+    normal: Tensor
 
 
 def face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
@@ -115,7 +126,7 @@ def render_mesh(
     supersample: int = 1,
     shading: str = "albedo",
     background: Optional[Tensor] = None,
-) -> RenderOutput:
+) -> MeshImages:
     """Render ``asset`` from ``cameras`` (no gradients).
 
     rgb [B, H, W, 3]: base colour (``shading="albedo"``) or ``albedo · (0.35 + 0.65 max(0, n·l))`` with a
@@ -147,4 +158,4 @@ def render_mesh(
                 normal = F.normalize(normal, dim=-1)
             outs.append((rgb, alpha, depth, normal))
     rgb, alpha, depth, normal = (torch.cat(ts, dim=0) for ts in zip(*outs))
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal)
+    return MeshImages(rgb=rgb, alpha=alpha, depth=depth, normal=normal)

@@ -16,7 +16,7 @@ Both follow the prior contract (:class:`~dreamcore.priors.base.Prior`) with x_t 
 
   (a memorizing prior: mode-seeking vs. sampling experiments, guidance.md §16.4).
 
-Model space is the render itself: :meth:`to_model_space` only permutes ``render.rgb`` [B, H, W, C] to
+Model space is the render itself: :meth:`to_model_space` only permutes the colours ``rgb`` [B, H, W, C] to
 [B, C, H, W] (no rescaling), so a test can optimize x directly (g(θ) = θ) by holding ``x.permute(0, 2, 3, 1)`` as
 the render. The default schedule is Stable Diffusion's scaled-linear table kept in float64
 (:func:`sd_schedule`), so closed forms can be checked to float64 precision. Cameras, pixel subsets
@@ -31,12 +31,10 @@ from typing import Literal, Optional, Sequence
 import torch
 from torch import Tensor
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import VIEW_LABELS, Cameras
 from dreamcore.priors.base import NoiseSchedule, PromptEmbeddings, Prior
-from dreamcore.renderers.output import RenderOutput
 
 PredictionType = Literal["epsilon", "v_prediction"]
-VIEW_LABELS = ("front", "side", "back", "overhead")
 
 
 def sd_schedule(prediction_type: PredictionType = "epsilon", steps: int = 1000, beta_start: float = 0.00085,
@@ -64,9 +62,9 @@ class _AnalyticPrior(Prior):
             schedule = sd_schedule(prediction_type)
         self.schedule = NoiseSchedule(schedule.alphas_cumprod, prediction_type)
 
-    def to_model_space(self, render: RenderOutput) -> Tensor:
-        """x = render.rgb as [B, C, H, W] (identity up to layout)."""
-        return render.rgb.permute(0, 3, 1, 2)
+    def to_model_space(self, rgb: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
+        """x = rgb as [B, C, H, W] (identity up to layout)."""
+        return rgb.permute(0, 3, 1, 2)
 
     def _alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         a, s = self.schedule.alpha_sigma(t.to(self.schedule.alphas_cumprod.device))

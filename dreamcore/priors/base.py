@@ -1,6 +1,8 @@
 """The prior contract: what every guidance may ask of a 2D diffusion model.
 
-A prior sees images ``x`` in its own model space ([B, C, H, W], or [B, C, N, 1] for pixel subsets when
+A prior sees image tensors, never a scene or a render: ``to_model_space`` takes rendered colours (the caller
+unpacks its render), ``predict_noise`` the noised images with the views' cameras (their ``background``), pixel
+indices and image size. It works on images ``x`` in its own model space ([B, C, H, W], or [B, C, N, 1] for pixel subsets when
 ``supports_pixel_subsets``), noised as x_t = α_t x + σ_t ε with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t). It predicts the
 noise for one condition per batch element; classifier-free guidance is composed by the guidance, not here.
 """
@@ -14,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from dreamcore.cameras import Cameras
-from dreamcore.renderers.output import RenderOutput
 
 
 @dataclass
@@ -67,12 +68,14 @@ class Prior(nn.Module):
     view_dependent: bool = True
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None) -> PromptEmbeddings:
-        """Conditions for ``prompt`` (and its per-view variants, :func:`dreamcore.guidance.views.view_prompts`,
-        when ``views`` — a :class:`~dreamcore.guidance.views.ViewPromptConfig` — is given)."""
+        """Conditions for ``prompt`` (and its per-view variants, :func:`dreamcore.views.view_prompts`,
+        when ``views`` — a :class:`~dreamcore.views.ViewPromptConfig` — is given)."""
         raise NotImplementedError
 
-    def to_model_space(self, render: RenderOutput) -> Tensor:
-        """Differentiable map from a render ([B, H, W, 3] in [0, 1]) to the model's input x."""
+    def to_model_space(self, rgb: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
+        """Differentiable map from rendered colours ``rgb`` ([B, H, W, C] in [0, 1], composited over their
+        background; [B, N, 1, C] for a pixel subset, whose indices into the image are ``pixel_index`` [B, N]) to
+        the model's input x. Priors that denoise whole images only refuse a ``pixel_index``."""
         raise NotImplementedError
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,

@@ -20,7 +20,6 @@ from dreamcore.cameras import Cameras
 from dreamcore.priors.diffusers_base import DiffusersConfig, DiffusersPrior
 from dreamcore.priors.stable_diffusion import resize
 from dreamcore.registry import register
-from dreamcore.renderers.output import RenderOutput
 
 
 @register("prior", "deepfloyd-if")
@@ -57,10 +56,10 @@ class DeepFloydIFPrior(DiffusersPrior):
         with self.on_device(enc):
             return enc(tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device))[0]
 
-    def to_model_space(self, render: RenderOutput) -> Tensor:
+    def to_model_space(self, rgb: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
         """x [B, 3, R, R] in [−1, 1] (R = 64 for IF-I), with gradient."""
-        self.whole_images_only(render.pixel_index, self.cfg.name)
-        img = render.rgb.permute(0, 3, 1, 2).to(self.device)
+        self.whole_images_only(pixel_index, self.cfg.name)
+        img = rgb.permute(0, 3, 1, 2).to(self.device)
         return resize(img, self.resolution) * 2.0 - 1.0
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,

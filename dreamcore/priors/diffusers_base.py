@@ -26,6 +26,7 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.priors import hub
 from dreamcore.priors.base import NoiseSchedule, PromptEmbeddings, Prior
 from dreamcore.priors.prompt_cache import EmbeddingCache
+from dreamcore.views import view_prompts
 
 
 @dataclass
@@ -240,8 +241,6 @@ class DiffusersPrior(Prior):
             raise DreamcoreError('the prompt is empty: give one, e.g. dreamcore generate "a hamburger" ...')
         texts = {"default": prompt}
         if views is not None and getattr(views, "enabled", True) and self.view_dependent:
-            from dreamcore.guidance.views import view_prompts
-
             texts = view_prompts(prompt, views)
         cond = {k: self.embed(v) for k, v in texts.items()}
         uncond = self.uncond_embedding(negative_prompt)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -35,21 +34,10 @@ from torch import Tensor
 from dreamcore.cameras import Cameras, orbit_cameras, sample_orbit
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
+from dreamcore.files import resolve_path
 from dreamcore.priors.base import NoiseSchedule, PromptEmbeddings, Prior
 from dreamcore.registry import register
-from dreamcore.renderers.output import RenderOutput
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def resolve_path(path: str) -> Path:
-    """A user path as given, else relative to the dreamcore checkout (so ``assets/robot.glb`` works anywhere)."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return p
-    alt = REPO_ROOT / p
-    return alt if alt.exists() else p
-
+from dreamcore.views import LABELS, label_views
 
 @dataclass
 class ReferenceSource:
@@ -101,8 +89,6 @@ class ReferencePrior(Prior):
         uniform = torch.cat([torch.zeros(1), torch.full((m,), 1.0 / m)])[None]
         cond = {"default": torch.cat([torch.ones(1), torch.zeros(m)])[None] if self.cfg.camera_conditioned else uniform}
         if views is not None and self.view_dependent:
-            from dreamcore.guidance.views import LABELS, label_views
-
             labels = label_views(torch.rad2deg(self.bank_cameras.elevation), torch.rad2deg(self.bank_cameras.azimuth),
                                  views)
             for name in LABELS:
@@ -111,8 +97,8 @@ class ReferencePrior(Prior):
                 cond[name] = torch.cat([torch.zeros(1), w])[None]
         return PromptEmbeddings(cond=cond, uncond=uniform, prompt=prompt, null=uniform)
 
-    def to_model_space(self, render: RenderOutput) -> Tensor:
-        return render.rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
+    def to_model_space(self, rgb: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
+        return rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
 
     @torch.no_grad()
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,

@@ -22,7 +22,6 @@ from dreamcore.cameras import Cameras
 from dreamcore.errors import DreamcoreError
 from dreamcore.priors.diffusers_base import DiffusersConfig, DiffusersPrior
 from dreamcore.registry import register
-from dreamcore.renderers.output import RenderOutput
 
 
 def resize(img: Tensor, size: int) -> Tensor:
@@ -65,10 +64,10 @@ class LatentDiffusionPrior(DiffusersPrior):
             raise DreamcoreError(f"prior.resolution={self.resolution} must be a multiple of {self.vae_scale_factor}")
         self.latent_resolution = self.resolution // self.vae_scale_factor
 
-    def to_model_space(self, render: RenderOutput) -> Tensor:
-        """z [B, 4, h, w] (float32) from the render [B, H, W, C], with gradient."""
-        self.whole_images_only(render.pixel_index, self.cfg.name)
-        img = render.rgb.permute(0, 3, 1, 2).to(self.device)
+    def to_model_space(self, rgb: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
+        """z [B, 4, h, w] (float32) from rendered colours [B, H, W, C], with gradient."""
+        self.whole_images_only(pixel_index, self.cfg.name)
+        img = rgb.permute(0, 3, 1, 2).to(self.device)
         if self.cfg.latent_mode:
             if img.shape[1] != self.channels:
                 raise DreamcoreError(

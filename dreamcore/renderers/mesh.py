@@ -24,23 +24,10 @@ from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.diffraster import EdgeTopology, antialias, interpolate_at, rasterize_differentiable
 from dreamcore.meshes.raster import Fragments, vertices_to_clip
+from dreamcore.meshes.surface import Surface
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.renderers.shading import light_directions, pick_shading
-
-
-@dataclass
-class Surface:
-    """A triangle mesh handed to the rasterizer: vertices [V, 3] (scene frame, differentiable), faces [F, 3]
-    int64, and its edge topology (for silhouette detection)."""
-
-    vertices: Tensor
-    faces: Tensor
-    topology: EdgeTopology
-
-    @staticmethod
-    def of(vertices: Tensor, faces: Tensor) -> "Surface":
-        return Surface(vertices, faces, EdgeTopology.of(faces))
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.renderers.shading import light_directions, pick_shading
 from dreamcore.renderers.splat_kernel import project, rasterize
-from dreamcore.representations.gaussians import quat_to_rotmat
+from dreamcore.representations.gaussian_shape import quat_to_rotmat
 
 
 def gsplat_available() -> bool:

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from dreamcore.renderers.volume import exclusive_segment_cumsum
+from dreamcore.packed import exclusive_segment_cumsum
 
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0

@@ -20,6 +20,7 @@ from torch import Tensor
 from dreamcore.cameras import Cameras
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
+from dreamcore.packed import exclusive_segment_cumsum
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.renderers.shading import light_directions, pick_shading
@@ -71,16 +72,6 @@ def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
     keep = occupancy.query(pts)
     ray_index, t = ray_index[keep], t[keep]
     return PackedSamples(ray_index, t - 0.5 * step, t + 0.5 * step)
-
-
-def exclusive_segment_cumsum(values: Tensor, ray_index: Tensor, n_rays: int) -> Tensor:
-    """Σ_{j<i, same ray} values_j for packed samples sorted by ray (float64 accumulation)."""
-    v = values.double()
-    total = torch.cumsum(v, dim=0)
-    counts = torch.bincount(ray_index, minlength=n_rays)
-    first = torch.cumsum(counts, dim=0) - counts  # index of each ray's first sample
-    before_ray = (total - v)[first.clamp(max=max(len(v) - 1, 0))] if len(v) else v.new_zeros(n_rays)
-    return (total - v - before_ray[ray_index]).to(values.dtype)
 
 
 def render_weights(sigma: Tensor, samples: PackedSamples, n_rays: int) -> tuple[Tensor, Tensor]:

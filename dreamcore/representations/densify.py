@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dreamcore.representations.gaussian_shape import quat_to_rotmat
+
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -118,8 +120,6 @@ def densify_and_prune(gaussians, cfg: DensifyConfig, optimizer: Optional[torch.o
     # splits: two samples from each Gaussian, scales / 1.6
     idx = split.nonzero(as_tuple=True)[0].repeat(2)
     if len(idx):
-        from dreamcore.representations.gaussians import quat_to_rotmat
-
         std = gaussians.scales[idx]
         sample = torch.randn(std.shape, generator=generator).to(std) * std
         pos = (quat_to_rotmat(gaussians.quats[idx]) @ sample[..., None])[..., 0] + gaussians.means[idx]

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.regularizers import laplacian_loss, normal_consistency_loss
+from dreamcore.meshes.surface import Surface
 from dreamcore.meshes.tets import grid_edges, marching_tets, tet_grid
 from dreamcore.registry import register
-from dreamcore.renderers.mesh import Surface
 from dreamcore.representations.texture import FieldTexture, FieldTextureConfig
 
 

@@ -13,6 +13,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dreamcore.packed import exclusive_segment_cumsum
+from dreamcore.representations.gaussian_shape import quat_to_rotmat
+
 
 def _cell_index(x: Tensor, lo: float, h: float, g: int) -> Tensor:
     return ((x - lo) / h).floor().long().clamp(0, g - 1)
@@ -22,8 +25,6 @@ class _CellGrid:
     """Gaussians listed per cell of a uniform grid over [−bound, bound]³ (cells sized to the typical 3σ footprint)."""
 
     def __init__(self, gaussians, device) -> None:
-        from dreamcore.representations.gaussians import quat_to_rotmat
-
         self.mu = gaussians.means.detach().to(device)
         n = self.mu.shape[0]
         scales = gaussians.scales.detach().to(device)
@@ -98,8 +99,6 @@ def ray_composite(gaussians, points: Tensor, normals: Tensor, colors: Tensor, of
     Each Gaussian enters at its peak along the ray (t* = (μ − o)ᵀΣ⁻¹d / dᵀΣ⁻¹d, minimum Mahalanobis distance
     m = ‖μ − o‖²_Σ⁻¹ − t*² dᵀΣ⁻¹d) with α = min(0.99, o_i e^{−m/2}), composited front to back by t* with the
     rasterizer's rules (α < 1/255 skipped). Candidates are the Gaussians listed in p's cell."""
-    from dreamcore.renderers.volume import exclusive_segment_cumsum
-
     dev = points.device
     p = points.shape[0]
     rgb, acc = points.new_zeros(p, 3), points.new_zeros(p)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
+from dreamcore.representations.gaussian_shape import covariance, quat_to_rotmat  # noqa: F401 (re-exported)
 from dreamcore.schedule import Scheduled
 
 
@@ -65,23 +66,6 @@ def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
             + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[..., 12, :]
             + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[..., 13, :] + SH_C3[5] * z * (xx - yy) * coeffs[..., 14, :]
             + SH_C3[6] * x * (xx - 3 * yy) * coeffs[..., 15, :])
-
-
-def quat_to_rotmat(q: Tensor) -> Tensor:
-    """Unit quaternions (w, x, y, z) [N, 4] (normalized here) → rotation matrices [N, 3, 3]."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
-
-
-def covariance(log_scales: Tensor, quats: Tensor) -> Tensor:
-    """Σ = R S Sᵀ Rᵀ [N, 3, 3]."""
-    m = quat_to_rotmat(quats) * torch.exp(log_scales)[..., None, :]
-    return m @ m.transpose(-1, -2)
 
 
 @register("representation", "gaussians")

@@ -24,10 +24,11 @@ from torch import Tensor, nn
 
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
+from dreamcore.files import resolve_path
 from dreamcore.meshes.diffraster import interpolate_at
 from dreamcore.meshes.regularizers import laplacian_loss, normal_consistency_loss
+from dreamcore.meshes.surface import Surface
 from dreamcore.registry import register
-from dreamcore.renderers.mesh import Surface
 from dreamcore.representations.texture import FieldTexture, FieldTextureConfig, UVTexture
 
 
@@ -54,7 +55,6 @@ class MeshRepresentation(nn.Module):
     def __init__(self, cfg: "MeshRepresentation.Config") -> None:
         super().__init__()
         from dreamcore.meshes.io import load_mesh, normalize
-        from dreamcore.priors.reference import resolve_path
 
         self.cfg = cfg
         self.bound = 1.0
@@ -86,7 +86,7 @@ class MeshRepresentation(nn.Module):
             self._uvs, self._uv_faces = asset.uvs.float(), asset.faces.clone()
             self._uv_vertex = torch.arange(asset.vertices.shape[0])  # uv vertex -> file vertex
             return
-        from dreamcore.export.uv import unwrap
+        from dreamcore.meshes.uv import unwrap
 
         file_welded, file_index = weld(asset.vertices)
         _, faces_uv, uvs, vmapping = unwrap(file_welded.numpy(), file_index[asset.faces].numpy(),

@@ -5,7 +5,6 @@ half-written checkpoint; ``ckpt/last.json`` mirrors the metadata for people."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,9 @@ import torch
 from torch import nn
 
 from dreamcore.errors import DreamcoreError
+from dreamcore.files import atomic_write_bytes
 
 CKPT_NAME = "last.safetensors"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _optimizer_prefix(name: str) -> str:

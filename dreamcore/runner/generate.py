@@ -10,7 +10,7 @@ from pathlib import Path
 from dreamcore.config import Config, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.finish import evaluate_run, export_run
-from dreamcore.runner.refine import first_stage_formats, mesh_formats, run_refinement, stage_config
+from dreamcore.runner.refine import first_stage_formats, mesh_formats, promote, stage_config
 from dreamcore.runner.rundir import RunDir, default_run_dir
 from dreamcore.runner.trainer import Trainer
 
@@ -50,6 +50,24 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     run.write_metrics(metrics)
     run.log("done: " + json.dumps({k: v for k, v in metrics.items() if k != "export"}))
     return run.path
+
+
+def run_refinement(cfg: Config, run_dir: Path, metrics: dict, announce=print) -> dict:
+    """Run (or resume) the refinement stage of the finished first stage in ``run_dir``; copy its mesh files
+    up and return the combined metrics: the stage's own (final asset), the first stage's under ``"stage1"``."""
+    stage = stage_config(cfg, run_dir)
+    stage_dir = Path(stage.run.dir)
+    resume = RunDir(stage_dir).has_checkpoint()
+    announce(f"refinement stage: {cfg.refine.config} -> {stage_dir}" + (" (resuming)" if resume else ""))
+    generate(stage, resume=resume, announce=announce)
+    refined = json.loads((stage_dir / "metrics.json").read_text())
+    files = promote(stage_dir, run_dir, refined.get("export", {}).get("files", {}))
+    combined = {k: v for k, v in refined.items() if k != "export"}
+    combined["export"] = {**metrics.get("export", {}), **refined.get("export", {})}
+    combined["export"]["files"] = {**metrics.get("export", {}).get("files", {}), **files}
+    combined["stage1"] = {k: v for k, v in metrics.items() if k != "export"}
+    combined["refine_dir"] = str(stage_dir)
+    return combined
 
 
 def finish_run(system, cfg: Config, run_dir: Path) -> dict:

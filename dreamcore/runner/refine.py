@@ -1,6 +1,6 @@
 """The refinement stage of a two-stage run (``refine.config``): DreamGaussian's stage 2 (Tang et al. 2023,
 §3.3: the Gaussians' mesh refined in UV space) and Magic3D's fine stage (Lin et al. 2023: a DMTet surface from
-the coarse field, optimized through a rasterizer), started by ``dreamcore generate`` when the first stage ends.
+the coarse field, optimized through a rasterizer), started by ``dreamcore generate`` when the first stage ends (:func:`dreamcore.runner.generate.run_refinement`).
 
 The stage is an ordinary run in ``<run.dir>/<refine.dir>`` (own config, checkpoints, log and resume) with
 ``init.from_run`` = the first stage. What makes it the same job rather than a new one is inherited from the
@@ -10,12 +10,11 @@ there is the refined asset, and ``metrics.json`` there reports it (first-stage f
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from dreamcore.config import Config, load_config
+from dreamcore.config import Config, config_path, load_config
 from dreamcore.errors import DreamcoreError
 
 # top-level sections and run fields the refinement stage takes from the first stage
@@ -45,7 +44,6 @@ def stage_config(cfg: Config, run_dir: Path) -> Config:
     ``refine.overrides``."""
     import copy
 
-    from dreamcore.cli import config_path
 
     r = cfg.refine
     if not r.dir or Path(r.dir).is_absolute() or ".." in Path(r.dir).parts:
@@ -78,24 +76,3 @@ def promote(stage_dir: Path, run_dir: Path, files: dict) -> dict:
         os.replace(tmp, dst)
         out[key] = str(dst)
     return out
-
-
-def run_refinement(cfg: Config, run_dir: Path, metrics: dict, announce=print) -> dict:
-    """Run (or resume) the refinement stage of the finished first stage in ``run_dir``; copy its mesh files
-    up and return the combined metrics: the stage's own (final asset), the first stage's under ``"stage1"``."""
-    from dreamcore.runner.generate import generate
-    from dreamcore.runner.rundir import RunDir
-
-    stage = stage_config(cfg, run_dir)
-    stage_dir = Path(stage.run.dir)
-    resume = RunDir(stage_dir).has_checkpoint()
-    announce(f"refinement stage: {cfg.refine.config} -> {stage_dir}" + (" (resuming)" if resume else ""))
-    generate(stage, resume=resume, announce=announce)
-    refined = json.loads((stage_dir / "metrics.json").read_text())
-    files = promote(stage_dir, run_dir, refined.get("export", {}).get("files", {}))
-    combined = {k: v for k, v in refined.items() if k != "export"}
-    combined["export"] = {**metrics.get("export", {}), **refined.get("export", {})}
-    combined["export"]["files"] = {**metrics.get("export", {}).get("files", {}), **files}
-    combined["stage1"] = {k: v for k, v in metrics.items() if k != "export"}
-    combined["refine_dir"] = str(stage_dir)
-    return combined

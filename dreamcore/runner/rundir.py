@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamcore.config import Config, dump_yaml
-from dreamcore.runner.checkpoint import atomic_write_bytes
+from dreamcore.files import atomic_write_bytes
 
 
 def default_run_dir(cfg: Config) -> Path:

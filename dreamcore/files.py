@@ -1,0 +1,29 @@
+"""File utilities every layer may use: where user paths point, and writing files atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the dreamcore checkout (assets/, configs/)
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A user path as given, else relative to the dreamcore checkout (so ``assets/robot.glb`` works anywhere)."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return p
+    alt = REPO_ROOT / p
+    return alt if alt.exists() else p
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, flush it to disk, then rename it over ``path``:
+    readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
