@@ -29,6 +29,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "prior": {
         "deepfloyd-if": "dreamcore.priors.deepfloyd",
+        "pixel-diffusion": "dreamcore.priors.pixel",
         "reference": "dreamcore.priors.reference",
         "sdxl": "dreamcore.priors.sdxl",
         "stable-diffusion": "dreamcore.priors.stable_diffusion",

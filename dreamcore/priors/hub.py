@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from dreamcore.errors import DreamcoreError
+from dreamcore.files import resolve_path
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -33,7 +34,7 @@ def local_folder(model: str) -> Optional[Path]:
     if not model.strip():
         raise DreamcoreError("prior.model is empty: give a hub id (prior.model=stabilityai/stable-diffusion-2-1-base) "
                              "or a local diffusers-format folder (prior.model=/path/to/model)")
-    p = Path(model).expanduser()
+    p = resolve_path(model)  # as given, else relative to the checkout (``assets/tiny-prior`` from anywhere)
     if p.is_dir():
         return p.resolve()
     looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") != 1 or os.sep != "/" and os.sep in model
