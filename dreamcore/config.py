@@ -82,6 +82,10 @@ class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["glb", "obj", "turntable"])
     resolution: int = 192
     isosurface: float = 20.0  # density level of the surface (threestudio uses 25 for similar fields)
+    # levels to try instead: the one whose mesh's silhouettes best match the field's own renders (alpha > ½) at
+    # ``isosurface_views`` views is exported (a soft field's level-20 surface is thinner than what it renders)
+    isosurface_search: list[float] = field(default_factory=list)
+    isosurface_views: int = 12
     fill_cavities: bool = True
     keep_components: int = 1
     min_component_ratio: float = 0.02
@@ -95,12 +99,18 @@ class ExportConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out views scored against the reference prior's renders (only with ``prior.name: reference``)."""
+    """Held-out views scored against the object the run should make: ``mesh`` (normalized into the scene like
+    the reference prior's, to fit a sphere of ``radius``), else the reference prior's own mesh; no scores
+    without either. ``mesh`` is read after the run only, to score it: nothing in training sees it."""
 
     views: int = 16
     resolution: int = 64
     seed: int = 12345
     elevation_range: tuple[float, float] = (-30.0, 60.0)
+    mesh: str = ""
+    radius: float = 0.9
+    janus_views: int = 8  # a ring of azimuths at ``janus_elevation`` for the Janus score
+    janus_elevation: float = 15.0
 
 
 @dataclass

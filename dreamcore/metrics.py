@@ -1,4 +1,5 @@
-"""Image and shape metrics: PSNR, silhouette IoU and a visible-surface Chamfer distance between meshes."""
+"""Image and shape metrics: PSNR, silhouette IoU, depth error, the Janus score and a visible-surface Chamfer
+distance between meshes."""
 
 from __future__ import annotations
 
@@ -32,6 +33,29 @@ def silhouette_iou(alpha_a: Tensor, alpha_b: Tensor, threshold: float = 0.5) -> 
     ma, mb = alpha_a > threshold, alpha_b > threshold
     union = int((ma | mb).sum())
     return 1.0 if union == 0 else int((ma & mb).sum()) / union
+
+
+def depth_error(depth_a: Tensor, alpha_a: Tensor, depth_b: Tensor, alpha_b: Tensor, threshold: float = 0.5) -> float:
+    """Mean |d_a − d_b| of the surface distances d = depth / alpha (renders whose depth is alpha-weighted, as the
+    supersampled mesh renderer's) over the pixels both silhouettes cover (``alpha > threshold``); nan if none."""
+    both = (alpha_a > threshold) & (alpha_b > threshold)
+    if not bool(both.any()):
+        return math.nan
+    da = depth_a[both] / alpha_a[both]
+    db = depth_b[both] / alpha_b[both]
+    return float((da.double() - db.double()).abs().mean())
+
+
+def janus_score(rendered: Tensor, own: Tensor, opposite: Tensor) -> float:
+    """The fraction of views whose render ``rendered`` [B, H, W, C] is nearer (mean squared error) to the object's
+    render from the opposite side ``opposite`` (azimuth + 180°) than to its render from the same camera ``own``:
+    0 for the right object, about 1 for one that faces backwards, and high for a Janus (multi-faced) object,
+    whose every side shows the front."""
+    if not (rendered.shape == own.shape == opposite.shape):
+        raise ValueError("janus_score needs three image batches of one shape")
+    d_own = (rendered - own).double().pow(2).flatten(1).mean(1)
+    d_opp = (rendered - opposite).double().pow(2).flatten(1).mean(1)
+    return float((d_opp < d_own).double().mean())
 
 
 def visible_surface_points(asset: MeshAsset, cameras: Cameras, resolution: int) -> Tensor:

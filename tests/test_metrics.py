@@ -89,3 +89,42 @@ def test_chamfer_grows_with_a_shift():
     near = visible_surface_chamfer(_sphere(center=(0.05, 0, 0)), ref, n_views=6, resolution=48)
     far = visible_surface_chamfer(_sphere(center=(0.3, 0, 0)), ref, n_views=6, resolution=48)
     assert 0 < near < far
+
+
+def test_depth_error_is_the_mean_surface_distance_difference_where_both_cover():
+    from dreamcore.metrics import depth_error
+
+    alpha = torch.zeros(1, 4, 4, 1)
+    alpha[0, :2] = 1.0
+    alpha[0, 2, 0] = 0.5 + 1e-3  # a half-covered edge pixel: its alpha-weighted depth is divided back
+    depth = alpha * 2.0
+    other_alpha = torch.ones(1, 4, 4, 1)
+    other_depth = torch.full((1, 4, 4, 1), 2.25)
+    assert depth_error(depth, alpha, depth, alpha) == 0.0
+    assert depth_error(depth, alpha, other_depth, other_alpha) == pytest.approx(0.25)
+    assert math.isnan(depth_error(depth, alpha, other_depth, torch.zeros_like(other_alpha)))
+
+
+def test_janus_score_is_zero_for_the_object_and_one_for_it_turned_around():
+    from dreamcore.cameras import turntable_cameras
+    from dreamcore.meshes.io import load_mesh, normalize
+    from dreamcore.meshes.render import render_mesh
+    from dreamcore.metrics import janus_score
+
+    asset, _ = normalize(load_mesh("assets/robot.glb"))
+    ring = turntable_cameras(8, 15.0, 3.2, 40.0, start_azimuth=22.5)
+    opposite = turntable_cameras(8, 15.0, 3.2, 40.0, start_azimuth=202.5)
+
+    def views(a, cams):
+        return render_mesh(a, cams, 32, 32, background=torch.ones(len(cams), 3)).rgb
+
+    own, opp = views(asset, ring), views(asset, opposite)
+    assert janus_score(own, own, opp) == 0.0
+    turned = MeshAsset(asset.vertices * torch.tensor([-1.0, 1.0, -1.0]), asset.faces, asset.uvs,
+                       asset.vertex_colors, asset.face_material, asset.materials)  # 180° about +Y
+    assert janus_score(views(turned, ring), own, opp) == 1.0
+    # an object that shows its front from every side is caught on the back half of the ring
+    front = views(asset, turntable_cameras(1, 15.0, 3.2, 40.0, start_azimuth=0.0)).expand(8, -1, -1, -1)
+    assert janus_score(front, own, opp) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        janus_score(own, own, opp[:2])

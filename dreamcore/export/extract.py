@@ -163,12 +163,21 @@ def extract_mesh(
     non-finite/degenerate/duplicate faces -> decimate to ``target_faces`` (0 = off) -> outward winding.
     Returns (vertices [V, 3] float32 world coordinates, faces [F, 3] int64); empty arrays if no surface.
     """
-    import mcubes
-
     if resolution < 3:
         raise ValueError(f"resolution must be >= 3, got {resolution}")
     level = float(isosurface) if isosurface is not None else math.log(2.0) / (2.0 * bound / resolution)
     grid = sample_grid(density_fn, resolution, bound, chunk, device)
+    return mesh_from_grid(grid, level, bound, fill_cavities, keep_components, min_component_ratio, target_faces)
+
+
+def mesh_from_grid(grid: np.ndarray, level: float, bound: float, fill_cavities: bool = True,
+                   keep_components: int = 1, min_component_ratio: float = 0.02,
+                   target_faces: int = 40000) -> tuple[np.ndarray, np.ndarray]:
+    """The steps of :func:`extract_mesh` after sampling, on a sampled grid [N, N, N] (so several levels can be
+    tried on one sampling)."""
+    import mcubes
+
+    resolution = grid.shape[0]
     if fill_cavities:
         grid = fill_enclosed(grid, level)
     grid = _close_boundary(grid, level)
@@ -183,6 +192,17 @@ def extract_mesh(
     verts, faces = clean_mesh(verts, faces)
     faces = orient_outward(verts, faces)
     return verts.astype(np.float32), faces.astype(np.int64)
+
+
+def best_isosurface(grid: np.ndarray, levels, bound: float, score: Callable[[np.ndarray, np.ndarray], float],
+                    **mesh_options) -> tuple[float, dict[float, float]]:
+    """The level of ``levels`` whose mesh (:func:`mesh_from_grid`) scores highest by ``score(verts, faces)``
+    (e.g. the agreement of its silhouettes with the field's own renders), and every level's score."""
+    scores = {}
+    for level in levels:
+        verts, faces = mesh_from_grid(grid, float(level), bound, **mesh_options)
+        scores[float(level)] = float(score(verts, faces)) if len(faces) else -math.inf
+    return max(scores, key=scores.get), scores
 
 
 def taubin_smooth(verts: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:

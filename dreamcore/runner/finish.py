@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
 
-from dreamcore.cameras import sample_orbit
+from dreamcore.cameras import sample_orbit, turntable_cameras
 from dreamcore.config import Config
+from dreamcore.errors import DreamcoreError
+from dreamcore.files import resolve_path
+from dreamcore.meshes.io import load_mesh, normalize
+from dreamcore.meshes.render import render_mesh
+from dreamcore.metrics import depth_error, janus_score, psnr, silhouette_iou, visible_surface_chamfer
 
 
 def export_run(system, cfg: Config, run_dir: Path) -> dict:
     """Write model.glb / model.obj+mtl+png / turntable into ``run_dir``; returns paths and timings."""
     from dreamcore.export import export_textured_mesh
-    from dreamcore.export.extract import extract_mesh, taubin_smooth
+    from dreamcore.export.extract import mesh_from_grid, sample_grid, taubin_smooth
     from dreamcore.registry import lookup
 
     own_export = getattr(system, "export_mesh", None)
@@ -30,12 +36,14 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
     formats = tuple(n for n in e.formats if n not in direct)
     if not formats:
         return {"files": {k: str(v) for k, v in files.items()}}
-    field = system.representation
-    verts, faces = extract_mesh(
-        system.density, resolution=e.resolution, bound=field.bound, isosurface=e.isosurface,
-        fill_cavities=e.fill_cavities, keep_components=e.keep_components,
-        min_component_ratio=e.min_component_ratio, target_faces=e.target_faces,
-    )
+    bound = system.representation.bound
+    grid = sample_grid(system.density, e.resolution, bound)
+    options = dict(fill_cavities=e.fill_cavities, keep_components=e.keep_components,
+                   min_component_ratio=e.min_component_ratio, target_faces=e.target_faces)
+    level, search = e.isosurface, {}
+    if e.isosurface_search:
+        level, search = match_isosurface(system, cfg, grid, bound, options)
+    verts, faces = mesh_from_grid(grid, level, bound, **options)
     verts = taubin_smooth(verts, faces, e.smooth_iterations)
     t1 = time.perf_counter()
     paths = export_textured_mesh(
@@ -48,52 +56,100 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
         "files": {k: str(v) for k, v in {**files, **paths}.items()},
         "faces": int(len(faces)),
         "vertices": int(len(verts)),
+        "isosurface": level,
+        **({"isosurface_silhouette_iou": search} if search else {}),
         "extract_seconds": round(t1 - t0, 2),
         "write_seconds": round(t2 - t1, 2),
     }
 
 
 @torch.no_grad()
-def evaluate_run(system, cfg: Config, run_dir: Path, score_glb: bool = True) -> dict:
-    """Held-out views (a seed of their own) scored against the reference prior's renders: PSNR and silhouette
-    IoU of the optimized scene and of the exported GLB as written to disk, and the GLB's visible-surface
-    Chamfer distance to the reference mesh (fraction of the reference's bounding-box diagonal); ``score_glb``
-    False skips the GLB (a refinement stage writes it)."""
-    from dreamcore.meshes.io import load_mesh
-    from dreamcore.meshes.render import render_mesh
-    from dreamcore.metrics import psnr, silhouette_iou, visible_surface_chamfer
+def match_isosurface(system, cfg: Config, grid, bound: float, options: dict) -> tuple[float, dict]:
+    """``export.isosurface_search``: the level whose mesh's silhouettes agree best (IoU) with the field's own
+    renders (alpha > ½) at ``export.isosurface_views`` views of the run's camera ranges (their own seed, not the
+    held-out views), and each level's IoU."""
+    from dreamcore.export.extract import best_isosurface
+    from dreamcore.meshes.asset import MeshAsset
 
+    e, cam, r = cfg.export, cfg.camera, 64
+    cams = sample_orbit(e.isosurface_views, torch.Generator().manual_seed(2024), cam.elevation_range,
+                        (-180.0, 180.0), cam.distance_range, cam.fov_range)
+    device = next(system.representation.parameters()).device
+    field_alpha = system.render_views(cams.to(device), r, r, torch.ones(len(cams), 3, device=device)).alpha.cpu()
+
+    def agreement(verts, faces) -> float:
+        mesh = MeshAsset(torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.int64))
+        return silhouette_iou(render_mesh(mesh, cams, r, r, supersample=2).alpha, field_alpha)
+
+    level, scores = best_isosurface(grid, e.isosurface_search, bound, agreement, **options)
+    return level, {str(k): round(v, 4) for k, v in scores.items()}
+
+
+def scoring_targets(system, cfg: Config) -> list:
+    """The objects held-out views are scored against, in the scene frame: ``eval.mesh`` (normalized like the
+    reference prior's mesh), else the reference prior's mesh and its extra objects; [] when there is none."""
+    if cfg.eval.mesh:
+        return [normalize(load_mesh(resolve_path(cfg.eval.mesh)), cfg.eval.radius)[0]]
     prior = system.prior
     if not hasattr(prior, "reference_views"):
+        return []
+    return [prior.asset] + list(getattr(prior, "extra_assets", []))
+
+
+def check_scoring_target(cfg: Config) -> None:
+    """Fail before any work when ``eval.mesh`` names no mesh file (it is only read after the run)."""
+    if cfg.eval.mesh and not resolve_path(cfg.eval.mesh).is_file():
+        raise DreamcoreError(f"eval.mesh={cfg.eval.mesh!r}: no such file (the mesh the run is scored against)")
+
+
+@torch.no_grad()
+def evaluate_run(system, cfg: Config, run_dir: Path, score_glb: bool = True) -> dict:
+    """Held-out views (a seed of their own) scored against the target object (:func:`scoring_targets`): PSNR and
+    silhouette IoU of the optimized scene and of the exported GLB as written to disk, and for the GLB its depth
+    error and visible-surface Chamfer distance (fractions of the target's bounding-box diagonal) and its Janus
+    score on a ring of azimuths (:func:`dreamcore.metrics.janus_score`); ``score_glb`` False skips the GLB (a
+    refinement stage writes it)."""
+    targets = scoring_targets(system, cfg)
+    if not targets:
         return {}
     ev, cam = cfg.eval, cfg.camera
     g = torch.Generator().manual_seed(ev.seed)
     cams = sample_orbit(ev.views, g, ev.elevation_range, (-180.0, 180.0), cam.distance_range, cam.fov_range)
     r = ev.resolution
     white = torch.ones(len(cams), 3)
-    gt_rgb, gt_alpha = prior.reference_views(cams, r, r, white)
+    gts = [render_mesh(t, cams, r, r, supersample=2, background=white) for t in targets]
     device = next(system.representation.parameters()).device
     out = system.render_views(cams.to(device), r, r, white.to(device))
     metrics = {
         "views": ev.views,
         "resolution": r,
-        "scene_psnr": round(psnr(out.rgb.cpu(), gt_rgb), 3),
-        "scene_iou": round(silhouette_iou(out.alpha.cpu(), gt_alpha), 4),
+        "scene_psnr": round(psnr(out.rgb.cpu(), gts[0].rgb), 3),
+        "scene_iou": round(silhouette_iou(out.alpha.cpu(), gts[0].alpha), 4),
     }
-    for obj in range(1, getattr(prior, "num_objects", 1)):  # multi-object references: the scene vs each object
-        rgb_k, alpha_k = prior.reference_views(cams, r, r, white, obj=obj)
-        metrics.setdefault("scene_psnr_objects", [metrics["scene_psnr"]]).append(round(psnr(out.rgb.cpu(), rgb_k), 3))
+    for gt in gts[1:]:  # multi-object references: the scene vs each object
+        metrics.setdefault("scene_psnr_objects", [metrics["scene_psnr"]]).append(round(psnr(out.rgb.cpu(), gt.rgb), 3))
         metrics.setdefault("scene_iou_objects", [metrics["scene_iou"]]).append(
-            round(silhouette_iou(out.alpha.cpu(), alpha_k), 4))
+            round(silhouette_iou(out.alpha.cpu(), gt.alpha), 4))
     glb = run_dir / "model.glb"
     if score_glb and glb.is_file():
-        exported = load_mesh(glb)
-        in_scene = _to_scene(exported, system.scene_transform)
+        target = targets[0]
+        in_scene = _to_scene(load_mesh(glb), system.scene_transform)
         m = render_mesh(in_scene, cams, r, r, supersample=2, background=white)
-        metrics["glb_psnr"] = round(psnr(m.rgb, gt_rgb), 3)
-        metrics["glb_iou"] = round(silhouette_iou(m.alpha, gt_alpha), 4)
-        reference = load_mesh(prior.mesh_path)
-        metrics["glb_chamfer_rel"] = round(float(visible_surface_chamfer(exported, reference)), 5)
+        metrics["glb_psnr"] = round(psnr(m.rgb, gts[0].rgb), 3)
+        metrics["glb_iou"] = round(silhouette_iou(m.alpha, gts[0].alpha), 4)
+        lo, hi = target.vertices.amin(0), target.vertices.amax(0)
+        diag = float((hi - lo).norm())
+        depth = depth_error(m.depth, m.alpha, gts[0].depth, gts[0].alpha) / diag
+        metrics["glb_depth_rel"] = None if math.isnan(depth) else round(depth, 5)  # None: no overlap at all
+        metrics["glb_chamfer_rel"] = round(float(visible_surface_chamfer(in_scene, target)), 5)
+        ring = turntable_cameras(ev.janus_views, ev.janus_elevation, sum(cam.distance_range) / 2,
+                                 sum(cam.fov_range) / 2, start_azimuth=180.0 / ev.janus_views)
+        opposite = turntable_cameras(ev.janus_views, ev.janus_elevation, sum(cam.distance_range) / 2,
+                                     sum(cam.fov_range) / 2, start_azimuth=180.0 / ev.janus_views + 180.0)
+        white_ring = torch.ones(len(ring), 3)
+        views = [render_mesh(a, c, r, r, supersample=2, background=white_ring).rgb
+                 for a, c in ((in_scene, ring), (target, ring), (target, opposite))]
+        metrics["glb_janus"] = round(janus_score(*views), 4)
     return metrics
 
 

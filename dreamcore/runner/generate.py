@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dreamcore.config import Config, load_config
 from dreamcore.errors import DreamcoreError
-from dreamcore.runner.finish import evaluate_run, export_run
+from dreamcore.runner.finish import check_scoring_target, evaluate_run, export_run
 from dreamcore.runner.refine import first_stage_formats, mesh_formats, promote, stage_config
 from dreamcore.runner.rundir import RunDir, default_run_dir
 from dreamcore.runner.trainer import Trainer
@@ -20,6 +20,7 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     from dreamcore.export.exporters import exporters_for
 
     exporters_for(cfg.export.formats)  # an unknown format fails now, not after the optimization
+    check_scoring_target(cfg)  # so does a missing eval.mesh
     if not cfg.prompt.strip():
         raise DreamcoreError('the prompt is empty: pass it as `dreamcore generate "a red chair"` or prompt="..."')
     run = RunDir(Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg))
