@@ -2,7 +2,7 @@
 
 One training step (Poole et al. 2022, Alg. 1): render views (whole images, or random pixel subsets when the
 prior allows it), apply the guidance against the prior with the prompt's (view-dependent) condition, add
-regularizers (opacity sparsity, normal orientation). The runner owns the loop; this class owns the parts.
+regularizers (opacity sparsity, binary opacity, normal orientation). The runner owns the loop; this class owns the parts.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class DreamFusionSystem:
     class Config(ComponentConfig):
         rays_per_view: int = 0  # > 0: train on that many random pixels per view (priors with pixel subsets only)
         lambda_opacity: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
+        lambda_opaque: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
         lambda_orientation: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
 
     def __init__(self, cfg: "DreamFusionSystem.Config", full: FullConfig) -> None:
@@ -118,6 +119,10 @@ class DreamFusionSystem:
         lam = self.cfg.lambda_opacity(step)
         if lam > 0:
             losses["opacity"] = lam * render.alpha.mean()
+        lam = self.cfg.lambda_opaque(step)
+        if lam > 0:  # threestudio's lambda_opaque: the binary entropy of each pixel's opacity, so alpha → 0 or 1
+            a = render.alpha.clamp(1e-5, 1.0 - 1e-5)
+            losses["opaque"] = lam * -(a * a.log() + (1.0 - a) * (1.0 - a).log()).mean()
         lam = self.cfg.lambda_orientation(step)
         if lam > 0 and "orientation" in render.extras:
             losses["orientation"] = lam * render.extras["orientation"]
