@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamcore-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install demo test test-slow test-all bench tiny-prior bench-text clean
 
 install: $(STAMP)
 
@@ -29,6 +29,16 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# retrain the shipped learned prior (assets/tiny-prior) from the shipped objects: one seeded command, ~45 min on 2 cores
+TINY_PRIOR_OBJECTS := --object assets/robot.glb:"a toy robot" --object assets/car.glb:"a toy car" \
+	--object assets/penguin.glb:"a penguin" --object assets/mushroom_house.glb:"a mushroom house"
+tiny-prior: $(STAMP)
+	$(BIN)/python tools/train_tiny_prior.py $(TINY_PRIOR_OBJECTS) --out assets/tiny-prior --seed 0 --threads 2 --steps 2000
+
+# the text-only benchmark (bench/text_to_3d.md and .png): every recipe x guidance x prior x object x 3 seeds, hours
+bench-text: $(STAMP)
+	$(BIN)/python tools/bench_text_to_3d.py
 
 clean:
 	rm -rf runs .pytest_cache
