@@ -120,9 +120,8 @@ class DreamFusionSystem:
         if lam > 0:
             losses["opacity"] = lam * render.alpha.mean()
         lam = self.cfg.lambda_opaque(step)
-        if lam > 0:  # threestudio's lambda_opaque: the binary entropy of each pixel's opacity, so alpha → 0 or 1
-            a = render.alpha.clamp(1e-5, 1.0 - 1e-5)
-            losses["opaque"] = lam * -(a * a.log() + (1.0 - a) * (1.0 - a).log()).mean()
+        if lam > 0:
+            losses["opaque"] = lam * opaque_penalty(render.alpha)
         lam = self.cfg.lambda_orientation(step)
         if lam > 0 and "orientation" in render.extras:
             losses["orientation"] = lam * render.extras["orientation"]
@@ -168,3 +167,10 @@ class DreamFusionSystem:
 
     def density(self, points: Tensor) -> Tensor:
         return self.representation.export_density(points)
+
+
+def opaque_penalty(alpha: Tensor) -> Tensor:
+    """Mean binary entropy of the pixels' opacity, −a·ln a − (1−a)·ln(1−a): ln 2 at a = ½, 0 at 0 and 1, so its
+    gradient drives each pixel to empty or solid (threestudio's ``lambda_opaque``): a crisp silhouette."""
+    a = alpha.clamp(1e-5, 1.0 - 1e-5)
+    return -(a * a.log() + (1.0 - a) * (1.0 - a).log()).mean()

@@ -17,7 +17,7 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.export import export_textured_mesh
 from dreamcore.meshes.asset import textured_asset
 from dreamcore.export.bake import bake_texture
-from dreamcore.export.extract import extract_mesh, face_components
+from dreamcore.export.extract import best_isosurface, extract_mesh, face_components, mesh_from_grid, sample_grid
 from dreamcore.export.turntable import write_turntable
 from dreamcore.meshes.uv import unwrap
 from dreamcore.export.writers import write_glb, write_obj
@@ -86,6 +86,22 @@ def test_box_extent_and_isosurface_level():
     v, _ = extract_mesh(density, resolution=RES, bound=BOUND, isosurface=10.0, target_faces=0)
     assert np.abs(v.max(0) - half.numpy()).max() < H
     assert np.abs(v.min(0) + half.numpy()).max() < H
+
+
+def test_isosurface_search_picks_the_level_the_score_prefers():
+    """One sampled grid, several levels: mesh_from_grid is extract_mesh after sampling, and best_isosurface
+    returns the level whose mesh scores best (here: the one whose radius is 0.4, i.e. σ = 20·0.15 = 3)."""
+    grid = sample_grid(sphere_density, RES, BOUND)
+    v0, f0 = extract_mesh(sphere_density, resolution=RES, bound=BOUND, isosurface=3.0, target_faces=0)
+    v1, f1 = mesh_from_grid(grid, 3.0, BOUND, target_faces=0)
+    assert np.array_equal(f0, f1) and np.allclose(v0, v1)
+
+    def radius_match(verts, faces):
+        return -abs(float(np.linalg.norm(verts - CENTRE.numpy(), axis=1).mean()) - 0.4)
+
+    level, scores = best_isosurface(grid, [0.0, 3.0, 6.0, 50.0], BOUND, radius_match, target_faces=0)
+    assert level == 3.0 and set(scores) == {0.0, 3.0, 6.0, 50.0}
+    assert scores[50.0] == -math.inf  # above the field's maximum: no surface, never chosen
 
 
 def test_inner_shell_is_filled():

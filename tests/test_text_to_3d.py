@@ -5,6 +5,7 @@ training."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def test_the_nerf_recipe_runs_with_perp_neg_and_interpolated_view_prompts(tmp_pa
                  "views.interpolate=true", f"prior.cache_dir={tmp_path / 'cache'}", f"run.dir={run}"]) == 0
     assert (run / "model.glb").is_file()
     assert "perp_neg: true" in (run / "config.yaml").read_text()
+    export = json.loads((run / "metrics.json").read_text())["export"]  # the recipe searches the isosurface
+    assert export["isosurface"] in (2.5, 5.0, 10.0, 20.0)
+    assert set(export["isosurface_silhouette_iou"]) == {"2.5", "5.0", "10.0", "20.0"}
 
 
 def test_the_scored_mesh_is_read_only_after_training(tmp_path, monkeypatch):
@@ -167,3 +171,30 @@ def test_a_missing_scored_mesh_fails_before_any_work(tmp_path, capsys):
     assert main(["generate", "--config", "text-gaussians", *FAST, f"eval.mesh={tmp_path / 'nope.glb'}",
                  f"run.dir={run}"]) == 2
     assert "eval.mesh" in capsys.readouterr().err and not run.exists()
+
+
+def test_the_opaque_penalty_drives_opacity_to_empty_or_solid():
+    from systems.dreamfusion import opaque_penalty
+
+    assert float(opaque_penalty(torch.full((4, 4), 0.5))) == pytest.approx(math.log(2.0), rel=1e-5)
+    assert float(opaque_penalty(torch.tensor([0.0, 1.0]))) < 1e-3
+    a = torch.tensor([0.3, 0.7], requires_grad=True)
+    opaque_penalty(a).backward()
+    assert a.grad[0] > 0 and a.grad[1] < 0  # gradient descent lowers 0.3 towards 0 and raises 0.7 towards 1
+
+
+@pytest.mark.parametrize("recipe", [pytest.param("dreamfusion", marks=pytest.mark.slow), "dreamgaussian",
+                                    pytest.param("prolificdreamer", marks=pytest.mark.slow), "luciddreamer"])
+def test_the_published_recipes_run_on_the_learned_prior(tmp_path, recipe):
+    """The field's recipes point at the learned prior with two overrides (their 64 px renders are resized to
+    the model's 32 px), as they point at SD with ``prior.name=stable-diffusion prior.model=...``."""
+    run = tmp_path / recipe
+    small = ["guidance.score_steps=1"] if recipe == "prolificdreamer" else []
+    if recipe in ("dreamfusion", "prolificdreamer"):
+        small += FAST_NERF
+    assert main(["generate", "a mushroom house", "--config", recipe, *FAST, *small, "camera.resolution=32",
+                 "prior.name=pixel-diffusion", "prior.model=assets/tiny-prior",
+                 f"prior.cache_dir={tmp_path / 'cache'}", f"eval.mesh={ROOT / 'assets' / 'mushroom_house.glb'}",
+                 f"run.dir={run}"]) == 0
+    cfg = (run / "config.yaml").read_text()
+    assert "pixel-diffusion" in cfg and "glb_iou" in json.loads((run / "metrics.json").read_text())
