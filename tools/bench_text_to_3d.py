@@ -100,9 +100,10 @@ def slug(*parts) -> str:
 def run_one(job: dict, extra: list[str], threads: int) -> dict:
     """``dreamcore generate`` in a subprocess (its own process: a crash is one failed row); returns its metrics."""
     run_dir = Path(job["dir"])
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        return {**job, **json.loads(metrics_file.read_text()), "reused": True}
+    metrics_file, wall_file = run_dir / "metrics.json", run_dir / "bench_seconds.txt"
+    if metrics_file.is_file():  # a finished run: its scores, and the wall time it took when it ran
+        seconds = float(wall_file.read_text()) if wall_file.is_file() else None
+        return {**job, **json.loads(metrics_file.read_text()), "seconds": seconds, "reused": True}
     if run_dir.exists():
         import shutil
 
@@ -118,6 +119,7 @@ def run_one(job: dict, extra: list[str], threads: int) -> dict:
         print(f"  FAILED {job['name']}: {' | '.join(tail)}", flush=True)
         return {**job, "error": " | ".join(tail), "seconds": round(wall, 1)}
     m = json.loads(metrics_file.read_text())
+    wall_file.write_text(f"{wall:.1f}\n")
     print(f"  {job['name']}: IoU {m.get('glb_iou')} PSNR {m.get('glb_psnr')} Janus {m.get('glb_janus')} "
           f"{wall:.0f} s", flush=True)
     return {**job, **m, "seconds": round(wall, 1)}
@@ -291,7 +293,9 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda j: run_one(j, extra, args.threads), jobs))
     rows, report = summarize(results, objects, args.seeds)
-    report += f"\nTotal wall time {time.perf_counter() - t0:.0f} s for {len(jobs)} runs ({args.jobs} at a time).\n"
+    reused = sum(bool(r.get("reused")) for r in results)
+    report += (f"\nTotal wall time {time.perf_counter() - t0:.0f} s for {len(jobs)} runs ({args.jobs} at a time"
+               + (f"; {reused} reused from an earlier run, their own times in s/run" if reused else "") + ").\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
