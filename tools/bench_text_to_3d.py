@@ -125,29 +125,29 @@ def run_one(job: dict, extra: list[str], threads: int) -> dict:
     return {**job, **m, "seconds": round(wall, 1)}
 
 
-def ring_frames(glb: Path, resolution: int, elevation: float = 15.0):
-    """[RING, H, W, 3] renders of a GLB (in the scene frame) at azimuths 0, 90, 180, 270 over white."""
+def ring_of(asset, resolution: int, elevation: float = 15.0):
+    """[RING, H, W, 3] renders of a mesh asset (in the scene frame) at azimuths 0, 90, 180, 270 over white."""
     import torch
 
     from dreamcore.cameras import turntable_cameras
-    from dreamcore.meshes.io import load_mesh
     from dreamcore.meshes.render import render_mesh
 
     cams = turntable_cameras(RING, elevation, 3.2, 40.0)
-    return render_mesh(load_mesh(glb), cams, resolution, resolution, supersample=2,
-                       background=torch.ones(RING, 3)).rgb
+    return render_mesh(asset, cams, resolution, resolution, supersample=2, background=torch.ones(RING, 3)).rgb
+
+
+def ring_frames(glb: Path, resolution: int):
+    """The ring of an exported GLB (written in the scene frame of its run)."""
+    from dreamcore.meshes.io import load_mesh
+
+    return ring_of(load_mesh(glb), resolution)
 
 
 def target_frames(path: str, resolution: int):
-    import torch
-
-    from dreamcore.cameras import turntable_cameras
+    """The ring of the true object, normalized into the scene as the runs' scoring does."""
     from dreamcore.meshes.io import load_mesh, normalize
-    from dreamcore.meshes.render import render_mesh
 
-    cams = turntable_cameras(RING, 15.0, 3.2, 40.0)
-    return render_mesh(normalize(load_mesh(path))[0], cams, resolution, resolution, supersample=2,
-                       background=torch.ones(RING, 3)).rgb
+    return ring_of(normalize(load_mesh(path))[0], resolution)
 
 
 def diversity(rows: list[dict], resolution: int = 48) -> float | None:
