@@ -99,8 +99,9 @@ def test_isosurface_search_picks_the_level_the_score_prefers():
     def radius_match(verts, faces):
         return -abs(float(np.linalg.norm(verts - CENTRE.numpy(), axis=1).mean()) - 0.4)
 
-    level, scores = best_isosurface(grid, [0.0, 3.0, 6.0, 50.0], BOUND, radius_match, target_faces=0)
+    level, scores, (v, f) = best_isosurface(grid, [0.0, 3.0, 6.0, 50.0], BOUND, radius_match, target_faces=0)
     assert level == 3.0 and set(scores) == {0.0, 3.0, 6.0, 50.0}
+    assert np.array_equal(f, f1) and np.allclose(v, v1)  # the chosen level's mesh comes back with it
     assert scores[50.0] == -math.inf  # above the field's maximum: no surface, never chosen
 
 

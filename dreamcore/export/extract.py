@@ -195,14 +195,15 @@ def mesh_from_grid(grid: np.ndarray, level: float, bound: float, fill_cavities: 
 
 
 def best_isosurface(grid: np.ndarray, levels, bound: float, score: Callable[[np.ndarray, np.ndarray], float],
-                    **mesh_options) -> tuple[float, dict[float, float]]:
+                    **mesh_options) -> tuple[float, dict[float, float], tuple[np.ndarray, np.ndarray]]:
     """The level of ``levels`` whose mesh (:func:`mesh_from_grid`) scores highest by ``score(verts, faces)``
-    (e.g. the agreement of its silhouettes with the field's own renders), and every level's score."""
-    scores = {}
-    for level in levels:
-        verts, faces = mesh_from_grid(grid, float(level), bound, **mesh_options)
-        scores[float(level)] = float(score(verts, faces)) if len(faces) else -math.inf
-    return max(scores, key=scores.get), scores
+    (e.g. the agreement of its silhouettes with the field's own renders), every level's score, and that mesh."""
+    scores, meshes = {}, {}
+    for level in map(float, levels):
+        verts, faces = meshes[level] = mesh_from_grid(grid, level, bound, **mesh_options)
+        scores[level] = float(score(verts, faces)) if len(faces) else -math.inf
+    best = max(scores, key=scores.get)
+    return best, scores, meshes[best]
 
 
 def taubin_smooth(verts: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:

@@ -40,10 +40,11 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
     grid = sample_grid(system.density, e.resolution, bound)
     options = dict(fill_cavities=e.fill_cavities, keep_components=e.keep_components,
                    min_component_ratio=e.min_component_ratio, target_faces=e.target_faces)
-    level, search = e.isosurface, {}
     if e.isosurface_search:
-        level, search = match_isosurface(system, cfg, grid, bound, options)
-    verts, faces = mesh_from_grid(grid, level, bound, **options)
+        level, search, (verts, faces) = match_isosurface(system, cfg, grid, bound, options)
+    else:
+        level, search = e.isosurface, {}
+        verts, faces = mesh_from_grid(grid, level, bound, **options)
     verts = taubin_smooth(verts, faces, e.smooth_iterations)
     t1 = time.perf_counter()
     paths = export_textured_mesh(
@@ -64,10 +65,10 @@ def export_run(system, cfg: Config, run_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def match_isosurface(system, cfg: Config, grid, bound: float, options: dict) -> tuple[float, dict]:
+def match_isosurface(system, cfg: Config, grid, bound: float, options: dict) -> tuple[float, dict, tuple]:
     """``export.isosurface_search``: the level whose mesh's silhouettes agree best (IoU) with the field's own
     renders (alpha > ½) at ``export.isosurface_views`` views of the run's camera ranges (their own seed, not the
-    held-out views), and each level's IoU."""
+    held-out views), each level's IoU, and that level's mesh (verts, faces)."""
     from dreamcore.export.extract import best_isosurface
     from dreamcore.meshes.asset import MeshAsset
 
@@ -81,8 +82,8 @@ def match_isosurface(system, cfg: Config, grid, bound: float, options: dict) -> 
         mesh = MeshAsset(torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.int64))
         return silhouette_iou(render_mesh(mesh, cams, r, r, supersample=2).alpha, field_alpha)
 
-    level, scores = best_isosurface(grid, e.isosurface_search, bound, agreement, **options)
-    return level, {str(k): round(v, 4) for k, v in scores.items()}
+    level, scores, mesh = best_isosurface(grid, e.isosurface_search, bound, agreement, **options)
+    return level, {str(k): round(v, 4) for k, v in scores.items()}, mesh
 
 
 def scoring_targets(system, cfg: Config) -> list:
