@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -110,7 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_log() -> None:
+    """Library messages (a texture not found, an STL without colour) go to stderr as ``dreamcore: warning: ...``."""
+    logger = logging.getLogger("dreamcore")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dreamcore: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    for level in (logging.INFO, logging.WARNING):
+        logging.addLevelName(level, logging.getLevelName(level).lower())
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_log()
     parser = build_parser()
     # prompt words and key=value overrides may come before or after options: collect the leftovers too
     ns, extra = parser.parse_known_args(argv)

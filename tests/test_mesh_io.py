@@ -187,10 +187,10 @@ def test_asset_to_trimesh_glb_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("garbage.glb", b"\x00\x01not a mesh at all\xff" * 10, "could not read"),
-        ("empty.obj", b"# nothing here\n", "no triangles"),
-        ("points.ply", None, "no triangles"),
-        ("nan.obj", b"v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "non-finite"),
+        ("garbage.glb", b"\x00\x01not a mesh at all\xff" * 10, "not a GLB file"),
+        ("empty.obj", b"# nothing here\n", "no vertices or faces"),
+        ("points.ply", None, "point cloud"),
+        ("nan.obj", b"v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "NaN or infinite"),
         ("mesh.stl2", b"solid", "unsupported"),
     ],
 )

@@ -305,32 +305,44 @@ def nearest_neighbour_scale(points: Tensor, k: int = 3, chunk: int = 2048) -> Te
     return torch.cat(out).clamp_min(1e-4)
 
 
+def _all_finite(a) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(a).all())
+
+
 def sample_file(path: str, n: int, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
-    """``n`` points [n, 3] and colours [n, 3] from a mesh (GLB/OBJ/PLY with faces) or a point cloud (PLY/XYZ)."""
+    """``n`` points [n, 3] and colours [n, 3] from a mesh (GLB/glTF/OBJ/PLY/STL with faces, sampled by area)
+    or a PLY point cloud (a random subset of its points; grey where it has no colours)."""
     from pathlib import Path
 
-    import numpy as np
+    from dreamcore.meshes.parts import MeshFileError
 
     p = Path(path)
     if not p.is_file():
         raise DreamcoreError(f"representation.init_file={path}: no such file")
-    import trimesh
+    if p.suffix.lower() == ".ply":
+        from dreamcore.meshes.ply import read_points
 
-    try:
-        loaded = trimesh.load(str(p), process=False)
-    except Exception as e:  # noqa: BLE001
-        raise DreamcoreError(f"representation.init_file={path}: unreadable ({e})") from None
-    if isinstance(loaded, trimesh.PointCloud):
-        pts = torch.as_tensor(np.asarray(loaded.vertices), dtype=torch.float32)
-        cols = getattr(loaded, "colors", None)
-        colors = (torch.as_tensor(np.asarray(cols)[:, :3], dtype=torch.float32) / 255.0
-                  if cols is not None and len(cols) == len(pts) else torch.full((len(pts), 3), 0.5))
-        pick = torch.randint(len(pts), (n,), generator=generator) if len(pts) > n else torch.arange(len(pts))
-        return pts[pick], colors[pick]
+        try:
+            points, cols, _, face = read_points(p)
+        except MeshFileError as e:
+            raise DreamcoreError(f"representation.init_file={path}: {e.problem}") from None
+        if not any(len(face.get(k, [])) for k in ("vertex_indices", "vertex_index")):
+            if len(points) == 0 or not _all_finite(points):
+                raise DreamcoreError(f"representation.init_file={path}: the point cloud is empty or holds NaN/Inf")
+            pts = torch.as_tensor(points, dtype=torch.float32)
+            colors = (torch.as_tensor(cols, dtype=torch.float32) if cols is not None
+                      else torch.full((len(pts), 3), 0.5))
+            pick = torch.randint(len(pts), (n,), generator=generator) if len(pts) > n else torch.arange(len(pts))
+            return pts[pick], colors[pick]
     from dreamcore.meshes.io import load_mesh
     from dreamcore.meshes.render import surface_albedo
 
-    asset = load_mesh(p)
+    try:
+        asset = load_mesh(p)
+    except MeshFileError as e:
+        raise DreamcoreError(f"representation.init_file={path}: {e.problem}") from None
     v, f = asset.vertices, asset.faces
     tri = v[f]
     area = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)

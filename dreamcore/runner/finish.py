@@ -98,9 +98,12 @@ def scoring_targets(system, cfg: Config) -> list:
 
 
 def check_scoring_target(cfg: Config) -> None:
-    """Fail before any work when ``eval.mesh`` names no mesh file (it is only read after the run)."""
-    if cfg.eval.mesh and not resolve_path(cfg.eval.mesh).is_file():
+    """Fail before any work when ``eval.mesh`` names no usable mesh file (it is only scored after the run)."""
+    if not cfg.eval.mesh:
+        return
+    if not resolve_path(cfg.eval.mesh).is_file():
         raise DreamcoreError(f"eval.mesh={cfg.eval.mesh!r}: no such file (the mesh the run is scored against)")
+    load_mesh(resolve_path(cfg.eval.mesh))  # a malformed file fails now, naming the file and the problem
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,28 @@ from dreamcore.runner.finish import check_scoring_target, evaluate_run, export_r
 from dreamcore.runner.refine import first_stage_formats, mesh_formats, promote, stage_config
 from dreamcore.runner.rundir import RunDir, default_run_dir
 from dreamcore.runner.trainer import Trainer
+
+
+@contextlib.contextmanager
+def collect_log(name: str):
+    """Collect the messages of logger ``name`` (INFO and above) into a list while the block runs."""
+    notes: list[str] = []
+
+    class _ListHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    logger = logging.getLogger(name)
+    handler = _ListHandler(logging.INFO)
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
@@ -32,8 +56,11 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     cfg.run.dir = str(run.path)
     if cfg.refine.config:
         stage_config(cfg, run.path)  # a bad refinement config fails now, not after the first stage
-    trainer = Trainer(cfg, run, resume=resume)  # loads the prior and checkpoint: bad input fails before any write
+    with collect_log("dreamcore.meshes") as notes:  # what the mesh readers said, for the run's log.txt
+        trainer = Trainer(cfg, run, resume=resume)  # loads the prior and checkpoint: bad input fails before any write
     run.write_config(cfg)
+    for note in notes:
+        run.log(f"mesh: {note}")
     run.log(f"{'resume' if resume else 'start'}: prompt={cfg.prompt!r} steps={cfg.run.steps}")
     announce(f"run folder: {run.path} (step {trainer.step}/{cfg.run.steps})")
     trainer.fit()
