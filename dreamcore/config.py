@@ -47,6 +47,10 @@ class CameraConfig:
     uniform_sphere: bool = True
     batch_size: int = 4
     resolution: int = 64
+    # training views: 0 = a fresh random view each time; N = a fixed set of N random views drawn once from the
+    # ranges above (a multi-view data set; a reference prior then renders each view once and caches it);
+    # -1 = what the prior asks for (the reference prior asks for a set when its mesh is big)
+    views: int = -1
 
 
 @dataclass
@@ -105,6 +109,7 @@ class EvalConfig:
 
     views: int = 16
     resolution: int = 64
+    depth_resolution: int = 128  # ray-cast depth of the GLB against the target (glb_depth_err_rel)
     seed: int = 12345
     elevation_range: tuple[float, float] = (-30.0, 60.0)
     mesh: str = ""

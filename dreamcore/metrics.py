@@ -46,6 +46,59 @@ def depth_error(depth_a: Tensor, alpha_a: Tensor, depth_b: Tensor, alpha_b: Tens
     return float((da.double() - db.double()).abs().mean())
 
 
+def surface_depth_error(asset: MeshAsset, target: MeshAsset, cameras: Cameras, resolution: int, scale: float,
+                        tolerance: float = 0.02) -> tuple[float, float]:
+    """Depth of the visible surface of ``asset`` against ``target`` by ray casting one ray through each pixel
+    centre (the rasterizer without supersampling: the first hit along the ray), over the pixels where both are
+    hit: (median |d_asset − d_target| / scale, fraction of those pixels with |Δd| > tolerance · scale).
+    ``scale``: the target's bounding-box diagonal. (nan, nan) when no pixel is hit by both."""
+    from dreamcore.meshes.render import render_mesh
+
+    a = render_mesh(asset, cameras, resolution, resolution, supersample=1)
+    b = render_mesh(target, cameras, resolution, resolution, supersample=1)
+    both = (a.alpha > 0.5) & (b.alpha > 0.5)
+    if not bool(both.any()):
+        return math.nan, math.nan
+    err = (a.depth[both].double() - b.depth[both].double()).abs() / scale
+    return float(err.median()), float((err > tolerance).double().mean())
+
+
+def watertight_report(vertices: Tensor, faces: Tensor, weld_tolerance: float = 1e-6) -> dict:
+    """Whether a triangle mesh is a closed, consistently oriented 2-manifold per connected component, after
+    welding vertices closer than ``weld_tolerance`` (files split vertices along UV seams).
+
+    Counts over the welded mesh's undirected edges: ``boundary_edges`` (used by one face: holes),
+    ``nonmanifold_edges`` (by three or more: fins, interior sheets), ``misoriented_edges`` (two faces that
+    traverse it the same way) and ``components``; ``watertight`` iff the first three are all zero."""
+    v = vertices.detach().double().cpu().numpy()
+    f = faces.cpu().numpy().astype(np.int64)
+    keys = np.round(v / weld_tolerance).astype(np.int64)
+    _, weld = np.unique(keys, axis=0, return_inverse=True)
+    f = weld.reshape(-1)[f]
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]  # drop faces welded to a line
+    if len(f) == 0:
+        return {"watertight": False, "boundary_edges": 0, "nonmanifold_edges": 0, "misoriented_edges": 0,
+                "components": 0}
+    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    undirected = np.sort(directed, axis=1)
+    uniq, inverse, counts = np.unique(undirected, axis=0, return_inverse=True, return_counts=True)
+    forward = (directed[:, 0] < directed[:, 1]).astype(np.int64)
+    forward_count = np.bincount(inverse.reshape(-1), weights=forward, minlength=len(uniq))
+    boundary = int((counts == 1).sum())
+    nonmanifold = int((counts > 2).sum())
+    misoriented = int(((counts == 2) & (forward_count != 1)).sum())
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = int(f.max()) + 1
+    graph = coo_matrix((np.ones(len(directed)), (directed[:, 0], directed[:, 1])), shape=(n, n))
+    used = np.unique(f)
+    n_comp, labels = connected_components(graph, directed=False)
+    components = len(np.unique(labels[used]))
+    return {"watertight": boundary == 0 and nonmanifold == 0 and misoriented == 0, "boundary_edges": boundary,
+            "nonmanifold_edges": nonmanifold, "misoriented_edges": misoriented, "components": components}
+
+
 def janus_score(rendered: Tensor, own: Tensor, opposite: Tensor) -> float:
     """The fraction of views whose render ``rendered`` [B, H, W, C] is nearer (mean squared error) to the object's
     render from the opposite side ``opposite`` (azimuth + 180°) than to its render from the same camera ``own``:

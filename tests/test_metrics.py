@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -128,3 +129,52 @@ def test_janus_score_is_zero_for_the_object_and_one_for_it_turned_around():
     assert janus_score(front, own, opp) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         janus_score(own, own, opp[:2])
+
+
+def _box_asset(unmerge: bool = False):
+    import trimesh
+
+    from dreamcore.meshes.asset import MeshAsset
+
+    box = trimesh.creation.box((1.0, 0.8, 0.6))
+    v, f = np.asarray(box.vertices), np.asarray(box.faces)
+    if unmerge:  # every face its own vertices, as files split along UV seams
+        v, f = v[f].reshape(-1, 3), np.arange(len(f) * 3).reshape(-1, 3)
+    return MeshAsset(vertices=torch.tensor(v, dtype=torch.float32), faces=torch.tensor(f, dtype=torch.int64))
+
+
+def test_watertight_report_sees_holes_sheets_and_flipped_faces():
+    from dreamcore.metrics import watertight_report
+
+    closed = watertight_report(_box_asset().vertices, _box_asset().faces)
+    assert closed == {"watertight": True, "boundary_edges": 0, "nonmanifold_edges": 0, "misoriented_edges": 0,
+                      "components": 1}
+    split = _box_asset(unmerge=True)
+    assert watertight_report(split.vertices, split.faces)["watertight"]  # welded before counting
+    holed = watertight_report(split.vertices, split.faces[1:])
+    assert not holed["watertight"] and holed["boundary_edges"] == 3
+    sheet_v = torch.cat([split.vertices, torch.tensor([[-.2, -.2, 0], [.2, -.2, 0], [.2, .2, 0], [-.2, .2, 0.]])])
+    n = len(split.vertices)
+    sheet_f = torch.cat([split.faces, torch.tensor([[n, n + 1, n + 2], [n, n + 2, n + 3]])])
+    sheet = watertight_report(sheet_v, sheet_f)
+    assert not sheet["watertight"] and sheet["boundary_edges"] == 4 and sheet["components"] == 2
+    flipped = split.faces.clone()
+    flipped[0] = flipped[0].flip(0)
+    assert watertight_report(split.vertices, flipped)["misoriented_edges"] == 3
+
+
+def test_surface_depth_error_is_the_median_ray_cast_offset():
+    from dataclasses import replace
+
+    from dreamcore.cameras import orbit_cameras
+    from dreamcore.metrics import surface_depth_error
+
+    box = _box_asset()
+    one = lambda v: torch.tensor([float(v)])  # noqa: E731
+    cams = orbit_cameras(one(0), one(0), one(3.0), one(40.0))  # looks along −Z at the +Z face
+    assert surface_depth_error(box, box, cams, 64, 1.0) == (0.0, 0.0)
+    pushed = replace(box, vertices=box.vertices + torch.tensor([0.0, 0.0, -0.05]))  # 5 cm further away
+    med, over = surface_depth_error(pushed, box, cams, 64, scale=1.0)
+    assert med == pytest.approx(0.05, rel=0.05) and over == 1.0
+    med, over = surface_depth_error(pushed, box, cams, 64, scale=10.0)
+    assert med == pytest.approx(0.005, rel=0.05) and over == 0.0

@@ -67,6 +67,11 @@ class Prior(nn.Module):
     supports_pixel_subsets: bool = False
     view_dependent: bool = True
 
+    def training_views(self) -> int:
+        """How many fixed training views this prior asks for when ``camera.views`` is -1 (0: fresh random
+        views each step)."""
+        return 0
+
     def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None) -> PromptEmbeddings:
         """Conditions for ``prompt`` (and its per-view variants, :func:`dreamcore.views.view_prompts`,
         when ``views`` — a :class:`~dreamcore.views.ViewPromptConfig` — is given)."""

@@ -25,6 +25,7 @@ The schedule is Stable Diffusion's (scaled-linear β 0.00085→0.012, 1000 steps
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -47,6 +48,11 @@ class ReferenceSource:
     radius: float = 0.9
     supersample: int = 2
     extra_meshes: list[str] = field(default_factory=list)  # more objects for the same prompt: a multi-modal prior
+    # big meshes: above ``big_mesh_faces`` faces (all objects together) the prior asks for ``big_mesh_views``
+    # fixed training views (camera.views = -1) and renders each view once into a cache
+    big_mesh_faces: int = 200_000
+    big_mesh_views: int = 256
+    render_cache: int = -1  # renders kept (views × objects × resolutions); -1: 4 per training view for big meshes
 
 
 @register("prior", "reference")
@@ -78,6 +84,17 @@ class ReferencePrior(Prior):
         g = torch.Generator().manual_seed(cfg.bank_seed)
         self.bank_cameras = sample_orbit(cfg.bank_views, g, elevation_range=cfg.bank_elevation_range)
         self._bank: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
+        faces = sum(int(a.faces.shape[0]) for a in [self.asset] + self.extra_assets)
+        self.big = faces > cfg.reference.big_mesh_faces
+        cache = cfg.reference.render_cache
+        self.cache_limit = (4 * cfg.reference.big_mesh_views * (cfg.neighbors + 1) if self.big else 0) \
+            if cache < 0 else cache
+        self._cache: "OrderedDict[tuple, tuple[Tensor, Tensor]]" = OrderedDict()
+        self.cache_hits = self.cache_misses = 0
+
+    def training_views(self) -> int:
+        """A fixed set of views for big meshes (their renders are cached), else fresh random views."""
+        return self.cfg.reference.big_mesh_views if self.big else 0
 
     # -- contract --------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None) -> PromptEmbeddings:
@@ -176,7 +193,31 @@ class ReferencePrior(Prior):
         return 1 + len(self.extra_assets)
 
     def render_reference(self, cameras: Cameras, h: int, w: int, obj: int = 0) -> tuple[Tensor, Tensor]:
-        """Renders of reference object ``obj`` over black (premultiplied colour) [B, 3, H, W], alpha [B, 1, H, W]."""
+        """Renders of reference object ``obj`` over black (premultiplied colour) [B, 3, H, W], alpha [B, 1, H, W];
+        from the render cache (least recently used entries dropped past ``cache_limit``) when it is on."""
+        if self.cache_limit <= 0:
+            return self._render(cameras, h, w, obj)
+        keys = [(obj, h, w) + tuple(round(float(x), 5) for x in (el, az, d, f))
+                for el, az, d, f in zip(cameras.elevation, cameras.azimuth, cameras.distance, cameras.fov_y)]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        self.cache_hits += len(keys) - len(missing)
+        self.cache_misses += len(missing)
+        found = {i: self._cache[k] for i, k in enumerate(keys) if k in self._cache}
+        if missing:
+            rgb, alpha = self._render(cameras[torch.tensor(missing)], h, w, obj)
+            for j, i in enumerate(missing):
+                found[i] = (rgb[j].cpu(), alpha[j].cpu())
+                self._cache[keys[i]] = found[i]
+        for k in keys:
+            if k in self._cache:
+                self._cache.move_to_end(k)
+        while len(self._cache) > self.cache_limit:
+            self._cache.popitem(last=False)
+        rgb = torch.stack([found[i][0] for i in range(len(keys))])
+        alpha = torch.stack([found[i][1] for i in range(len(keys))])
+        return rgb.to(cameras.device), alpha.to(cameras.device)
+
+    def _render(self, cameras: Cameras, h: int, w: int, obj: int) -> tuple[Tensor, Tensor]:
         from dreamcore.meshes.render import render_mesh
 
         device = cameras.device
@@ -189,7 +230,7 @@ class ReferencePrior(Prior):
     def reference_views(self, cameras: Cameras, h: int, w: int, background: Tensor,
                         obj: int = 0) -> tuple[Tensor, Tensor]:
         """Ground-truth images [B, H, W, 3] over ``background`` [B, 3] and alpha [B, H, W, 1] (for metrics)."""
-        rgb_black, alpha = self.render_reference(cameras, h, w, obj)
+        rgb_black, alpha = self._render(cameras, h, w, obj)
         rgb = rgb_black + (1.0 - alpha) * background[:, :, None, None]
         return rgb.permute(0, 2, 3, 1), alpha.permute(0, 2, 3, 1)
 
@@ -198,7 +239,7 @@ class ReferencePrior(Prior):
         [K·M, 3, H, W] and [K·M, 1, H, W] (cached per resolution and device)."""
         key = (h, w, str(device))
         if key not in self._bank:
-            renders = [self.render_reference(self.bank_cameras.to(device), h, w, obj) for obj in range(self.num_objects)]
+            renders = [self._render(self.bank_cameras.to(device), h, w, obj) for obj in range(self.num_objects)]
             self._bank[key] = (torch.cat([r for r, _ in renders]), torch.cat([a for _, a in renders]))
         return self._bank[key]
 

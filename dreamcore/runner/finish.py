@@ -14,7 +14,8 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.files import resolve_path
 from dreamcore.meshes.io import load_mesh, normalize
 from dreamcore.meshes.render import render_mesh
-from dreamcore.metrics import depth_error, janus_score, psnr, silhouette_iou, visible_surface_chamfer
+from dreamcore.metrics import (depth_error, janus_score, psnr, silhouette_iou, surface_depth_error,
+                               visible_surface_chamfer, watertight_report)
 
 
 def export_run(system, cfg: Config, run_dir: Path) -> dict:
@@ -145,6 +146,12 @@ def evaluate_run(system, cfg: Config, run_dir: Path, score_glb: bool = True) -> 
         diag = float((hi - lo).norm())
         depth = depth_error(m.depth, m.alpha, gts[0].depth, gts[0].alpha) / diag
         metrics["glb_depth_rel"] = None if math.isnan(depth) else round(depth, 5)  # None: no overlap at all
+        med, over = surface_depth_error(in_scene, target, cams, ev.depth_resolution, diag)
+        metrics["glb_depth_err_rel"] = None if math.isnan(med) else round(med, 5)
+        metrics["glb_depth_over_2pct"] = None if math.isnan(over) else round(over, 4)
+        closed = watertight_report(in_scene.vertices, in_scene.faces)
+        metrics["glb_watertight"] = closed["watertight"]
+        metrics["glb_open_edges"] = closed["boundary_edges"] + closed["nonmanifold_edges"]
         metrics["glb_chamfer_rel"] = round(float(visible_surface_chamfer(in_scene, target)), 5)
         ring = turntable_cameras(ev.janus_views, ev.janus_elevation, sum(cam.distance_range) / 2,
                                  sum(cam.fov_range) / 2, start_azimuth=180.0 / ev.janus_views)

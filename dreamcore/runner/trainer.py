@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ class Trainer:
         if attach is not None:  # systems that edit the optimizer's state (Gaussian densification)
             attach(self.optimizer)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        self.view_set = self._view_set()
         self.step = 0
         if resume:
             meta = checkpoint.load_checkpoint(run.ckpt_dir, self.system.trainable_modules(), self.optimizer,
@@ -101,10 +103,27 @@ class Trainer:
         self.system.after_step(step, self.generator)
         return {k: float(v.detach()) for k, v in losses.items()}
 
+    def _view_set(self) -> Optional[Cameras]:
+        """The fixed training views (``camera.views`` > 0, or what the prior asks for at -1), else None.
+        Drawn from their own seeded generator so that a resumed run has the same set."""
+        c = self.cfg.camera
+        n = c.views
+        if n < 0:
+            prior = getattr(self.system, "prior", None)
+            n = prior.training_views() if prior is not None and hasattr(prior, "training_views") else 0
+        if n == 0:
+            return None
+        g = torch.Generator().manual_seed(self.cfg.run.seed + 7919)
+        return sample_orbit(n, g, c.elevation_range, c.azimuth_range, c.distance_range, c.fov_range,
+                            c.uniform_sphere)
+
     def sample_cameras(self) -> Cameras:
         c = self.cfg.camera
-        cams = sample_orbit(c.batch_size, self.generator, c.elevation_range, c.azimuth_range, c.distance_range,
-                            c.fov_range, c.uniform_sphere)
+        if self.view_set is not None:
+            cams = self.view_set[torch.randint(len(self.view_set), (c.batch_size,), generator=self.generator)]
+        else:
+            cams = sample_orbit(c.batch_size, self.generator, c.elevation_range, c.azimuth_range,
+                                c.distance_range, c.fov_range, c.uniform_sphere)
         cams = cams.with_background(self.system.background.sample_training(c.batch_size, self.generator))
         return cams.to(self.device)
 
