@@ -50,6 +50,12 @@ def _read_stl(path: Path) -> tuple[list[Part], dict]:
         ("stl",): Material(base_color=STL_GREY)}
 
 
+def check_mesh_file(path: PathLike) -> None:
+    """Raise what :func:`load_mesh` would raise for ``path``, keeping nothing (for files that must be usable
+    but are only read later, such as the mesh a run is scored against)."""
+    _read(Path(path))
+
+
 def load_mesh(path: PathLike) -> MeshAsset:
     """Load a GLB/glTF 2.0, OBJ (+MTL and textures), PLY or STL file as one MeshAsset in the file's own frame.
 
@@ -58,11 +64,14 @@ def load_mesh(path: PathLike) -> MeshAsset:
     malformed file: out-of-range indices, NaN/Inf values, no triangles (empty files, point clouds, lines),
     wrong JSON types, missing buffers, Draco streams that cannot be decoded, glTF 1.0.
     """
+    return _read(Path(path))
+
+
+def _read(path: Path) -> MeshAsset:
     from dreamcore.meshes.gltf import read_gltf
     from dreamcore.meshes.obj import read_obj
     from dreamcore.meshes.ply import read_ply
 
-    path = Path(path)
     if not path.is_file():
         raise DreamcoreError(f"mesh file not found: {path}")
     suffix = path.suffix.lower()

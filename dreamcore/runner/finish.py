@@ -12,7 +12,7 @@ from dreamcore.cameras import sample_orbit, turntable_cameras
 from dreamcore.config import Config
 from dreamcore.errors import DreamcoreError
 from dreamcore.files import resolve_path
-from dreamcore.meshes.io import load_mesh, normalize
+from dreamcore.meshes.io import check_mesh_file, load_mesh, normalize
 from dreamcore.meshes.render import render_mesh
 from dreamcore.metrics import (depth_error, janus_score, psnr, silhouette_iou, surface_depth_error,
                                visible_surface_chamfer, watertight_report)
@@ -104,7 +104,7 @@ def check_scoring_target(cfg: Config) -> None:
         return
     if not resolve_path(cfg.eval.mesh).is_file():
         raise DreamcoreError(f"eval.mesh={cfg.eval.mesh!r}: no such file (the mesh the run is scored against)")
-    load_mesh(resolve_path(cfg.eval.mesh))  # a malformed file fails now, naming the file and the problem
+    check_mesh_file(resolve_path(cfg.eval.mesh))  # a malformed file fails now; nothing of it is kept
 
 
 @torch.no_grad()
