@@ -481,3 +481,19 @@ def test_a_broken_file_at_every_entry_fails_before_any_work(tmp_path, capsys, co
     assert str(bad) in err and "vertex index 40 is outside the 4 vertices" in err
     assert "Traceback" not in err
     assert not run.exists()
+
+
+def test_a_ply_point_cloud_is_accepted_as_a_gaussian_init_file(tmp_path):
+    from dreamcore.errors import DreamcoreError
+    from dreamcore.representations.gaussians import sample_file
+
+    pts = np.random.default_rng(0).random((50, 3)).astype(np.float32)
+    rgb = np.full(50, 255, np.uint8)
+    path = write_ply(tmp_path / "cloud.ply", pts, None, fmt="binary_little_endian",
+                     vertex_props={"red": rgb, "green": np.zeros(50, np.uint8), "blue": np.zeros(50, np.uint8)})
+    got, colors = sample_file(str(path), 20, torch.Generator().manual_seed(0))
+    assert got.shape == (20, 3) and torch.isin(got[:, 0], torch.from_numpy(pts[:, 0])).all()
+    assert torch.allclose(colors, torch.tensor([1.0, 0.0, 0.0]).expand(20, 3))
+    (tmp_path / "bad.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nend_header\n1\n")
+    with pytest.raises(DreamcoreError, match="init_file=.*bad.ply"):
+        sample_file(str(tmp_path / "bad.ply"), 5, None)

@@ -212,8 +212,9 @@ def _triangulate(lists) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(tris, np.int64).reshape(-1, 3), np.asarray(owner, np.int64)
 
 
-def read_points(path: Path) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], dict]:
-    """(positions [V, 3], colours [V, 3] or None, UVs [V, 2] (glTF convention) or None, the face table)."""
+def read_points(path: Path) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], dict, list[str]]:
+    """(positions [V, 3], colours [V, 3] or None, UVs [V, 2] (glTF convention) or None, the face table, the
+    header comments)."""
     elements, comments = read_elements(path)
     vertex = elements.get("vertex")
     if vertex is None or not all(k in vertex for k in "xyz"):
@@ -223,15 +224,12 @@ def read_points(path: Path) -> tuple[np.ndarray, Optional[np.ndarray], Optional[
     uv = _columns(vertex, _UV_NAMES)
     if uv is not None:
         uv = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1).astype(np.float64)
-    face = elements.get("face", {})
-    face["__comments__"] = comments
-    return pos, None if col is None else _unit(col), uv, face
+    return pos, None if col is None else _unit(col), uv, elements.get("face", {}), comments
 
 
 def read_ply(path: Path) -> tuple[list[Part], dict]:
     """The part and material of a PLY mesh (per-face colours and per-corner UVs unshare the vertices)."""
-    pos, col, uv, face = read_points(path)
-    comments = face.pop("__comments__", [])
+    pos, col, uv, face, comments = read_points(path)
     key = next((k for k in ("vertex_indices", "vertex_index") if k in face), None)
     if key is None or len(face[key]) == 0:
         raise MeshFileError(path, f"it holds {len(pos)} vertices and no faces (a point cloud)")

@@ -325,7 +325,7 @@ def sample_file(path: str, n: int, generator: Optional[torch.Generator]) -> tupl
         from dreamcore.meshes.ply import read_points
 
         try:
-            points, cols, _, face = read_points(p)
+            points, cols, _, face, _ = read_points(p)
         except MeshFileError as e:
             raise DreamcoreError(f"representation.init_file={path}: {e.problem}") from None
         if not any(len(face.get(k, [])) for k in ("vertex_indices", "vertex_index")):
