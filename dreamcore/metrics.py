@@ -93,7 +93,7 @@ def watertight_report(vertices: Tensor, faces: Tensor, weld_tolerance: float = 1
     n = int(f.max()) + 1
     graph = coo_matrix((np.ones(len(directed)), (directed[:, 0], directed[:, 1])), shape=(n, n))
     used = np.unique(f)
-    n_comp, labels = connected_components(graph, directed=False)
+    _, labels = connected_components(graph, directed=False)
     components = len(np.unique(labels[used]))
     return {"watertight": boundary == 0 and nonmanifold == 0 and misoriented == 0, "boundary_edges": boundary,
             "nonmanifold_edges": nonmanifold, "misoriented_edges": misoriented, "components": components}

@@ -435,8 +435,9 @@ def test_broken_ply_fails_in_words(tmp_path, defect, message):
         path.write_bytes(b"")
     else:
         path.write_text("solid nothing\n")
-    with pytest.raises(MeshFileError, match=message):
+    with pytest.raises(MeshFileError, match=message) as info:
         load_mesh(path)
+    assert str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("binary", [True, False])

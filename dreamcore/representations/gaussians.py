@@ -305,16 +305,12 @@ def nearest_neighbour_scale(points: Tensor, k: int = 3, chunk: int = 2048) -> Te
     return torch.cat(out).clamp_min(1e-4)
 
 
-def _all_finite(a) -> bool:
-    import numpy as np
-
-    return bool(np.isfinite(a).all())
-
-
 def sample_file(path: str, n: int, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
     """``n`` points [n, 3] and colours [n, 3] from a mesh (GLB/glTF/OBJ/PLY/STL with faces, sampled by area)
     or a PLY point cloud (a random subset of its points; grey where it has no colours)."""
     from pathlib import Path
+
+    import numpy as np
 
     from dreamcore.meshes.parts import MeshFileError
 
@@ -329,7 +325,7 @@ def sample_file(path: str, n: int, generator: Optional[torch.Generator]) -> tupl
         except MeshFileError as e:
             raise DreamcoreError(f"representation.init_file={path}: {e.problem}") from None
         if not any(len(face.get(k, [])) for k in ("vertex_indices", "vertex_index")):
-            if len(points) == 0 or not _all_finite(points):
+            if len(points) == 0 or not np.isfinite(points).all():
                 raise DreamcoreError(f"representation.init_file={path}: the point cloud is empty or holds NaN/Inf")
             pts = torch.as_tensor(points, dtype=torch.float32)
             colors = (torch.as_tensor(cols, dtype=torch.float32) if cols is not None
