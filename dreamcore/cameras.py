@@ -138,7 +138,9 @@ def orbit_cameras(
 
 
 def _uniform(lo: float, hi: float, n: int, generator: torch.Generator) -> Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=generator)
+    """U[lo, hi) [n], drawn on the generator's device (a run's cameras are drawn where it trains)."""
+    device = generator.device if generator is not None else None
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
 
 
 def sample_orbit(
@@ -169,22 +171,23 @@ def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
     return (azimuth_deg + 180.0) % 360.0 - 180.0
 
 
+def view_label_index(elevation_deg: Tensor, azimuth_deg: Tensor, front_threshold: float = 45.0,
+                     back_threshold: float = 45.0, overhead_threshold: float = 60.0) -> Tensor:
+    """The index into :data:`VIEW_LABELS` of each camera's label [B] (int64, on the cameras' device; DreamFusion's
+    scheme, §3.2; later rules win): ``side``; ``front`` if |ψ| < θ_f; ``back`` if |ψ| > 180 − θ_b; ``overhead``
+    if the elevation φ > θ_o (degrees)."""
+    a = wrap_azimuth(azimuth_deg)
+    index = torch.ones_like(a, dtype=torch.long)  # side
+    index = torch.where((a > -front_threshold) & (a < front_threshold), 0, index)
+    index = torch.where((a > 180.0 - back_threshold) | (a < -180.0 + back_threshold), 2, index)
+    return torch.where(elevation_deg > overhead_threshold, 3, index)
+
+
 def view_labels(elevation_deg: Tensor, azimuth_deg: Tensor, front_threshold: float = 45.0,
                 back_threshold: float = 45.0, overhead_threshold: float = 60.0) -> list[str]:
-    """One of :data:`VIEW_LABELS` per camera (DreamFusion's scheme, §3.2; later rules win): ``side``;
-    ``front`` if |ψ| < θ_f; ``back`` if |ψ| > 180 − θ_b; ``overhead`` if the elevation φ > θ_o (degrees)."""
-    az = wrap_azimuth(azimuth_deg)
-    out = []
-    for e, a in zip(elevation_deg.tolist(), az.tolist()):
-        label = "side"
-        if -front_threshold < a < front_threshold:
-            label = "front"
-        if a > 180.0 - back_threshold or a < -180.0 + back_threshold:
-            label = "back"
-        if e > overhead_threshold:
-            label = "overhead"
-        out.append(label)
-    return out
+    """The labels of :func:`view_label_index` as strings (a host read: for reports, not for the step)."""
+    index = view_label_index(elevation_deg, azimuth_deg, front_threshold, back_threshold, overhead_threshold)
+    return [VIEW_LABELS[i] for i in index.tolist()]
 
 
 def turntable_cameras(

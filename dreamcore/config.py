@@ -77,6 +77,9 @@ class RunConfig:
     progress: bool = True
     device: str = "auto"
     threads: int = 0
+    # arithmetic of the scene's forward and backward (autocast): fp32, bf16, or fp16 with a dynamic loss scale;
+    # priors keep their own prior.dtype
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from dreamcore.cameras import VIEW_LABELS, view_labels
+from dreamcore.cameras import VIEW_LABELS, view_label_index, view_labels
 
 LABELS = VIEW_LABELS
 
@@ -54,6 +54,12 @@ def view_prompts(prompt: str, cfg: ViewPromptConfig) -> dict[str, str]:
         else:
             out[label] = f"{prompt}, {names[label]} view"
     return out
+
+
+def label_index(elevation_deg: Tensor, azimuth_deg: Tensor, cfg: ViewPromptConfig) -> Tensor:
+    """Each view's index into :data:`LABELS` [B] on the cameras' device (no host read)."""
+    return view_label_index(elevation_deg, azimuth_deg, cfg.front_threshold, cfg.back_threshold,
+                            cfg.overhead_threshold)
 
 
 def label_views(elevation_deg: Tensor, azimuth_deg: Tensor, cfg: ViewPromptConfig) -> list[str]:

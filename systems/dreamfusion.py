@@ -22,6 +22,7 @@ from dreamcore.guidance.views import conditions
 from dreamcore.meshes.asset import SceneTransform
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.schedule import Scheduled
+from dreamcore import rng
 
 
 @registry.register("system", "dreamfusion")
@@ -134,7 +135,7 @@ class DreamFusionSystem:
         n = self.cfg.rays_per_view
         if n <= 0 or n >= res * res:
             return None
-        return torch.stack([torch.randperm(res * res, generator=generator)[:n] for _ in range(b)])
+        return torch.stack([rng.permutation(res * res, generator)[:n] for _ in range(b)])
 
     # -- evaluation and export ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -84,7 +84,7 @@ def test_sh_colours_dc_first_and_view_dependence():
     assert torch.allclose(g.colors(d), torch.tensor([[0.2, 0.4, 0.6]] * 2), atol=1e-6)  # rest zero
     with torch.no_grad():
         g.sh_rest.data[:, 0] = 0.3  # Y_1,-1 = −C1·y
-    g.active_sh_degree.fill_(2)
+    g.set_active_sh_degree(2)
     y = d[:, 1:2]
     assert torch.allclose(g.colors(d), (torch.tensor([0.2, 0.4, 0.6]) - 0.4886025119029199 * y * 0.3).clamp(0, 1),
                           atol=1e-6)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dreamcore.cameras import Cameras
+from dreamcore import rng
 
 Weighting = Literal["sds", "uniform", "fantasia3d", "ism"]
 
@@ -24,7 +25,7 @@ Weighting = Literal["sds", "uniform", "fantasia3d", "ism"]
 def sample_timesteps(batch: int, t_min: float, t_max: float, num_steps: int, generator: torch.Generator) -> Tensor:
     """Integer timesteps [B] uniform in [⌊T·t_min⌋, ⌊T·t_max⌋] (inclusive)."""
     lo, hi = timestep_bounds(t_min, t_max, num_steps)
-    return torch.randint(lo, hi + 1, (batch,), generator=generator)
+    return rng.integers(lo, hi + 1, (batch,), generator)
 
 
 def timestep_bounds(t_min: float, t_max: float, num_steps: int) -> tuple[int, int]:
@@ -109,7 +110,7 @@ def guided_epsilon(prior, x_t: Tensor, t: Tensor, views, omega: float, **kw) -> 
 
 def alphas_bar(schedule, t: Tensor) -> Tensor:
     """ᾱ_t [B] with the convention ᾱ_{−1} = 1 (the clean image)."""
-    ac = schedule.alphas_cumprod.to(t.device)
+    ac = schedule.table(t.device) if hasattr(schedule, "table") else schedule.alphas_cumprod.to(t.device)
     return torch.where(t < 0, torch.ones_like(t, dtype=ac.dtype), ac[t.clamp_min(0)])
 
 
@@ -127,7 +128,7 @@ def ddim_step(schedule, x: Tensor, eps: Tensor, t_from: Tensor, t_to: Tensor, et
         a_lo, a_hi = torch.maximum(a_from, a_to), torch.minimum(a_from, a_to)
         s2 = eta**2 * (1 - a_lo) / (1 - a_hi).clamp_min(1e-12) * (1 - a_hi / a_lo)
         s2 = torch.minimum(s2, var_to)
-        z = torch.randn(x.shape, generator=generator).to(x)
+        z = rng.normal(x.shape, generator, like=x)
         return (broadcast(a_to.sqrt(), x) * x0 + broadcast((var_to - s2).sqrt(), x) * eps
                 + broadcast(s2.sqrt(), x) * z)
     return broadcast(a_to.sqrt(), x) * x0 + broadcast(var_to.sqrt(), x) * eps

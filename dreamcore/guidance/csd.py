@@ -21,6 +21,7 @@ from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
 from dreamcore.registry import register
 from dreamcore.schedule import Scheduled
+from dreamcore import rng
 
 
 @register("guidance", "csd")
@@ -41,7 +42,7 @@ class CSDGuidance(Guidance):
     def gradient(self, x, render, cameras, prior, views, step, generator) -> Tensor:
         c = self.cfg
         t = self.sample_t(x.shape[0], step, prior, generator)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        noise = rng.normal(x.shape, generator, like=x)
         x_t = prior.schedule.add_noise(x, noise, t)
         rows = [views.cond, views.uncond, views.null] + [e for e, _ in views.negatives]
         eps = common.predict_rows(prior, x_t, t, rows, **self.prior_kwargs(render, cameras))

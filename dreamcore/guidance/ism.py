@@ -26,6 +26,7 @@ from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
 from dreamcore.registry import register
 from dreamcore.schedule import Scheduled
+from dreamcore import rng
 
 
 @register("guidance", "ism")
@@ -51,7 +52,7 @@ class ISMGuidance(Guidance):
         b = x.shape[0]
         t = self.sample_t(b, step, prior, generator)
         s = (t - int(round(c.delta_t(step)))).clamp_min(0)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        noise = rng.normal(x.shape, generator, like=x)
         if c.offset_noise > 0:
             noise = noise + c.offset_noise * torch.randn((b, x.shape[1]) + (1,) * (x.dim() - 2),
                                                          generator=generator).to(x)

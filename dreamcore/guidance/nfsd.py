@@ -22,6 +22,7 @@ from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
 from dreamcore.registry import register
 from dreamcore.schedule import Scheduled
+from dreamcore import rng
 
 
 @register("guidance", "nfsd")
@@ -35,7 +36,7 @@ class NFSDGuidance(Guidance):
 
     def gradient(self, x, render, cameras, prior, views, step, generator) -> Tensor:
         t = self.sample_t(x.shape[0], step, prior, generator)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        noise = rng.normal(x.shape, generator, like=x)
         x_t = prior.schedule.add_noise(x, noise, t)
         eps_y, eps_null, eps_neg = common.predict_rows(prior, x_t, t, [views.cond, views.null, views.uncond],
                                                        **self.prior_kwargs(render, cameras))

@@ -26,6 +26,7 @@ from dreamcore.guidance.timesteps import ScheduleKind
 from dreamcore.guidance.views import ViewConditions
 from dreamcore.registry import register
 from dreamcore.schedule import Scheduled
+from dreamcore.rng import host_random
 
 
 @register("guidance", "sdi")
@@ -50,7 +51,7 @@ class SDIGuidance(Guidance):
         num = prior.schedule.num_steps
         t = self.sample_t(x.shape[0], step, prior, generator)
         stride = max(num // c.inversion_steps, 1)
-        delta = int(torch.randint(0, stride, (1,), generator=generator)) if c.jitter else 0
+        delta = int(host_random(generator) * stride) if c.jitter else 0
         t_end = (t + delta).clamp_max(num - 1)
         x_end = self.invert(x, t_end, stride, views, prior, step, generator, kw)
         t_feed = t_end if c.feed_jittered_t else t
@@ -63,7 +64,7 @@ class SDIGuidance(Guidance):
         target = int(t_end[0])
         grid = [-1] + [k for k in range(1, target, stride)] + [target]
         omega_inv = self.cfg.inversion_guidance_scale(step)
-        shared = ViewConditions(views.cond, views.uncond, views.plain, views.null, views.labels)  # no Perp-Neg
+        shared = ViewConditions(views.cond, views.uncond, views.plain, views.null, views.label_index)  # no Perp-Neg
         cur = x
         b = x.shape[0]
         for a, nxt in zip(grid[:-1], grid[1:]):

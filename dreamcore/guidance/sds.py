@@ -15,6 +15,7 @@ from torch import Tensor
 from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig
 from dreamcore.registry import register
+from dreamcore import rng
 
 
 @register("guidance", "sds")
@@ -24,7 +25,7 @@ class SDSGuidance(Guidance):
 
     def gradient(self, x, render, cameras, prior, views, step, generator) -> Tensor:
         t = self.sample_t(x.shape[0], step, prior, generator)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        noise = rng.normal(x.shape, generator, like=x)
         x_t = prior.schedule.add_noise(x, noise, t)
         eps, _ = common.guided_epsilon(prior, x_t, t, views, self.omega(step), **self.prior_kwargs(render, cameras))
         return common.broadcast(self.weights(prior, t), x) * (eps - noise)

@@ -20,6 +20,7 @@ from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
 from dreamcore.registry import register
 from dreamcore.schedule import Scheduled
+from dreamcore import rng
 
 
 @register("guidance", "sjc")
@@ -35,7 +36,7 @@ class SJCGuidance(Guidance):
 
     def gradient(self, x, render, cameras, prior, views, step, generator) -> Tensor:
         t = self.sample_t(x.shape[0], step, prior, generator)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        noise = rng.normal(x.shape, generator, like=x)
         a, s = prior.schedule.alpha_sigma(t)
         sig = common.broadcast(s / a, x)  # σ̃_t
         z = x + sig * noise

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from dreamcore.guidance.common import timestep_bounds
+from dreamcore import rng
 
 ScheduleKind = Literal["uniform", "linear", "sqrt", "dreamtime"]
 
@@ -69,7 +70,7 @@ class TimestepSampler:
         start = int(self.random_until * total_steps)
         if self.kind == "uniform" or step < start:
             n = 1 if self.shared else batch
-            t = torch.randint(lo, hi + 1, (n,), generator=generator)
+            t = rng.integers(lo, hi + 1, (n,), generator)
             return t.expand(batch).clone() if self.shared else t
         progress = min(max((step - start) / max(total_steps - start, 1), 0.0), 1.0)
         if self.kind == "linear":
@@ -80,4 +81,4 @@ class TimestepSampler:
             if self._density is None or self._density.shape[0] != num:
                 self._density = dreamtime_density(alphas_cumprod, self.dreamtime)
             value = dreamtime_timestep(self._density, progress, lo, hi)
-        return torch.full((batch,), int(value), dtype=torch.long)
+        return torch.full((batch,), int(value), dtype=torch.long, device=generator.device if generator is not None else None)

@@ -15,13 +15,13 @@ E_overhead and no negatives. f(r) = a·e^{−b r} + c. The weights are stored ne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from dreamcore.cameras import Cameras, wrap_azimuth
-from dreamcore.views import LABELS, ViewPromptConfig, label_views
+from dreamcore.views import LABELS, ViewPromptConfig, label_index
 
 
 def _decay(f: tuple[float, float, float], r: Tensor) -> Tensor:
@@ -35,14 +35,22 @@ class ViewConditions:
 
     ``cond``: the (view-dependent, possibly interpolated) prompt y; ``uncond``: the negative prompt ∅;
     ``plain``: the view-independent prompt (VSD's score model); ``null``: the empty prompt (CSD);
-    ``negatives``: Perp-Neg pairs (embedding [B, …], weight [B], negative numbers)."""
+    ``negatives``: Perp-Neg pairs (embedding [B, …], weight [B], negative numbers); ``label_index``: each
+    view's index into :data:`~dreamcore.views.LABELS` [B] on the device (or the label names themselves)."""
 
     cond: Tensor
     uncond: Tensor
     plain: Tensor
     null: Tensor
-    labels: list[str]
+    label_index: Union[Tensor, list[str]]
     negatives: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """The views' label names (a host read when they are held as indices: for reports and tests)."""
+        if isinstance(self.label_index, Tensor):
+            return [LABELS[i] for i in self.label_index.tolist()]
+        return list(self.label_index)
 
     @property
     def batch(self) -> int:
@@ -59,16 +67,17 @@ def conditions(embeddings, cameras: Optional[Cameras], batch: int, cfg: ViewProm
     null = null_src.expand(batch, *null_src.shape[1:])
     if not (cfg.enabled and view_dependent) or cameras is None:
         return ViewConditions(plain, uncond, plain, null, ["default"] * batch)
-    el = torch.rad2deg(cameras.elevation).cpu()
-    az = torch.rad2deg(cameras.azimuth).cpu()
-    labels = label_views(el, az, cfg)
+    el = torch.rad2deg(cameras.elevation)
+    az = torch.rad2deg(cameras.azimuth)
+    labels = label_index(el, az, cfg)
     if not (cfg.interpolate or cfg.perp_neg):
-        cond = torch.cat([emb.cond.get(lbl, emb.cond["default"]) for lbl in labels], 0)
+        table = torch.cat([emb.cond.get(lbl, emb.cond["default"]) for lbl in LABELS], 0)
+        cond = table.index_select(0, labels.to(table.device))
         return ViewConditions(cond, uncond, plain, null, labels)
     return _interpolated(emb, el, az, labels, cfg, uncond, plain, null)
 
 
-def _interpolated(emb, el: Tensor, az: Tensor, labels: list[str], cfg: ViewPromptConfig, uncond: Tensor,
+def _interpolated(emb, el: Tensor, az: Tensor, labels: Tensor, cfg: ViewPromptConfig, uncond: Tensor,
                   plain: Tensor, null: Tensor) -> ViewConditions:
     e = {k: emb.cond.get(k, emb.cond["default"]) for k in LABELS}
     a = wrap_azimuth(az).abs()

@@ -30,6 +30,7 @@ from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
 from dreamcore.guidance.variational import LoRAScore, ResidualScoreNet
 from dreamcore.registry import register
 from dreamcore.schedule import Scheduled
+from dreamcore import rng
 
 
 @register("guidance", "vsd")
@@ -95,7 +96,7 @@ class VSDGuidance(Guidance):
         kw = self.prior_kwargs(render, cameras)
         with torch.no_grad():
             t = self.sample_t(x.shape[0], step, prior, generator)
-            noise = torch.randn(x.shape, generator=generator).to(x)
+            noise = rng.normal(x.shape, generator, like=x)
             x_t = prior.schedule.add_noise(x.detach(), noise, t)
             eps_pre, _ = common.guided_epsilon(prior, x_t, t, views, self.omega(step), **kw)
             eps_q = self.score_epsilon(prior, x_t, t, views, cameras, step, kw)
@@ -104,7 +105,7 @@ class VSDGuidance(Guidance):
         for group in self._optimizer.param_groups:
             group["lr"] = self.cfg.score_lr(step)
         fits = [self.train_score(prior, x.detach(), views, cameras, generator, kw) for _ in range(self.cfg.score_steps)]
-        self.last_score_loss = float(torch.stack(fits).mean())
+        self.last_score_loss = torch.stack(fits).mean()  # a tensor: read it when logging, not every step
         return losses
 
     def train_score(self, prior, x: Tensor, views, cameras, generator: torch.Generator, kw: dict) -> Tensor:
@@ -112,9 +113,9 @@ class VSDGuidance(Guidance):
         c = self.cfg
         b = x.shape[0]
         lo, hi = common.timestep_bounds(c.score_t_min, c.score_t_max, prior.schedule.num_steps)
-        tau = torch.randint(lo, hi + 1, (b,), generator=generator)
-        eps = torch.randn(x.shape, generator=generator).to(x)
-        keep = torch.rand(b, generator=generator) >= c.camera_dropout
+        tau = rng.integers(lo, hi + 1, (b,), generator)
+        eps = rng.normal(x.shape, generator, like=x)
+        keep = rng.uniform((b,), generator) >= c.camera_dropout
         x_tau = prior.schedule.add_noise(x, eps, tau)
         pred = self.score.raw(prior, x_tau, tau, views.plain, cameras, keep, kw["pixel_index"], kw["image_size"])
         target = eps

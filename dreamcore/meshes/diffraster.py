@@ -22,6 +22,7 @@ for High-Performance Differentiable Rendering"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -39,13 +40,14 @@ class EdgeTopology:
     neighbor: Tensor  # [F, 3] int64
 
     @staticmethod
-    def of(faces: Tensor) -> "EdgeTopology":
+    def of(faces: Tensor, n_vertices: Optional[int] = None) -> "EdgeTopology":
+        """``n_vertices`` (any bound above the largest index) spares reading ``faces.max()`` back."""
         n_faces = faces.shape[0]
         if n_faces == 0:
             return EdgeTopology(torch.zeros(0, 3, dtype=torch.int64, device=faces.device))
         a, b = faces, faces[:, _NEXT]
         lo, hi = torch.minimum(a, b).reshape(-1), torch.maximum(a, b).reshape(-1)
-        key = lo * (int(faces.max()) + 1) + hi  # [3F]: half-edge k of face f at 3f + k
+        key = lo * (n_vertices if n_vertices is not None else int(faces.max()) + 1) + hi  # [3F]: half-edge k of face f at 3f + k
         _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
         order = torch.argsort(inverse, stable=True)  # half-edges grouped by edge
         start = torch.cumsum(counts, 0) - counts

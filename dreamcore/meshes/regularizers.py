@@ -45,8 +45,7 @@ def normal_consistency_loss(vertices: Tensor, faces: Tensor, topology: EdgeTopol
     n = F.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1), dim=-1, eps=1e-12)
     f = torch.arange(faces.shape[0], device=faces.device)[:, None].expand(-1, 3)
     nb = topology.neighbor
-    pair = (nb > f)  # each interior edge once
-    if not bool(pair.any()):
-        return vertices.sum() * 0.0
-    a, b = f[pair], nb[pair]
-    return (1.0 - (n[a] * n[b]).sum(-1)).mean()
+    pair = nb > f  # each interior edge once (masked, not selected: no host read of how many)
+    cos = (n[f.reshape(-1)] * n[nb.clamp_min(0).reshape(-1)]).sum(-1)
+    w = pair.reshape(-1).to(cos.dtype)
+    return ((1.0 - cos) * w).sum() / w.sum().clamp_min(1.0)

@@ -20,4 +20,4 @@ class Surface:
 
     @staticmethod
     def of(vertices: Tensor, faces: Tensor) -> "Surface":
-        return Surface(vertices, faces, EdgeTopology.of(faces))
+        return Surface(vertices, faces, EdgeTopology.of(faces, vertices.shape[0]))

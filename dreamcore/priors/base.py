@@ -24,6 +24,7 @@ class NoiseSchedule:
 
     alphas_cumprod: Tensor
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def scaled_linear(cls, steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
@@ -36,9 +37,20 @@ class NoiseSchedule:
     def num_steps(self) -> int:
         return self.alphas_cumprod.shape[0]
 
+    def table(self, device: torch.device) -> Tensor:
+        """``alphas_cumprod`` on ``device``, copied there once (no host-to-device copy per step)."""
+        if device == self.alphas_cumprod.device:
+            return self.alphas_cumprod
+        key = str(device)
+        source, copy = self._on_device.get(key, (None, None))
+        if source is not self.alphas_cumprod:  # first use on this device, or the table was replaced
+            copy = self.alphas_cumprod.to(device)
+            self._on_device[key] = (self.alphas_cumprod, copy)
+        return copy
+
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """α_t, σ_t as [B] tensors for integer timesteps t [B]."""
-        a = self.alphas_cumprod.to(t.device)[t]
+        a = self.table(t.device)[t]
         return a.sqrt(), (1.0 - a).sqrt()
 
     def add_noise(self, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from dreamcore.cameras import Cameras
 from dreamcore.config import ComponentConfig
 from dreamcore.registry import register
+from dreamcore import rng
 
 
 @register("background", "solid")
@@ -34,9 +35,9 @@ class SolidBackground(nn.Module):
         if self.cfg.random_prob <= 0:
             return None
         c = len(self.cfg.color)
-        rand = torch.rand(n, c, generator=generator)
-        use = torch.rand(n, 1, generator=generator) < self.cfg.random_prob
-        return torch.where(use, rand, torch.tensor(self.cfg.color).expand(n, c))
+        rand = rng.uniform((n, c), generator)
+        use = rng.uniform((n, 1), generator) < self.cfg.random_prob
+        return torch.where(use, rand, torch.tensor(self.cfg.color, device=rand.device).expand(n, c))
 
     def colors(self, cameras: Cameras) -> Tensor:
         """Background [B, C] for these views (``cameras.background`` wins when set)."""

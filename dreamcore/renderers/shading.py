@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from dreamcore.cameras import Cameras
+from dreamcore.rng import host_random, normal
 
 
 def pick_shading(shading: str, probs: Sequence[float], generator: Optional[torch.Generator]) -> str:
@@ -19,7 +20,7 @@ def pick_shading(shading: str, probs: Sequence[float], generator: Optional[torch
         return shading
     if generator is None:
         return "albedo"
-    u = torch.rand(1, generator=generator).item()
+    u = host_random(generator)
     return "albedo" if u < probs[0] else ("lambertian" if u < probs[0] + probs[1] else "textureless")
 
 
@@ -28,5 +29,5 @@ def light_directions(cameras: Cameras, generator: Optional[torch.Generator]) -> 
     ``generator`` is given (DreamFusion samples lights around the camera)."""
     pos = cameras.position
     if generator is not None:
-        pos = pos + 0.5 * pos.norm(dim=-1, keepdim=True) * torch.randn(pos.shape, generator=generator).to(pos.device)
+        pos = pos + 0.5 * pos.norm(dim=-1, keepdim=True) * normal(pos.shape, generator, like=pos)
     return pos / pos.norm(dim=-1, keepdim=True)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dreamcore.representations.gaussian_shape import quat_to_rotmat
+from dreamcore import rng
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -121,7 +122,7 @@ def densify_and_prune(gaussians, cfg: DensifyConfig, optimizer: Optional[torch.o
     idx = split.nonzero(as_tuple=True)[0].repeat(2)
     if len(idx):
         std = gaussians.scales[idx]
-        sample = torch.randn(std.shape, generator=generator).to(std) * std
+        sample = rng.normal(std.shape, generator, like=std) * std
         pos = (quat_to_rotmat(gaussians.quats[idx]) @ sample[..., None])[..., 0] + gaussians.means[idx]
         split_rows = {name: p.data[idx] for name, p in params.items()}
         split_rows["means"] = pos

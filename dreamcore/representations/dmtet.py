@@ -94,12 +94,10 @@ class DMTet(nn.Module):
 
     def sdf_sign_loss(self) -> Tensor:
         sa, sb = self.sdf[self.edges[:, 0]], self.sdf[self.edges[:, 1]]
-        change = torch.sign(sa) != torch.sign(sb)
-        if not bool(change.any()):
-            return self.sdf.sum() * 0.0
-        sa, sb = sa[change], sb[change]
-        return (F.binary_cross_entropy_with_logits(sa, (sb > 0).float())
-                + F.binary_cross_entropy_with_logits(sb, (sa > 0).float()))
+        change = (torch.sign(sa) != torch.sign(sb)).to(sa.dtype)  # masked mean over the crossing edges
+        bce = (F.binary_cross_entropy_with_logits(sa, (sb > 0).to(sa.dtype), reduction="none")
+               + F.binary_cross_entropy_with_logits(sb, (sa > 0).to(sb.dtype), reduction="none"))
+        return (bce * change).sum() / change.sum().clamp_min(1.0)
 
     # -- initialization from an earlier stage -------------------------------------------------------------------
     @torch.no_grad()

@@ -109,6 +109,8 @@ class Gaussians(nn.Module):
         self.sh_dc = nn.Parameter(torch.zeros(n, 1, 3))
         self.sh_rest = nn.Parameter(torch.zeros(n, k - 1, 3))
         self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.int64))
+        self._sh_degree: Optional[int] = 0  # the buffer's value on the host (None: read it once, after a load)
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_sh_degree", None))
         # densification statistics (checkpointed, so a resumed run densifies exactly as an uninterrupted one)
         self.register_buffer("grad_accum", torch.zeros(n))
         self.register_buffer("grad_count", torch.zeros(n))
@@ -189,7 +191,9 @@ class Gaussians(nn.Module):
 
     def colors(self, view_dirs: Optional[Tensor] = None) -> Tensor:
         """Colours [..., N, 3] for unit directions camera → Gaussian [..., N, 3] (None: the DC colour alone)."""
-        degree = int(self.active_sh_degree) if view_dirs is not None else 0
+        if self._sh_degree is None:
+            self._sh_degree = int(self.active_sh_degree)
+        degree = self._sh_degree if view_dirs is not None else 0
         if degree == 0:
             c = SH_C0 * self.sh_dc[:, 0, :]
             if view_dirs is not None:
@@ -218,7 +222,12 @@ class Gaussians(nn.Module):
 
     def after_step(self, step: int, generator: torch.Generator, render_step: float = 0.0) -> None:  # noqa: ARG002
         every = max(self.cfg.sh_degree_every, 1)
-        self.active_sh_degree.fill_(min(self.cfg.sh_degree, (step + 1) // every))
+        self.set_active_sh_degree(min(self.cfg.sh_degree, (step + 1) // every))
+
+    def set_active_sh_degree(self, degree: int) -> None:
+        """The SH bands in use (the buffer is checkpointed; its host copy spares a read per render)."""
+        self._sh_degree = int(degree)
+        self.active_sh_degree.fill_(self._sh_degree)
 
     # -- export ---------------------------------------------------------------------------------------------------
     @torch.no_grad()

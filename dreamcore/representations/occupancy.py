@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from dreamcore import rng
 from torch import Tensor, nn
 
 
@@ -45,10 +46,10 @@ class OccupancyGrid(nn.Module):
         cells = torch.arange(n, device=self.density.device)
         first = int(self.updates) == 0
         if not first and empty_fraction < 1.0:
-            empty_pick = torch.rand(n, generator=generator).to(cells.device) < empty_fraction
+            empty_pick = rng.uniform((n,), generator, device=cells.device) < empty_fraction
             cells = cells[self.occupied.reshape(-1) | empty_pick]
         ijk = torch.stack([cells // (r * r), (cells // r) % r, cells % r], dim=-1).float()
-        jitter = torch.rand(ijk.shape, generator=generator).to(ijk.device)
+        jitter = rng.uniform(ijk.shape, generator, like=ijk)
         pts = ((ijk + jitter) / r * 2.0 - 1.0) * self.bound
         fresh = torch.cat([density_fn(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)])
         density = self.density.reshape(-1)

@@ -42,6 +42,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], op
                     tensors[f"{prefix}{pid}.{k}"] = v.detach().cpu().contiguous().clone()
         meta["param_groups" if oname == "" else f"param_groups@{oname}"] = [dict(g) for g in state["param_groups"]]
     tensors["rng.torch"] = generator.get_state().clone()
+    if hasattr(generator, "host_state"):  # the run's host-side random.Random (dreamcore.rng.RunGenerator)
+        meta["rng.host"] = generator.host_state()
     meta.update(extra or {})
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     data = save(tensors, metadata={"dreamcore": json.dumps(meta)})
@@ -86,4 +88,6 @@ def load_checkpoint(ckpt_dir: Path, modules: dict[str, nn.Module], optimizer: to
         opt.load_state_dict({"state": state, "param_groups": meta[groups_key]})
     if generator is not None:
         generator.set_state(tensors["rng.torch"])
+        if "rng.host" in meta and hasattr(generator, "set_host_state"):
+            generator.set_host_state(meta["rng.host"])
     return meta

@@ -1,9 +1,14 @@
 """The optimization loop. It reads like the algorithm: sample cameras, take the system's losses, step, repeat,
-with validation renders and atomic checkpoints on schedule and exact resume (model, optimizer, step, RNG)."""
+with validation renders and atomic checkpoints on schedule and exact resume (model, optimizer, step, RNG).
+
+The step never reads a value back to the host (on a GPU each read waits for the queued work): the run's random
+draws are made on its device (:class:`dreamcore.rng.RunGenerator`), the losses stay tensors until a logging step
+reads them, and a non-finite loss is noted on the device and acted on at the next logging, validation or
+checkpoint step — before anything is saved, so the last checkpoint is always a finite state."""
 
 from __future__ import annotations
 
-import math
+import contextlib
 import signal
 import time
 from typing import Optional
@@ -14,6 +19,7 @@ import torch
 from dreamcore import registry
 from dreamcore.cameras import Cameras, sample_orbit, turntable_cameras
 from dreamcore.config import Config
+from dreamcore.rng import RunGenerator, integers
 from dreamcore.runner import checkpoint
 from dreamcore.runner.rundir import RunDir
 
@@ -38,13 +44,18 @@ class Trainer:
             mod.to(self.device)
         groups = [g for g in self.system.parameter_groups() if g["params"]]
         o = cfg.optimizer
-        self.optimizer = torch.optim.Adam(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        # fp16 on CUDA: the fused Adam unscales on the device, so the loss scale never reads a flag back
+        fused = {"fused": True} if cfg.run.precision == "fp16" and self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.Adam(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                          **fused)
         attach = getattr(self.system, "attach_optimizer", None)
         if attach is not None:  # systems that edit the optimizer's state (Gaussian densification)
             attach(self.optimizer)
-        self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        self.generator = RunGenerator(self.device, cfg.run.seed)
         self.view_set = self._view_set()
+        self.precision = Precision(cfg.run.precision, self.device)
         self.step = 0
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
         if resume:
             meta = checkpoint.load_checkpoint(run.ckpt_dir, self.system.trainable_modules(), self.optimizer,
                                               self.generator, self._extra_optimizers())
@@ -71,7 +82,11 @@ class Trainer:
         try:
             while self.step < cfg.steps and not self._stop_requested:
                 t0 = time.perf_counter()
-                losses = self.train_step(self.step)
+                try:
+                    losses = self.train_step(self.step)
+                except Exception:
+                    self.check_finite()  # a NaN state fails in odd ways a few steps on: say what happened first
+                    raise
                 self.step += 1
                 self.seconds += time.perf_counter() - t0
                 self._after_step(losses, bar)
@@ -89,19 +104,24 @@ class Trainer:
                 f"dreamcore generate --resume {self.run.path}"
             )
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One optimization step; returns the loss terms as detached tensors (read them at logging steps)."""
         self._set_learning_rate(step)
         cameras = self.sample_cameras()
-        losses = self.system.training_step(cameras, step, self.generator)
+        with self.precision.autocast():
+            losses = self.system.training_step(cameras, step, self.generator)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss)
         if self.cfg.optimizer.grad_clip > 0:
+            self.precision.unscale(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optimizer.grad_clip)
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.system.after_step(step, self.generator)
-        return {k: float(v.detach()) for k, v in losses.items()}
+        self._first_bad = torch.where((self._first_bad < 0) & ~torch.isfinite(loss.detach()), step + 1,
+                                      self._first_bad)
+        return {k: v.detach() for k, v in losses.items()}
 
     def _view_set(self) -> Optional[Cameras]:
         """The fixed training views (``camera.views`` > 0, or what the prior asks for at -1), else None.
@@ -115,12 +135,12 @@ class Trainer:
             return None
         g = torch.Generator().manual_seed(self.cfg.run.seed + 7919)
         return sample_orbit(n, g, c.elevation_range, c.azimuth_range, c.distance_range, c.fov_range,
-                            c.uniform_sphere)
+                            c.uniform_sphere).to(self.device)
 
     def sample_cameras(self) -> Cameras:
         c = self.cfg.camera
         if self.view_set is not None:
-            cams = self.view_set[torch.randint(len(self.view_set), (c.batch_size,), generator=self.generator)]
+            cams = self.view_set[integers(0, len(self.view_set), (c.batch_size,), self.generator)]
         else:
             cams = sample_orbit(c.batch_size, self.generator, c.elevation_range, c.azimuth_range,
                                 c.distance_range, c.fov_range, c.uniform_sphere)
@@ -135,27 +155,42 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr * scales.get(g.get("name"), g.get("lr_scale", 1.0))
 
-    def _after_step(self, losses: dict[str, float], bar) -> None:
+    def _after_step(self, losses: dict[str, torch.Tensor], bar) -> None:
         cfg = self.cfg.run
-        total = sum(losses.values())
-        if not math.isfinite(total):
-            from dreamcore.errors import DreamcoreError
-
-            self.run.log(f"step {self.step}: non-finite loss {losses}; stopping without saving this state")
-            raise DreamcoreError(f"the loss became non-finite at step {self.step} ({losses}); the last good "
-                                 f"checkpoint is in {self.run.ckpt_dir}. Lower optimizer.lr and resume.")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{total:.4g}")
-        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-            terms = " ".join(f"{k}={v:.5g}" for k, v in losses.items())
+        logging = self.step % cfg.log_every == 0 or self.step == cfg.steps
+        validating = cfg.val_every > 0 and self.step % cfg.val_every == 0
+        saving = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0
+        if not (logging or validating or saving):
+            return  # nothing read back: the device runs ahead
+        self.check_finite(losses)
+        if logging:
+            values = {k: float(v) for k, v in losses.items()}
+            if bar is not None:
+                bar.set_postfix(loss=f"{sum(values.values()):.4g}")
+            terms = " ".join(f"{k}={v:.5g}" for k, v in values.items())
             self.run.log(f"step {self.step}/{cfg.steps} {terms} s/step={self.seconds / max(self.step, 1):.3f}")
-        if cfg.val_every > 0 and self.step % cfg.val_every == 0:
+        if validating:
             self.validate()
-        if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+        if saving:
             self.save()
 
+    def check_finite(self, losses: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """Raise (saving nothing) if any step so far had a non-finite loss: the one host read of the check."""
+        bad = int(self._first_bad)
+        if bad < 0:
+            return
+        from dreamcore.errors import DreamcoreError
+
+        shown = {k: float(v) for k, v in (losses or {}).items()}
+        self.run.log(f"step {bad}: non-finite loss (seen at step {self.step}, latest terms {shown}); "
+                     "stopping without saving this state")
+        raise DreamcoreError(f"the loss became non-finite at step {bad}; the last good checkpoint is in "
+                             f"{self.run.ckpt_dir}. Lower optimizer.lr and resume.")
+
     def save(self) -> None:
+        self.check_finite()
         checkpoint.save_checkpoint(self.run.ckpt_dir, self.step, self.system.trainable_modules(), self.optimizer,
                                    self.generator, {"seconds": self.seconds}, self._extra_optimizers())
 
@@ -196,3 +231,32 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+class Precision:
+    """``run.precision``: autocast of the scene's forward (bf16 or fp16) and, for fp16, a dynamic loss scale
+    (``torch.amp.GradScaler``) so that small gradients do not underflow. fp32 is a pass-through."""
+
+    def __init__(self, kind: str, device: torch.device) -> None:
+        self.kind, self.device = kind, device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(kind)
+        self.scaler = torch.amp.GradScaler(device.type) if kind == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)  # skipped (on the device) when the scaled gradients overflowed
+        self.scaler.update()
