@@ -6,6 +6,11 @@ Quadrature (Max 1995; Mildenhall et al. 2020): for samples i along a ray with de
 Sampling: uniform steps of ``step_size`` inside the scene box, jittered per ray in training, keeping only samples
 in occupied cells; a no-grad pass marches rays in chunks and stops them once T < ``min_transmittance``; the
 differentiable pass evaluates only the samples that contribute.
+
+``backend``: ``torch`` is this module's pure-PyTorch path (CPU, CI; the reference); ``nerfacc`` marches with
+nerfacc's CUDA occupancy-grid estimator, synced with the field's own grid, and composites with its packed
+functions (same samples, jitter, early stop and shading; :mod:`dreamcore.renderers.nerfacc_backend`); ``auto``
+takes nerfacc when the field is on CUDA and nerfacc works there, else torch.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.packed import exclusive_segment_cumsum
 from dreamcore.registry import register
+from dreamcore.renderers.nerfacc_backend import nerfacc_available, render_rays_nerfacc, require_nerfacc
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.renderers.shading import light_directions, pick_shading
 
@@ -60,7 +66,9 @@ def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
         return PackedSamples(empty.long(), empty, empty)
     n_max = int(math.ceil(((t_far - t_near)[hit].max().item()) / step))
     if generator is not None:
-        offset = torch.rand(origins.shape[0], generator=generator).to(origins.device)
+        # drawn on the generator's own device (a run's generator lives on its device; for a CPU generator these
+        # are the numbers torch.rand(n, generator=g) gives); the nerfacc backend draws the same
+        offset = torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
     else:
         offset = torch.full((origins.shape[0],), 0.5, device=origins.device)
     k = torch.arange(n_max, device=origins.device, dtype=origins.dtype)
@@ -92,6 +100,7 @@ def accumulate(values: Tensor, ray_index: Tensor, n_rays: int) -> Tensor:
 class VolumeRenderer:
     @dataclass
     class Config(ComponentConfig):
+        backend: Literal["auto", "torch", "nerfacc"] = "auto"
         samples_per_diagonal: int = 256
         min_transmittance: float = 1e-4
         march_chunk: int = 16
@@ -102,7 +111,18 @@ class VolumeRenderer:
         eval_chunk_rays: int = 8192
 
     def __init__(self, cfg: "VolumeRenderer.Config") -> None:
+        if cfg.backend == "nerfacc":
+            require_nerfacc()
         self.cfg = cfg
+
+    def backend(self, device: torch.device) -> str:
+        """The backend that renders a field whose tensors live on ``device``."""
+        if self.cfg.backend == "auto":
+            return "nerfacc" if device.type == "cuda" and nerfacc_available() else "torch"
+        if self.cfg.backend == "nerfacc" and device.type != "cuda":
+            raise DreamcoreError(f"renderer.backend=nerfacc renders fields on CUDA, and this one is on {device}: "
+                                 "run on a CUDA device (run.device=cuda), or set renderer.backend=torch or auto")
+        return self.cfg.backend
 
     def step_size(self, field) -> float:
         return 2.0 * math.sqrt(3.0) * field.bound / self.cfg.samples_per_diagonal
@@ -173,6 +193,9 @@ class VolumeRenderer:
     # -- internals -------------------------------------------------------------------------------------------
     def _render_rays(self, field, o: Tensor, d: Tensor, light: Tensor, mode: str, generator,
                      max_distance: float = math.inf):
+        if self.cfg.backend != "torch" and self.backend(field.occupancy.occupied.device) == "nerfacc":
+            return render_rays_nerfacc(field, o, d, light, mode, generator, self.step_size(field),
+                                       self.cfg.min_transmittance, self.cfg.ambient, max_distance)
         n = o.shape[0]
         step = self.step_size(field)
         samples = march(o, d, field.occupancy, field.bound, step, generator, max_distance)
