@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # a module's layer: its package under dreamcore/ (or systems/), else the table's entry for the single module
 CORE = {"dreamcore", "dreamcore.errors", "dreamcore.files", "dreamcore.schedule", "dreamcore.registry",
-        "dreamcore.builtins", "dreamcore.config", "dreamcore.cameras", "dreamcore.views", "dreamcore.packed", "dreamcore.rng"}
+        "dreamcore.builtins", "dreamcore.config", "dreamcore.cameras", "dreamcore.views", "dreamcore.packed", "dreamcore.rng",
+        "dreamcore.precision"}
 SINGLE_MODULES = {**{m: "core" for m in CORE}, "dreamcore.metrics": "metrics", "dreamcore.cli": "top"}
 
 # which layers each layer may import (its own included): the design's picture, bottom to top

@@ -73,3 +73,28 @@ def test_reduced_precision_trains_and_differs_from_fp32(tmp_path, precision):
     # Adam's full step in one run and not the other) and the losses agree
     assert all(torch.allclose(pa[k], pb[k], atol=1e-2) for k in pa if k.startswith("mlp"))
     assert sum(b.values()).item() == pytest.approx(sum(a.values()).item(), rel=0.2)
+
+
+def test_renderer_geometry_stays_float32_under_autocast():
+    """Splats and meshes render wholly in float32 under run.precision's autocast; the NeRF's network may run in
+    bf16 but its outputs are float32 and its normals are differences of float32 densities."""
+    from dreamcore.cameras import turntable_cameras
+    from dreamcore.registry import build
+    from dreamcore.config import load_config
+
+    cfg = load_config(None, ["representation.name=gaussians", "renderer.name=splat",
+                             "representation.init_points=300"])
+    gaussians, splat = build("representation", cfg.representation), build("renderer", cfg.renderer)
+    cams = turntable_cameras(2)
+    white = torch.ones(2, 3)
+    plain = splat(gaussians, cams, 16, 16, white)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = splat(gaussians, cams, 16, 16, white)
+    assert auto.rgb.dtype == torch.float32 and torch.equal(auto.rgb, plain.rgb)
+    nerf = build("representation", load_config(None, ["representation.name=nerf"]).representation)
+    pts = torch.rand(64, 3) * 0.6 - 0.3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sigma, rgb = nerf(pts)
+        normals = nerf.normals(pts)
+    assert sigma.dtype == rgb.dtype == torch.float32
+    assert torch.equal(normals, nerf.normals(pts))

@@ -28,6 +28,7 @@ from dreamcore.meshes.surface import Surface
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.renderers.shading import light_directions, pick_shading
+from dreamcore.precision import full_precision
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
@@ -71,6 +72,7 @@ class MeshRenderer:
     def step_size(self, representation) -> float:  # the runner's after_step hook asks every renderer for this
         return 0.0
 
+    @full_precision
     def __call__(
         self,
         representation,

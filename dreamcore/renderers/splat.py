@@ -27,6 +27,7 @@ from dreamcore.renderers.output import RenderOutput
 from dreamcore.renderers.shading import light_directions, pick_shading
 from dreamcore.renderers.splat_kernel import project, rasterize
 from dreamcore.representations.gaussian_shape import quat_to_rotmat
+from dreamcore.precision import full_precision
 
 
 def gsplat_available() -> bool:
@@ -96,6 +97,7 @@ class SplatRenderer:
     def step_size(self, field) -> float:  # noqa: ARG002  (the volume renderer's hook; splats march nothing)
         return 0.0
 
+    @full_precision
     def __call__(self, gaussians, cameras: Cameras, height: int, width: int, background: Tensor,
                  pixel_index: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
                  shading: Optional[str] = None) -> RenderOutput:

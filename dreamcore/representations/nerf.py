@@ -17,6 +17,7 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore.representations.hashgrid import HashGridEncoding
 from dreamcore.representations.occupancy import OccupancyGrid
+from dreamcore.precision import no_autocast
 
 
 class _TruncExp(torch.autograd.Function):
@@ -88,7 +89,7 @@ class NeRFField(nn.Module):
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """points [N, 3] → (density σ [N] ≥ 0, albedo [N, C] in (0, 1), C = ``color_channels``)."""
-        raw = self.mlp(self.encoding(points))
+        raw = self.mlp(self.encoding(points)).float()  # the network may run in bf16/fp16 (run.precision)
         sigma = trunc_exp(raw[:, 0] + self.density_bias(points))
         return sigma, torch.sigmoid(raw[:, 1:])
 
@@ -97,6 +98,10 @@ class NeRFField(nn.Module):
 
     def normals(self, points: Tensor) -> Tensor:
         """[N, 3] outward unit normals −∇σ/‖∇σ‖ by central differences of step ``normal_eps``."""
+        with no_autocast(points.device.type):  # differences of reduced-precision densities would be noise
+            return self._normals(points)
+
+    def _normals(self, points: Tensor) -> Tensor:
         eps = self.cfg.normal_eps
         offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps
         shifted = torch.cat([points[:, None, :] + offsets, points[:, None, :] - offsets], dim=1).reshape(-1, 3)

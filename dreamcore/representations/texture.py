@@ -50,7 +50,7 @@ class FieldTexture(nn.Module):
 
     def forward(self, points: Tensor) -> Tensor:
         """points [N, 3] -> albedo [N, 3] in (0, 1)."""
-        return torch.sigmoid(self.mlp(self.encoding(points)))
+        return torch.sigmoid(self.mlp(self.encoding(points)).float())
 
     def parameter_groups(self, grid_lr_scale: float, mlp_lr_scale: float) -> list[dict]:
         return [{"params": list(self.encoding.parameters()), "lr_scale": grid_lr_scale, "name": "texture_grid"},
