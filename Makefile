@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamcore-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow test-all bench tiny-prior bench-text clean
+.PHONY: install demo test test-slow test-all bench tiny-prior bench-text gpu-wheels gpu-check gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -39,6 +39,17 @@ tiny-prior: $(STAMP)
 # the text-only benchmark (bench/text_to_3d.md and .png): every recipe x guidance x prior x object x 3 seeds, hours
 bench-text: $(STAMP)
 	$(BIN)/python tools/bench_text_to_3d.py
+
+# the GPU check (tools/gpu_check.py). Here, with the network: fetch the wheels the bare GPU machine lacks (~19 MiB)
+gpu-wheels:
+	tools/gpu_wheels.sh
+# there (its own python3 with torch; nothing installed, nothing downloads): install the bundle, run, report
+GPU_REPORT_DIR ?= .
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --wheels .gpu-wheels --out $(GPU_REPORT_DIR)
+# the same script on this CPU at tiny sizes (also in the test suite)
+gpu-check-dry: $(STAMP)
+	$(BIN)/python tools/gpu_check.py --dry-run --out $(GPU_REPORT_DIR)
 
 clean:
 	rm -rf runs .pytest_cache
