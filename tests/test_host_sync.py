@@ -75,3 +75,39 @@ def test_the_counter_sees_a_read_in_the_step(tmp_path, monkeypatch):
     monkeypatch.setattr(dreamfusion.DreamFusionSystem, "training_step", reading)
     reads = steady_reads(tmp_path, "text-nerf", NERF, also=(str(Path(__file__).parent),))
     assert reads == {"tests/test_host_sync.py:reading": 2}
+
+
+# packed rendering sizes its samples on the host on CUDA too (nerfacc does the same inside its own code)
+CUDA_STRUCTURAL = {**REFERENCE_PATHS,
+                   "dreamcore/renderers/nerfacc_backend.py": "packed samples (boolean selection of live samples)"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_a_cuda_step_synchronises_only_where_packed_rendering_must(tmp_path, monkeypatch, system):
+    """torch.cuda.set_sync_debug_mode: every synchronising CUDA call of two steady steps, by the source line that
+    made it; dreamcore's own code may make them only in the packed-rendering paths above."""
+    import warnings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config, extra = SYSTEMS[system]
+    cfg = load_config(config_path(config), QUIET + LEARNED + extra + [f"run.dir={tmp_path}", "run.device=cuda",
+                                                                      f"prior.cache_dir={tmp_path / 'cache'}"])
+    trainer = Trainer(cfg, RunDir(tmp_path))
+    for s in range(3):
+        trainer.train_step(s)
+    torch.cuda.synchronize()
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for s in range(3, 5):
+                trainer.train_step(s)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    trainer.check_finite()
+    ours = sorted({f"{w.filename[len(root):]}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+                   and w.filename.startswith(root) and "/.venv/" not in w.filename})
+    assert [s for s in ours if s.split(":")[0] not in CUDA_STRUCTURAL] == [], ours

@@ -223,6 +223,7 @@ def test_topology_and_regularizers():
     assert float(laplacian_loss(moved, fan)) > float(base)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not nvdiffrast_available(), reason="nvdiffrast needs CUDA and the nvdiffrast package")
 def test_nvdiffrast_matches_the_torch_reference():
     from dreamcore.meshes.io import load_mesh, normalize
