@@ -4,15 +4,17 @@
     python3 tools/gpu_check.py --dry-run --out DIR                     # the same script on CPU at tiny sizes
 
 Writes ``DIR/gpu-report.json`` and ``DIR/gpu-report.md`` with, in this order (each section catches its own
-failure, so one broken part still leaves a report of the rest):
+failure, so one broken part still leaves a report of the rest; ``--budget`` seconds bound the whole, parts not
+started by then are marked skipped):
 
 1. **environment**: GPU, driver, torch, CUDA, cuDNN, Python and the versions of the packages the paths use.
-2. **cuda tests**: ``pytest -m cuda`` (gsplat vs the torch splat renderer, nerfacc vs the torch volume renderer,
-   nvdiffrast when importable, ...), one row per test with its outcome.
-3. **device runs**: each system (NeRF, Gaussians, DMTet mesh; reference prior, so no weights are needed) trained
-   a few steps on the CPU and on the GPU from several seeds; the two must agree in distribution (mean training
-   PSNR within ``1 dB + 2·std`` of each other: the random streams of the two devices differ, the algorithm must
-   not), and the host reads and CUDA synchronisations of a steady step are counted.
+2. **device runs** (while gsplat and nerfacc compile, with the torch renderers): each system (NeRF, Gaussians,
+   DMTet mesh; reference prior, so no weights are needed) trained a few steps on the CPU and on the GPU from
+   several seeds; the two must agree in distribution (mean training PSNR within ``1 dB + 2·std`` of each other:
+   the random streams of the two devices differ, the algorithm must not), and the host reads and CUDA
+   synchronisations of a steady step are counted.
+3. **cuda tests**: ``pytest -m cuda`` (gsplat vs the torch splat renderer, nerfacc vs the torch volume renderer,
+   nvdiffrast when importable, sync debug mode over each system's step), one row per test with its outcome.
 4. **timed recipes** at the real sizes: ``dreamfusion-sd``, ``dreamgaussian``, ``magic3d-refine`` at 512² and
    ``prolificdreamer`` (VSD with its LoRA) on a Stable-Diffusion-2.1-base-sized UNet and VAE with random weights
    (saved as a diffusers folder and loaded by the real loading code), in fp16 and bf16: seconds per step (median
@@ -259,8 +261,9 @@ def _steady_sync_counts(trainer, start: int, device: str) -> dict:
     return {"host_reads_per_step": {k: v / 2 for k, v in reads.items()}, "cuda_syncs_per_step": syncs}
 
 
-def device_runs(work: Path, device: str, dry: bool) -> dict:
-    """Each system a few steps on the CPU and on ``device`` from several seeds: training PSNR side by side."""
+def device_runs(work: Path, device: str, dry: bool, torch_renderers: bool = False) -> dict:
+    """Each system a few steps on the CPU and on ``device`` from several seeds: training PSNR side by side.
+    ``torch_renderers``: the torch renderers on both sides (while the CUDA extensions build in the background)."""
     import torch
 
     steps, seeds = (2, (0, 1)) if dry else (40, (0, 1, 2))
@@ -269,8 +272,13 @@ def device_runs(work: Path, device: str, dry: bool) -> dict:
              f"run.steps={steps + 2}"]
     if dry:
         small += ["prior.bank_views=4"]
+    if torch_renderers:
+        small += ["renderer.backend=torch"]
     rows = []
     for config, extra in SYSTEM_RUNS.items():
+        if out_of_time():
+            rows.append({"config": config, "skipped": "time budget", "agree": True})
+            continue
         if dry:
             extra = {"reference-nerf": ["representation.n_levels=4", "representation.log2_table_size=12",
                                         "representation.max_resolution=64", "representation.occupancy_resolution=16",
@@ -318,8 +326,9 @@ def random_sd_folder(folder: Path, dry: bool) -> Path:
     torch.manual_seed(0)
     dtype = torch.float32 if dry else torch.float16
     width = 32 if dry else 1024
-    UNet2DConditionModel(**(TINY_UNET if dry else SD21_UNET)).to(dtype).save_pretrained(folder / "unet")
-    AutoencoderKL(**(TINY_VAE if dry else SD21_VAE)).to(dtype).save_pretrained(folder / "vae")
+    with torch.device("cpu" if dry else "cuda"):  # random init of 865M parameters: seconds on a GPU, not minutes
+        UNet2DConditionModel(**(TINY_UNET if dry else SD21_UNET)).to(dtype).cpu().save_pretrained(folder / "unet")
+        AutoencoderKL(**(TINY_VAE if dry else SD21_VAE)).to(dtype).cpu().save_pretrained(folder / "vae")
     shutil.copytree(ROOT / "assets" / "tiny-prior" / "tokenizer", folder / "tokenizer")
     tok_cfg = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
     tok_cfg["model_max_length"] = 77
@@ -466,6 +475,10 @@ def timed_recipes(work: Path, device: str, dry: bool, dtypes: list[str], warmup:
     for recipe, extra in RECIPES.items():
         for dtype in dtypes:
             row = {"recipe": recipe, "dtype": dtype}
+            if out_of_time():
+                row.update(ok=True, skipped="time budget")
+                rows.append(row)
+                continue
             try:
                 over = ["prompt=a toy robot", f"prior.model={folder}", f"prior.dtype={dtype}",
                         f"prior.cache_dir={work / 'prompt-cache'}", f"run.device={device}", "run.progress=false",
@@ -506,6 +519,13 @@ def timed_recipes(work: Path, device: str, dry: bool, dtypes: list[str], warmup:
             rows.append(row)
     return {"warmup": warmup, "steps": steps, "model": "SD 2.1-base sized, random weights" if not dry else
             "tiny random UNet/VAE (dry run)", "recipes": rows, "ok": all(r["ok"] for r in rows)}
+
+
+DEADLINE = [float("inf")]  # perf_counter time after which sections skip what they have not started
+
+
+def out_of_time(margin: float = 20.0) -> bool:
+    return time.perf_counter() > DEADLINE[0] - margin
 
 
 # -- the report -------------------------------------------------------------------------------------------------
@@ -549,6 +569,9 @@ def markdown(report: dict) -> str:
                   f"| config | renderer | cpu PSNR | {other} PSNR | Δ dB | tolerance | agree | cpu s/step | "
                   f"{other} s/step | host reads/step | CUDA syncs/step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in d["systems"]:
+            if "skipped" in r:
+                lines.append(f"| {r['config']} | skipped: {r['skipped']} ||||||||||")
+                continue
             sync = r.get("sync", {})
             reads = sum(sync.get("host_reads_per_step", {}).values())
             lines.append(f"| {r['config']} | {r.get('backend', '-')} | {r['cpu']['psnr']} | {r[other]['psnr']} | {r['delta_db']} | "
@@ -565,6 +588,9 @@ def markdown(report: dict) -> str:
                   "| recipe | dtype | res | renderer | s/step | UNet calls | UNet | VAE | render | rest | bound s | "
                   "step / bound | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for x in r["recipes"]:
+            if "skipped" in x:
+                lines.append(f"| {x['recipe']} | {x['dtype']} | skipped: {x['skipped']} ||||||||||")
+                continue
             if not x["ok"]:
                 lines.append(f"| {x['recipe']} | {x['dtype']} | failed: {x['error']} ||||||||||")
                 continue
@@ -588,8 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per recipe")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--skip", nargs="*", default=[], choices=["cuda_tests", "device_runs", "timed_recipes"])
+    ap.add_argument("--budget", type=float, default=450.0,
+                    help="seconds: parts not started by then are skipped (the report is always written)")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
+    DEADLINE[0] = t_start + a.budget
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work).resolve() if a.work else Path(tempfile.mkdtemp(prefix="dreamcore-gpu-check-"))
@@ -611,13 +640,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     builds = start_jit_builds(work) if device == "cuda" else {}
     run_section(report, "environment", environment, device)
-    if builds:  # before anything renders: a renderer that calls a package mid-build would break its build
-        report["jit_builds"] = wait_jit_builds(builds, timeout=300.0)
+    if "device_runs" not in a.skip:  # while gsplat and nerfacc build: the torch renderers (no call into a
+        # package mid-build), so these runs check run.device=cuda itself; the backends come next
+        run_section(report, "device_runs", device_runs, work, device, a.dry_run, bool(builds))
+    if builds:
+        report["jit_builds"] = wait_jit_builds(builds, timeout=max(30.0, DEADLINE[0] - time.perf_counter() - 200))
         BROKEN_BUILDS.update(k for k, v in report["jit_builds"].items() if not v["ok"])
     if "cuda_tests" not in a.skip:
         run_section(report, "cuda_tests", cuda_tests, work, 240.0)
-    if "device_runs" not in a.skip:
-        run_section(report, "device_runs", device_runs, work, device, a.dry_run)
     if "timed_recipes" not in a.skip:
         dtypes = a.dtypes or (["fp32"] if a.dry_run else ["fp16", "bf16"])
         run_section(report, "timed_recipes", timed_recipes, work, device, a.dry_run, dtypes,
