@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import Tensor
+from dreamcore.export.repair import close_manifold, edge_defects
 
 DensityFn = Callable[[Tensor], Tensor]
 
@@ -160,7 +161,8 @@ def extract_mesh(
     ``isosurface=None`` uses ``ln 2 / h`` (opacity ½ across one grid cell ``h = 2·bound/resolution``).
     Steps: sample -> (fill enclosed cavities) -> close at the box -> marching cubes -> keep the largest
     ``keep_components`` components plus those with ≥ ``min_component_ratio`` of the largest's faces -> drop
-    non-finite/degenerate/duplicate faces -> decimate to ``target_faces`` (0 = off) -> outward winding.
+    non-finite/degenerate/duplicate faces -> decimate to ``target_faces`` (0 = off) -> re-close the spots the
+    decimation made non-manifold (:func:`dreamcore.export.repair.close_manifold`) -> outward winding.
     Returns (vertices [V, 3] float32 world coordinates, faces [F, 3] int64); empty arrays if no surface.
     """
     if resolution < 3:
@@ -190,6 +192,12 @@ def mesh_from_grid(grid: np.ndarray, level: float, bound: float, fill_cavities: 
     verts, faces = clean_mesh(verts, faces)
     verts, faces = decimate(verts, faces, target_faces)
     verts, faces = clean_mesh(verts, faces)
+    for _ in range(3):  # decimation pinches and folds a few spots: re-close them (a fill can leave a sliver that
+        verts, faces = close_manifold(verts, faces)  # the cleanup drops, so check again)
+        faces = keep_largest_components(faces, len(verts), keep_components, min_component_ratio)
+        verts, faces = clean_mesh(verts, faces)
+        if len(edge_defects(faces)) == 0:
+            break
     faces = orient_outward(verts, faces)
     return verts.astype(np.float32), faces.astype(np.int64)
 
