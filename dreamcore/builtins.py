@@ -18,6 +18,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "turntable": "dreamcore.export.exporters",
     },
     "guidance": {
+        "cfd": "dreamcore.guidance.cfd",
         "csd": "dreamcore.guidance.csd",
         "esd": "dreamcore.guidance.vsd",
         "ism": "dreamcore.guidance.ism",
