@@ -18,7 +18,9 @@ BUILTINS: dict[str, dict[str, str]] = {
         "turntable": "dreamcore.export.exporters",
     },
     "guidance": {
+        "asd-adv": "dreamcore.guidance.asd_adv",
         "cfd": "dreamcore.guidance.cfd",
+        "coupled": "dreamcore.guidance.coupled",
         "csd": "dreamcore.guidance.csd",
         "esd": "dreamcore.guidance.vsd",
         "ism": "dreamcore.guidance.ism",
