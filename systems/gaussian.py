@@ -69,8 +69,8 @@ class GaussianSystem(DreamFusionSystem):
 
     def after_step(self, step: int, generator: torch.Generator) -> None:
         rep, c = self.representation, self.cfg.densify
-        rep.after_step(step, generator)
         render, self._render = self._render, None
+        rep.after_step(step, generator, render=render)  # the render: Brightness-Equalized Generation's statistic
         s = step + 1  # steps completed
         if not c.enabled or s >= c.stop:
             return

@@ -91,6 +91,15 @@ class Gaussians(nn.Module):
         lr_opacity: Scheduled = _sched(5e-2)
         lr_sh_dc: Scheduled = _sched(2.5e-3)
         lr_sh_rest: Scheduled = _sched(1.25e-4)
+        # Brightness-Equalized Generation (GCS-BEG, LMozart/ECCV2024-GCS-BEG@a3bd9ae train.py): while
+        # beg_start < k < beg_stop (k the 1-based iteration), if the beg_quantile-quantile brightness exceeds
+        # beg_threshold, every SH coefficient is multiplied by beg_rate (colours contract toward grey ½)
+        brightness_equalize: bool = False
+        beg_start: int = 1000
+        beg_stop: int = 4500
+        beg_quantile: float = 0.85
+        beg_threshold: float = 0.9  # lgt_thresh
+        beg_rate: float = 0.8  # reset_rate
 
     def __init__(self, cfg: "Gaussians.Config") -> None:
         super().__init__()
@@ -220,9 +229,32 @@ class Gaussians(nn.Module):
                "sh_dc": c.lr_sh_dc, "sh_rest": c.lr_sh_rest}
         return {f"gaussians.{k}": float(v(step)) for k, v in lrs.items()}
 
-    def after_step(self, step: int, generator: torch.Generator, render_step: float = 0.0) -> None:  # noqa: ARG002
+    def after_step(self, step: int, generator: torch.Generator, render_step: float = 0.0,  # noqa: ARG002
+                   render=None) -> None:
         every = max(self.cfg.sh_degree_every, 1)
         self.set_active_sh_degree(min(self.cfg.sh_degree, (step + 1) // every))
+        c = self.cfg
+        if c.brightness_equalize and c.beg_start < step + 1 < c.beg_stop:
+            level = (render_brightness(render.rgb, render.alpha, c.beg_quantile) if render is not None
+                     else self.brightness_level(c.beg_quantile))
+            self.equalize_brightness(level)
+
+    @torch.no_grad()
+    def brightness_level(self, q: float) -> Tensor:
+        """BEG's statistic from the Gaussians themselves (when no render is passed to :meth:`after_step`): the
+        opacity-weighted q-quantile of the channel-mean DC colour, a stand-in for the quantile over rendered
+        pixels (renders are mostly covered by opaque Gaussians). A 0-d tensor; nothing is read to the host."""
+        bright, order = self.albedo().mean(-1).sort()
+        w = self.opacity.detach()[order].cumsum(0)
+        k = torch.searchsorted(w, (q * w[-1]).reshape(1)).clamp_max(len(bright) - 1)
+        return bright[k][0]
+
+    @torch.no_grad()
+    def equalize_brightness(self, level: Tensor) -> None:
+        """Multiply all SH coefficients by ``beg_rate`` if ``level`` > ``beg_threshold`` (decided on the device)."""
+        scale = torch.where(level > self.cfg.beg_threshold, self.cfg.beg_rate, 1.0).to(self.sh_dc.dtype)
+        self.sh_dc.mul_(scale)
+        self.sh_rest.mul_(scale)
 
     def set_active_sh_degree(self, degree: int) -> None:
         """The SH bands in use (the buffer is checkpointed; its host copy spares a read per render)."""
@@ -290,6 +322,17 @@ class Gaussians(nn.Module):
         colors = torch.cat([system.surface_color(pts[i:i + 8192], normals[i:i + 8192])
                             for i in range(0, len(pts), 8192)])
         self.set_points(pts, colors.cpu().float(), torch.full((len(pts),), 0.5 * h))
+
+
+def render_brightness(rgb: Tensor, alpha: Optional[Tensor], q: float = 0.85, min_alpha: float = 0.5) -> Tensor:
+    """BEG's statistic from renders [B, H, W, 3] (or [B, N, 1, 3]): per view the q-quantile of the per-pixel channel
+    mean over the object's pixels, then the q-quantile across views (a 0-d tensor). The official code takes the
+    non-zero pixels of its renders; renders here are composited over a background, so the object's pixels are those
+    with ``alpha`` > ``min_alpha`` (all non-zero pixels when ``alpha`` is None)."""
+    bright = rgb.detach().float().mean(-1).flatten(1)
+    keep = bright > 0 if alpha is None else alpha.detach().float().flatten(1) > min_alpha
+    per_view = torch.nanquantile(torch.where(keep, bright, torch.full_like(bright, float("nan"))), q, dim=1)
+    return torch.nanquantile(per_view, q)
 
 
 def density_normals(density, points: Tensor, eps: float) -> Tensor:
