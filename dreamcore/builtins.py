@@ -29,9 +29,11 @@ BUILTINS: dict[str, dict[str, str]] = {
         "gcs": "dreamcore.guidance.gcs",
         "ism": "dreamcore.guidance.ism",
         "nfsd": "dreamcore.guidance.nfsd",
+        "reward": "dreamcore.guidance.reward",
         "sdi": "dreamcore.guidance.sdi",
         "sds": "dreamcore.guidance.sds",
         "sjc": "dreamcore.guidance.sjc",
+        "stein": "dreamcore.guidance.stein",
         "vsd": "dreamcore.guidance.vsd",
     },
     "prior": {
@@ -51,6 +53,12 @@ BUILTINS: dict[str, dict[str, str]] = {
         "gaussians": "dreamcore.representations.gaussians",
         "mesh": "dreamcore.representations.mesh",
         "nerf": "dreamcore.representations.nerf",
+    },
+    "reward": {
+        "clip": "dreamcore.guidance.rewards",
+        "constant": "dreamcore.guidance.rewards",
+        "linear": "dreamcore.guidance.rewards",
+        "reference": "dreamcore.guidance.rewards",
     },
     "system": {
         "dreamfusion": "systems.dreamfusion",
