@@ -177,6 +177,7 @@ def test_gamma_at_or_below_minus_one_is_refused():
         AdversarialSDGuidance(AdversarialSDGuidance.Config(gamma=-1.0)).setup(GaussianPrior(means(), 0.5), 10)
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_trains_gaussians(tmp_path):
     run = tmp_path / "gs"
     assert main(["generate", "--config", "configs/reference-gaussians.yaml", *GTINY, "run.steps=3",
@@ -190,6 +191,7 @@ DTINY = ["run.steps=2", "run.checkpoint_every=2", "run.val_every=0", "run.val_re
          "eval.views=2", "eval.resolution=16", "prior.bank_views=4"]
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_refines_a_dmtet_surface(tmp_path):
     run = tmp_path / "dmtet"
     assert main(["generate", "--config", "configs/reference-dmtet.yaml", *DTINY, "guidance.name=asd-adv",
@@ -198,6 +200,7 @@ def test_refines_a_dmtet_surface(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_runs_on_nerf_through_generate_and_resumes_exactly_with_the_discriminators_optimizer(tmp_path):
     common_args = [*TINY, "run.steps=4", "run.checkpoint_every=2", "guidance.name=asd-adv", "guidance.score_steps=2"]
     full, part = tmp_path / "full", tmp_path / "part"

@@ -171,5 +171,6 @@ def test_recipe_has_the_official_defaults():
     assert tuple(cfg.optimizer.betas) == (0.0, 0.99)
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_runs_on_nerf_gaussians_and_dmtet(tmp_path):
     runs_on_every_representation(tmp_path, "asd-async")

@@ -114,5 +114,6 @@ def test_recipe_has_the_official_defaults():
     assert cfg.representation.name == "gaussians" and cfg.run.steps == 5000 and cfg.camera.batch_size == 4
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_runs_on_nerf_gaussians_and_dmtet(tmp_path):
     runs_on_every_representation(tmp_path, "bsd")

@@ -113,6 +113,7 @@ def test_recipe_converts_threestudio_scale_and_keeps_the_official_schedule():
     assert cfg.camera.batch_size == 8 and cfg.run.steps == 3000
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_resume_is_exact_including_the_fixed_noise(tmp_path):
     common = [*TINY, "run.steps=4", "run.checkpoint_every=2", "guidance.name=cds"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -124,5 +125,6 @@ def test_resume_is_exact_including_the_fixed_noise(tmp_path):
     assert_same_state(a, b)
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_runs_on_nerf_gaussians_and_dmtet(tmp_path):
     runs_on_every_representation(tmp_path, "cds")

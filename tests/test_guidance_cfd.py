@@ -284,6 +284,7 @@ GTINY = [
 SMALL = ["guidance.noise_table=4096", "guidance.background_table=1024"]
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_nerf_run_and_its_resume_is_bit_identical_including_the_noise_field(tmp_path):
     common_ = [*TINY, "run.steps=4", "run.checkpoint_every=2", "guidance.name=cfd", *SMALL]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -298,6 +299,7 @@ def test_nerf_run_and_its_resume_is_bit_identical_including_the_noise_field(tmp_
     assert " cfd=" in (full / "log.txt").read_text()
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_gaussians_run(tmp_path):
     run = tmp_path / "g"
     assert main(["generate", "--config", "configs/reference-gaussians.yaml", *GTINY, "guidance.name=cfd", *SMALL,
@@ -306,6 +308,7 @@ def test_gaussians_run(tmp_path):
     assert 0.0 <= json.loads((run / "metrics.json").read_text())["scene_iou"] <= 1.0
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_dmtet_run_whole_images_through_the_rasterizer(tmp_path):
     run = tmp_path / "m"
     assert main(["generate", "--config", "configs/reference-dmtet.yaml", "run.steps=2", "run.checkpoint_every=2",

@@ -179,6 +179,7 @@ def test_recipe_has_the_official_defaults():
     assert cfg.views.perp_neg and cfg.run.steps == 5000 and cfg.camera.batch_size == 4
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_resume_is_exact_with_the_fixed_noise_and_brightness_equalization(tmp_path):
     common = [*GTINY, "run.steps=4", "run.checkpoint_every=2", "guidance.name=gcs",
               "representation.brightness_equalize=true", "representation.beg_start=0", "representation.beg_threshold=0.0"]
@@ -193,6 +194,7 @@ def test_resume_is_exact_with_the_fixed_noise_and_brightness_equalization(tmp_pa
     assert " gcs=" in (full / "log.txt").read_text() and " gcs_cp=" in (full / "log.txt").read_text()
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_a_step_reads_nothing_back_on_the_learned_prior_with_brightness_equalization(tmp_path, monkeypatch):
     from test_host_sync import steady_reads
 
@@ -202,5 +204,6 @@ def test_a_step_reads_nothing_back_on_the_learned_prior_with_brightness_equaliza
     assert steady_reads(tmp_path, "text-gaussians", extra, steps=(1, 2)) == {}
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_runs_on_nerf_gaussians_and_dmtet(tmp_path):
     runs_on_every_representation(tmp_path, "gcs")

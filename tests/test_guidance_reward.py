@@ -223,6 +223,7 @@ FAST = ["guidance.name=reward", "guidance.reward.n_noises=2", "guidance.reward.d
         "guidance.reward.duration=1.0"]
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_reward_vsd_runs_on_nerf_and_resumes_exactly(tmp_path):
     common = [*TINY, *FAST, "guidance.reward.base=vsd", "guidance.reward.model.name=linear"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -237,6 +238,7 @@ def test_reward_vsd_runs_on_nerf_and_resumes_exactly(tmp_path):
     assert "name: reward" in (full / "config.yaml").read_text()
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_reward_sds_trains_gaussians(tmp_path):
     run = tmp_path / "gs"
     assert main(["generate", "--config", "configs/reference-gaussians.yaml", *GTINY, "run.steps=3", *FAST,
@@ -245,6 +247,7 @@ def test_reward_sds_trains_gaussians(tmp_path):
     assert 0.0 <= json.loads((run / "metrics.json").read_text())["scene_iou"] <= 1.0
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_reward_sds_refines_a_dmtet_surface(tmp_path):
     run = tmp_path / "dmtet"
     assert main(["generate", "--config", "configs/reference-dmtet.yaml", "run.steps=2", "run.progress=false",

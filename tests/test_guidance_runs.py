@@ -28,7 +28,7 @@ def test_method_runs_through_generate_and_exports_a_glb(tmp_path, name):
     assert main(["generate", "--config", "configs/reference-nerf.yaml", *TINY, "run.steps=4", f"guidance.name={name}",
                  *EXPORT, f"run.dir={run}"]) == 0
     assert (run / "model.glb").stat().st_size > 1000
-    assert f" {name}=" in (run / "log.txt").read_text()
+    assert f" {name.replace('-', '_')}=" in (run / "log.txt").read_text()  # the loss term, by name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and 0.0 <= metrics["glb_iou"] <= 1.0
     assert f"name: {name}" in (run / "config.yaml").read_text()

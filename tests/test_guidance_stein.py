@@ -159,6 +159,7 @@ def test_the_recipe_loads():
     assert guidance.omega(0) == 101.0 and guidance.baseline.name == "analytic"
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_stein_runs_on_nerf_and_resumes_exactly(tmp_path):
     common = [*TINY, "guidance.name=stein"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -173,6 +174,7 @@ def test_stein_runs_on_nerf_and_resumes_exactly(tmp_path):
     assert " stein=" in (full / "log.txt").read_text()
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_stein_with_the_optimal_mu_trains_gaussians(tmp_path):
     run = tmp_path / "gs"
     assert main(["generate", "--config", "configs/reference-gaussians.yaml", *GTINY, "run.steps=3",
@@ -183,6 +185,7 @@ def test_stein_with_the_optimal_mu_trains_gaussians(tmp_path):
     assert bool((state["model.guidance.mu_den"] > 0).any())
 
 
+@pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_stein_refines_a_dmtet_surface(tmp_path):
     run = tmp_path / "dmtet"
     assert main(["generate", "--config", "configs/reference-dmtet.yaml", "run.steps=2", "run.progress=false",
