@@ -113,9 +113,9 @@ class MeshSystem(DreamFusionSystem):
             if len(faces) == 0:
                 raise DreamcoreError("nothing to export: the surface is empty")
             if getattr(rep, "decimate_on_export", False):  # extracted surfaces (DMTet): export.target_faces
-                from dreamcore.export.extract import decimate
+                from dreamcore.export.extract import decimate_closed
 
-                verts, faces = decimate(verts, faces, e.target_faces)
+                verts, faces = decimate_closed(verts, faces, e.target_faces)  # and closed again where it pinched
             device = surf.vertices.device
             transform = self.scene_transform
             paths = export_textured_mesh(

@@ -80,3 +80,18 @@ def test_overlapping_blocks_are_watertight_after_decimation(monkeypatch):
     assert len(edge_defects(raw)) > 0
     v, f = extract.mesh_from_grid(grid, 5.0, 1.0, target_faces=20000)
     assert 19000 < len(f) <= 20000 and report(v, f)["watertight"]
+
+
+def test_decimate_closed_closes_what_the_collapses_open():
+    """The path DMTet exports take: a closed surface decimated by edge collapse comes back closed."""
+    from dreamcore.export.extract import decimate_closed, mesh_from_grid
+
+    ax = np.linspace(-1, 1, 128)
+    x, y, z = np.meshgrid(ax, ax, ax, indexing="ij")
+    centres = np.random.default_rng(0).uniform(-0.5, 0.5, (6, 3))
+    grid = np.maximum.reduce([np.maximum(0.0, 40.0 * (0.35 - np.maximum.reduce([abs(x - a), abs(y - b), abs(z - c)])))
+                              for a, b, c in centres]).astype(np.float32)
+    v, f = mesh_from_grid(grid, 5.0, 1.0, target_faces=0)  # marching cubes, not decimated: closed
+    assert report(v, f)["watertight"]
+    v2, f2 = decimate_closed(v, f, 20000)
+    assert report(v2, f2)["watertight"]

@@ -144,6 +144,22 @@ def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[n
     return np.asarray(v, np.float64), np.asarray(f, np.int64)
 
 
+def decimate_closed(verts: np.ndarray, faces: np.ndarray, target_faces: int, keep_components: int = 0,
+                    min_component_ratio: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`decimate`, then re-close the few spots the collapses pinched or folded
+    (:func:`dreamcore.export.repair.close_manifold`; a fill can leave a sliver that the cleanup drops, so it checks
+    again), keeping the ``keep_components`` largest components (0: all)."""
+    verts, faces = decimate(verts, faces, target_faces)
+    verts, faces = clean_mesh(verts, faces)
+    for _ in range(3):
+        verts, faces = close_manifold(verts, faces)
+        faces = keep_largest_components(faces, len(verts), keep_components, min_component_ratio)
+        verts, faces = clean_mesh(verts, faces)
+        if len(edge_defects(faces)) == 0:
+            break
+    return verts, faces
+
+
 def extract_mesh(
     density_fn: DensityFn,
     resolution: int = 192,
@@ -190,14 +206,7 @@ def mesh_from_grid(grid: np.ndarray, level: float, bound: float, fill_cavities: 
     verts, faces = clean_mesh(verts, faces)
     faces = keep_largest_components(faces, len(verts), keep_components, min_component_ratio)
     verts, faces = clean_mesh(verts, faces)
-    verts, faces = decimate(verts, faces, target_faces)
-    verts, faces = clean_mesh(verts, faces)
-    for _ in range(3):  # decimation pinches and folds a few spots: re-close them (a fill can leave a sliver that
-        verts, faces = close_manifold(verts, faces)  # the cleanup drops, so check again)
-        faces = keep_largest_components(faces, len(verts), keep_components, min_component_ratio)
-        verts, faces = clean_mesh(verts, faces)
-        if len(edge_defects(faces)) == 0:
-            break
+    verts, faces = decimate_closed(verts, faces, target_faces, keep_components, min_component_ratio)
     faces = orient_outward(verts, faces)
     return verts.astype(np.float32), faces.astype(np.int64)
 
