@@ -79,26 +79,11 @@ class CoupledSDGuidance(VSDGuidance):
         eps, _ = common.guided_epsilon(prior, x_t, t, views, self.cfg.mv_guidance_scale(step), **kw)
         return common.broadcast(self.weights(prior, t), x) * (eps - noise)
 
-    def forward(self, render, cameras, prior, views, step, generator) -> dict[str, Tensor]:
-        if self.score is None:
-            raise RuntimeError("CoupledSDGuidance.setup(prior, total_steps) was not called")
-        x = prior.to_model_space(render.rgb, render.pixel_index)
-        kw = self.prior_kwargs(render, cameras)
-        with torch.no_grad():
-            t = self.sample_t(x.shape[0], step, prior, generator)
-            noise = rng.normal(x.shape, generator, like=x)
-            x_t = prior.schedule.add_noise(x.detach(), noise, t)
-            eps_pre, _ = common.guided_epsilon(prior, x_t, t, views, self.omega(step), **kw)
-            eps_q = self.score_epsilon(prior, x_t, t, views, cameras, step, kw)
-            grad = common.broadcast(self.weights(prior, t), x) * (eps_pre - eps_q)
-            lam = self.cfg.coupling(step)
-            if lam != 0.0:
-                mv_prior = self._mv_prior if self._mv_prior is not None else prior
-                g_mv = self.mv_gradient(x.detach(), cameras, mv_prior, views, step, generator, kw)
-                grad = grad + (lam * self.cfg.mv_loss_factor) * g_mv
-        losses = self.finish(x, grad, step)
-        for group in self._optimizer.param_groups:
-            group["lr"] = self.cfg.score_lr(step)
-        fits = [self.train_score(prior, x.detach(), views, cameras, generator, kw) for _ in range(self.cfg.score_steps)]
-        self.last_score_loss = torch.stack(fits).mean()
-        return losses
+    def extra_gradient(self, grad: Tensor, x: Tensor, cameras, prior, views, step: int, generator, kw: dict) -> Tensor:
+        """VSD's g plus λ(k)·f·(the multi-view term); λ = 0 draws nothing more (VSD bit for bit)."""
+        lam = self.cfg.coupling(step)
+        if lam == 0.0:
+            return grad
+        mv_prior = self._mv_prior if self._mv_prior is not None else prior
+        return grad + (lam * self.cfg.mv_loss_factor) * self.mv_gradient(x, cameras, mv_prior, views, step,
+                                                                          generator, kw)

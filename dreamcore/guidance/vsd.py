@@ -101,12 +101,18 @@ class VSDGuidance(Guidance):
             eps_pre, _ = common.guided_epsilon(prior, x_t, t, views, self.omega(step), **kw)
             eps_q = self.score_epsilon(prior, x_t, t, views, cameras, step, kw)
             grad = common.broadcast(self.weights(prior, t), x) * (eps_pre - eps_q)
+            grad = self.extra_gradient(grad, x.detach(), cameras, prior, views, step, generator, kw)
         losses = self.finish(x, grad, step)
         for group in self._optimizer.param_groups:
             group["lr"] = self.cfg.score_lr(step)
         fits = [self.train_score(prior, x.detach(), views, cameras, generator, kw) for _ in range(self.cfg.score_steps)]
         self.last_score_loss = torch.stack(fits).mean()  # a tensor: read it when logging, not every step
         return losses
+
+    def extra_gradient(self, grad: Tensor, x: Tensor, cameras, prior, views, step: int, generator, kw: dict) -> Tensor:
+        """Terms a VSD variant adds to g before the score model's update (none here; Coupled SD's multi-view
+        term). Its draws come after VSD's own, so a variant whose term is off is VSD bit for bit."""
+        return grad
 
     def train_score(self, prior, x: Tensor, views, cameras, generator: torch.Generator, kw: dict) -> Tensor:
         """One update of the score model by denoising score matching on the detached render x."""
