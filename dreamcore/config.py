@@ -132,13 +132,17 @@ class InitConfig:
 class RefineConfig:
     """A second stage run into ``<run.dir>/<dir>`` when this run finishes, started from it (``init.from_run``):
     DreamGaussian's and Magic3D's mesh refinement in one command. It inherits this run's prompt, negative
-    prompt, plugins, view prompts, prior, eval and run seed/device/threads/progress, and writes the mesh
-    formats of ``export.formats``, which are then copied into this run's folder (this run writes only the
-    formats that need no mesh, e.g. ``ply``)."""
+    prompt, plugins, view prompts, prior, eval and run seed/device/threads/progress (except the sections named
+    in ``own``), and writes the mesh formats of ``export.formats`` — all of them when it keeps this run's kind
+    of representation — which are then copied into this run's folder (this run writes the rest, e.g. ``ply``
+    before a mesh stage)."""
 
     config: str = ""  # the stage's YAML (a path relative to the config file that names it); "" = no refinement
     dir: str = "refine"
     overrides: list[str] = field(default_factory=list)  # key=value for the stage, after its own file
+    # inherited sections the stage takes from its own file instead (e.g. [prior]: StableDreamer's image-space
+    # prior, then a latent one); any of prompt, negative_prompt, plugins, views, prior, eval
+    own: list[str] = field(default_factory=list)
 
 
 @dataclass

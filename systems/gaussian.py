@@ -50,8 +50,12 @@ class GaussianSystem(DreamFusionSystem):
             rep.init_from_file(rep.cfg.init_file, self.scene_transform, g)
 
     def initialize_from(self, source) -> dict:
-        """``init.from_run``: Gaussians where the earlier run's density exceeds the threshold, in its colours."""
+        """``init.from_run``: an earlier run's Gaussians continued as they are; from any other representation,
+        Gaussians where its density exceeds the threshold, in its colours."""
         rep = self.representation
+        if isinstance(source.representation, type(rep)):
+            rep.copy_from(source.representation)
+            return {}
         level = rep.cfg.init_density_threshold or source.full.export.isosurface
         rep.init_from_system(source, level, torch.Generator().manual_seed(self.full.run.seed))
         return {}

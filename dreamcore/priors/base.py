@@ -79,6 +79,11 @@ class Prior(nn.Module):
     supports_pixel_subsets: bool = False
     view_dependent: bool = True
 
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """Cheap checks of ``cfg`` without building the prior (a later stage's prior is checked before the first
+        stage starts, so that a missing model does not surface only after hours of work). Raises DreamcoreError."""
+
     def training_views(self) -> int:
         """How many fixed training views this prior asks for when ``camera.views`` is -1 (0: fresh random
         views each step)."""

@@ -71,6 +71,11 @@ class DiffusersPrior(Prior):
     text_parts: tuple[str, ...] = ("tokenizer", "text_encoder")  # their change invalidates cached embeddings
     default_max_length = 77
 
+    @classmethod
+    def preflight(cls, cfg: DiffusersConfig) -> None:
+        _diffusers()
+        hub.check_available(cfg.model, cfg.revision, cfg.local_files_only)
+
     def __init__(self, cfg: DiffusersConfig) -> None:
         super().__init__()
         self.cfg = cfg

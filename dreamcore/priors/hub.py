@@ -50,6 +50,23 @@ def how_to_get(model: str) -> str:
             "(HF_HUB_OFFLINE=1 works after that), or set prior.model to a local diffusers-format folder.")
 
 
+def check_available(model: str, revision: str = "", local_files_only: bool = False) -> None:
+    """Fail now, naming the model, when ``model`` cannot be loaded later: a folder without ``model_index.json``,
+    or (offline) a hub id absent from the local cache. Online, a hub id is left to ``from_pretrained``."""
+    folder = local_folder(model)
+    if folder is not None:
+        if not (folder / "model_index.json").is_file():
+            raise DreamcoreError(f"prior.model={model!r}: the folder has no model_index.json; it must be a "
+                                 "diffusers-format pipeline folder (saved with pipeline.save_pretrained)")
+        return
+    if not (local_files_only or offline()):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "model_index.json", revision=revision or None), str):
+        raise DreamcoreError(f"prior.model={model!r} is not in the local cache (offline mode). {how_to_get(model)}")
+
+
 def load_part(cls: Any, model: str, subfolder: str, *, revision: str = "", variant: str = "",
               local_files_only: bool = False, dtype: Optional[torch.dtype] = None, **kwargs: Any) -> Any:
     """``cls.from_pretrained(model, subfolder=...)`` with dreamcore's offline handling and error messages.

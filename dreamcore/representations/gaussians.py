@@ -304,6 +304,23 @@ class Gaussians(nn.Module):
         self.set_points(points, colors)
 
     @torch.no_grad()
+    def copy_from(self, other: "Gaussians") -> None:
+        """Continue another run's Gaussians as they are (a Gaussians → Gaussians stage: StableDreamer's latent
+        stage): every parameter copied; SH bands beyond this run's ``sh_degree`` dropped, missing ones zero."""
+        dev = self.means.device
+        for name in PARAMETER_NAMES:
+            src = getattr(other, name).detach().float()
+            if name == "sh_rest":
+                n, k = src.shape[0], self.sh_rest.shape[1]
+                rest = torch.zeros(n, k, 3)
+                m = min(k, src.shape[1])
+                rest[:, :m] = src[:, :m].cpu()
+                src = rest
+            getattr(self, name).data = src.clone().to(dev)
+            getattr(self, name).grad = None
+        self.reset_stats()
+
+    @torch.no_grad()
     def init_from_system(self, system, threshold: float, generator: torch.Generator, resolution: int = 64) -> None:
         """Points where an earlier run's ``density`` exceeds ``threshold`` (jittered grid cells, up to
         ``init_points``), coloured by its ``surface_color`` with normals from the density gradient."""

@@ -9,10 +9,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from dreamcore import registry
 from dreamcore.config import Config, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.finish import check_scoring_target, evaluate_run, export_run
-from dreamcore.runner.refine import first_stage_formats, mesh_formats, promote, stage_config
+from dreamcore.runner.refine import first_stage_formats, promote, refined_formats, stage_config
 from dreamcore.runner.rundir import RunDir, default_run_dir
 from dreamcore.runner.trainer import Trainer
 
@@ -55,7 +56,9 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
         )
     cfg.run.dir = str(run.path)
     if cfg.refine.config:
-        stage_config(cfg, run.path)  # a bad refinement config fails now, not after the first stage
+        stage = stage_config(cfg, run.path)  # a bad refinement config fails now, not after the first stage
+        if "prior" in cfg.refine.own:  # and so does a missing model of a stage's own prior
+            registry.lookup("prior", stage.prior.name).preflight(stage.prior)
     with collect_log("dreamcore.meshes") as notes:  # what the mesh readers said, for the run's log.txt
         trainer = Trainer(cfg, run, resume=resume)  # loads the prior and checkpoint: bad input fails before any write
     run.write_config(cfg)
@@ -70,7 +73,7 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
                "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4),
                **finish_run(trainer.system, cfg, run.path)}
     metrics["finish_seconds"] = round(time.perf_counter() - t0, 1)
-    if cfg.refine.config and mesh_formats(cfg.export.formats):  # the mesh comes from the refinement stage
+    if refined_formats(cfg):  # the final asset comes from the refinement stage
         run.write_metrics(metrics)
         run.log(f"stage 1 done; refinement stage {cfg.refine.config}")
         del trainer
@@ -81,7 +84,7 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
 
 
 def run_refinement(cfg: Config, run_dir: Path, metrics: dict, announce=print) -> dict:
-    """Run (or resume) the refinement stage of the finished first stage in ``run_dir``; copy its mesh files
+    """Run (or resume) the refinement stage of the finished first stage in ``run_dir``; copy its exported files
     up and return the combined metrics: the stage's own (final asset), the first stage's under ``"stage1"``."""
     stage = stage_config(cfg, run_dir)
     stage_dir = Path(stage.run.dir)
@@ -103,7 +106,7 @@ def finish_run(system, cfg: Config, run_dir: Path) -> dict:
     and score it: {"export": ..., metrics...}."""
     formats = first_stage_formats(cfg)
     export = export_run(system, replace(cfg, export=replace(cfg.export, formats=formats)), run_dir) if formats else {}
-    return {"export": export, **evaluate_run(system, cfg, run_dir, score_glb=not cfg.refine.config)}
+    return {"export": export, **evaluate_run(system, cfg, run_dir, score_glb=not refined_formats(cfg))}
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
