@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -59,16 +60,18 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
     cfg = resume_config(ns.run_dir, list(ns.args))
     run = RunDir(Path(ns.run_dir))
+    run.check_not_busy()  # a run still training there: say who
     trainer = Trainer(cfg, run, resume=True)
-    metrics = {"steps": trainer.step, **finish_run(trainer.system, cfg, run.path)}
-    previous = run.path / "metrics.json"
-    refined = json.loads(previous.read_text()) if cfg.refine.config and previous.is_file() else {}
-    if "stage1" in refined:  # keep the refined asset's figures; only the first stage's are new
-        print(f"this run's mesh comes from its refinement stage: re-export that with "
-              f"`dreamcore export {run.path / cfg.refine.dir}` (its files are not copied up again)")
-        refined["stage1"] = {k: v for k, v in metrics.items() if k != "export"}
-        metrics = refined
-    run.write_metrics(metrics)
+    with run.locked():
+        metrics = {"steps": trainer.step, **finish_run(trainer.system, cfg, run.path)}
+        previous = run.path / "metrics.json"
+        refined = json.loads(previous.read_text()) if cfg.refine.config and previous.is_file() else {}
+        if "stage1" in refined:  # keep the refined asset's figures; only the first stage's are new
+            print(f"this run's mesh comes from its refinement stage: re-export that with "
+                  f"`dreamcore export {run.path / cfg.refine.dir}` (its files are not copied up again)")
+            refined["stage1"] = {k: v for k, v in metrics.items() if k != "export"}
+            metrics = refined
+        run.write_metrics(metrics)
     _report(run.path)
     return 0
 
@@ -141,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     except DreamcoreError as e:
         print(f"dreamcore: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"dreamcore: error: could not write{where}: {_STORAGE_ERRORS[e.errno]}; what the run had saved "
+              "before (its checkpoints) is kept. Fix the storage and resume.", file=sys.stderr)
+        return 2
+
+
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EIO: "an input/output error of the storage"}
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ class GaussianSystem(DreamFusionSystem):
 
     def _initialize(self) -> None:
         rep, init = self.representation, self.full.init
-        if self.full.run.dir and (Path(self.full.run.dir) / "ckpt" / "last.safetensors").is_file():
+        ckpt = Path(self.full.run.dir) / "ckpt"  # (the runner's checkpoint names: systems sit below the runner)
+        if self.full.run.dir and any((ckpt / n).is_file() for n in ("last.safetensors", "prev.safetensors")):
             return  # resuming or re-exporting: the checkpoint replaces the Gaussians (and the source may be gone)
         g = torch.Generator().manual_seed(self.full.run.seed)
         if init.from_run:

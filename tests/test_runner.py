@@ -91,8 +91,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(dreamcore.files.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(DreamcoreError, match="the checkpoint of step 3 .* is intact"):
         trainer.save()
+    monkeypatch.undo()
     assert_same_state(before, ckpt_tensors(run))
 
 

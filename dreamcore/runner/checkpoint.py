@@ -1,10 +1,18 @@
-"""Atomic checkpoints: one safetensors file holding model tensors, optimizer state and the RNG state, with the
-remaining (JSON) state in its metadata. Written to a temporary name and renamed, so a crash never leaves a
-half-written checkpoint; ``ckpt/last.json`` mirrors the metadata for people."""
+"""Checkpoints: one safetensors file holding model tensors, optimizer state and the RNG state, with the
+remaining (JSON) state in its metadata; ``ckpt/last.json`` mirrors that metadata and adds the file's SHA-256.
+
+Crash safety: the new file is written to a temporary name and flushed; the previous checkpoint pair becomes
+``prev.safetensors``/``prev.json``; then the new pair is renamed into place. A checkpoint is *good* when its
+file's SHA-256 is the one a JSON beside it records, so whatever moment a process is killed at (or a disk fills
+up, or a file is truncated later), :func:`find_good` finds a good checkpoint at most one interval old, and
+:func:`load_checkpoint` says so when it had to fall back."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +23,7 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.files import atomic_write_bytes
 
 CKPT_NAME = "last.safetensors"
+PREV_NAME = "prev.safetensors"
 
 
 def _optimizer_prefix(name: str) -> str:
@@ -45,22 +54,119 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], op
     if hasattr(generator, "host_state"):  # the run's host-side random.Random (dreamcore.rng.RunGenerator)
         meta["rng.host"] = generator.host_state()
     meta.update(extra or {})
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     data = save(tensors, metadata={"dreamcore": json.dumps(meta)})
-    atomic_write_bytes(ckpt_dir / CKPT_NAME, data)
-    atomic_write_bytes(ckpt_dir / "last.json", json.dumps(meta, indent=1).encode())
-    return ckpt_dir / CKPT_NAME
+    record = {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    last, tmp = ckpt_dir / CKPT_NAME, ckpt_dir / f".{CKPT_NAME}.tmp"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _write_durably(tmp, data)  # the whole new file first: a full disk fails here, nothing replaced yet
+        if _is_good(last, ckpt_dir / "last.json"):  # keep the current good pair as the fallback
+            os.replace(ckpt_dir / "last.json", ckpt_dir / "prev.json")
+            os.replace(last, ckpt_dir / PREV_NAME)
+        os.replace(tmp, last)
+        st = last.stat()
+        _DIGESTS[(str(last.resolve()), st.st_size, st.st_mtime_ns)] = record["sha256"]
+        atomic_write_bytes(ckpt_dir / "last.json", json.dumps(record, indent=1).encode())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        good = find_good(ckpt_dir)
+        kept = (f"the checkpoint of step {good[1]['step']} ({good[0].name}) is intact" if good
+                else "no earlier checkpoint exists")
+        why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise DreamcoreError(f"could not write the checkpoint of step {step} in {ckpt_dir}: {why}; {kept}. "
+                             "Free space (or fix the folder) and resume.") from None
+    return last
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) → SHA-256 of files this process wrote or read
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash_file(path)
+    return _DIGESTS[key]
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record(path: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and "sha256" in rec else None
+
+
+def _is_good(path: Path, record_path: Path) -> bool:
+    rec = _record(record_path)
+    return rec is not None and path.is_file() and path.stat().st_size == rec.get("bytes") and _sha256(path) == rec["sha256"]
+
+
+def find_good(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest good checkpoint (file, its record) in ``ckpt_dir``: a file whose SHA-256 one of the JSON
+    records beside it holds (either record matches either file, so every interleaving of a save is covered);
+    None when there is none. A checkpoint from before checksums (no ``sha256`` in ``last.json``) is taken as
+    good when it is the only one."""
+    records = [r for r in (_record(ckpt_dir / "last.json"), _record(ckpt_dir / "prev.json")) if r is not None]
+    found = []
+    for name in (CKPT_NAME, PREV_NAME):
+        path = ckpt_dir / name
+        if not path.is_file():
+            continue
+        size, digest = path.stat().st_size, None
+        for rec in records:
+            if rec.get("bytes") == size and (digest := digest or _sha256(path)) == rec["sha256"]:
+                found.append((path, rec))
+                break
+    if found:
+        return max(found, key=lambda pr: int(pr[1].get("step", -1)))
+    legacy = ckpt_dir / CKPT_NAME
+    if legacy.is_file() and not records and not (ckpt_dir / PREV_NAME).exists():
+        try:
+            return legacy, json.loads((ckpt_dir / "last.json").read_text())
+        except (OSError, ValueError):
+            return legacy, {}
+    return None
+
+
+def has_checkpoint(ckpt_dir: Path) -> bool:
+    """Whether ``ckpt_dir`` holds any checkpoint file (good or not: a resume then says what it found)."""
+    return (ckpt_dir / CKPT_NAME).is_file() or (ckpt_dir / PREV_NAME).is_file()
 
 
 def load_checkpoint(ckpt_dir: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
                     generator: torch.Generator | None,
                     extra_optimizers: dict[str, torch.optim.Optimizer] | None = None) -> dict[str, Any]:
-    """Restore what :func:`save_checkpoint` wrote; returns its metadata (``step`` etc.)."""
+    """Restore the newest good checkpoint (:func:`find_good`); returns its metadata (``step`` etc.), with
+    ``"recovered"`` set to a sentence for the user when ``last.safetensors`` was damaged and an older one used."""
     from safetensors import safe_open
 
-    path = ckpt_dir / CKPT_NAME
-    if not path.is_file():
+    if not has_checkpoint(ckpt_dir):
         raise DreamcoreError(f"no checkpoint in {ckpt_dir} (expected {CKPT_NAME}); nothing to resume")
+    good = find_good(ckpt_dir)
+    if good is None:
+        raise DreamcoreError(f"every checkpoint in {ckpt_dir} is damaged (its SHA-256 differs from the one recorded "
+                             "in last.json/prev.json, or the file is truncated); the run cannot be resumed")
+    path = good[0]
+    recovered = ""
+    if path.name != CKPT_NAME:
+        recovered = (f"{ckpt_dir / CKPT_NAME} is missing or damaged (truncated, or its SHA-256 is not the one "
+                     f"recorded); resuming from the previous checkpoint, step {good[1].get('step')}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["dreamcore"])
@@ -90,4 +196,6 @@ def load_checkpoint(ckpt_dir: Path, modules: dict[str, nn.Module], optimizer: to
         generator.set_state(tensors["rng.torch"])
         if "rng.host" in meta and hasattr(generator, "set_host_state"):
             generator.set_host_state(meta["rng.host"])
+    if recovered:
+        meta["recovered"] = recovered
     return meta

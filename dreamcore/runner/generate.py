@@ -49,6 +49,7 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     if not cfg.prompt.strip():
         raise DreamcoreError('the prompt is empty: pass it as `dreamcore generate "a red chair"` or prompt="..."')
     run = RunDir(Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg))
+    run.check_not_busy()  # another live process works in this folder: say who, before any work
     if run.has_checkpoint() and not resume:
         raise DreamcoreError(
             f"{run.path} already holds a run; resume it with `dreamcore generate --resume {run.path}` "
@@ -61,25 +62,29 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
             registry.lookup("prior", stage.prior.name).preflight(stage.prior)
     with collect_log("dreamcore.meshes") as notes:  # what the mesh readers said, for the run's log.txt
         trainer = Trainer(cfg, run, resume=resume)  # loads the prior and checkpoint: bad input fails before any write
-    run.write_config(cfg)
-    for note in notes:
-        run.log(f"mesh: {note}")
-    run.log(f"{'resume' if resume else 'start'}: prompt={cfg.prompt!r} steps={cfg.run.steps}")
-    announce(f"run folder: {run.path} (step {trainer.step}/{cfg.run.steps})")
-    trainer.fit()
-    trainer.validate()
-    t0 = time.perf_counter()
-    metrics = {"steps": trainer.step, "train_seconds": round(trainer.seconds, 1),
-               "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4),
-               **finish_run(trainer.system, cfg, run.path)}
-    metrics["finish_seconds"] = round(time.perf_counter() - t0, 1)
-    if refined_formats(cfg):  # the final asset comes from the refinement stage
+    with run.locked():  # one process per run folder (a second is refused, naming this one's PID)
+        run.write_config(cfg)
+        if trainer.recovered:
+            run.log(f"warning: {trainer.recovered}")
+            announce(f"warning: {trainer.recovered}")
+        for note in notes:
+            run.log(f"mesh: {note}")
+        run.log(f"{'resume' if resume else 'start'}: prompt={cfg.prompt!r} steps={cfg.run.steps}")
+        announce(f"run folder: {run.path} (step {trainer.step}/{cfg.run.steps})")
+        trainer.fit()
+        trainer.validate()
+        t0 = time.perf_counter()
+        metrics = {"steps": trainer.step, "train_seconds": round(trainer.seconds, 1),
+                   "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4),
+                   **finish_run(trainer.system, cfg, run.path)}
+        metrics["finish_seconds"] = round(time.perf_counter() - t0, 1)
+        if refined_formats(cfg):  # the final asset comes from the refinement stage
+            run.write_metrics(metrics)
+            run.log(f"stage 1 done; refinement stage {cfg.refine.config}")
+            del trainer
+            metrics = run_refinement(cfg, run.path, metrics, announce)
         run.write_metrics(metrics)
-        run.log(f"stage 1 done; refinement stage {cfg.refine.config}")
-        del trainer
-        metrics = run_refinement(cfg, run.path, metrics, announce)
-    run.write_metrics(metrics)
-    run.log("done: " + json.dumps({k: v for k, v in metrics.items() if k != "export"}))
+        run.log("done: " + json.dumps({k: v for k, v in metrics.items() if k != "export"}))
     return run.path
 
 

@@ -55,11 +55,15 @@ class Trainer:
         self.view_set = self._view_set()
         self.precision = Precision(cfg.run.precision, self.device)
         self.step = 0
+        self.recovered = ""
+        self._saved_step = -1  # the step whose state ckpt/last.safetensors holds, when this process knows it
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
         if resume:
             meta = checkpoint.load_checkpoint(run.ckpt_dir, self.system.trainable_modules(), self.optimizer,
                                               self.generator, self._extra_optimizers())
             self.step = int(meta["step"])
+            self.recovered = meta.get("recovered", "")  # a damaged last checkpoint: the user is told
+            self._saved_step = -1 if self.recovered else self.step
         self._stop_requested = False
         self.seconds = 0.0
 
@@ -95,7 +99,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
             if bar is not None:
                 bar.close()
-        self.save()
+        if self._saved_step != self.step:  # (saving the same state again would push the fallback out)
+            self.save()
         if self._stop_requested:
             from dreamcore.errors import DreamcoreError
 
@@ -193,6 +198,7 @@ class Trainer:
         self.check_finite()
         checkpoint.save_checkpoint(self.run.ckpt_dir, self.step, self.system.trainable_modules(), self.optimizer,
                                    self.generator, {"seconds": self.seconds}, self._extra_optimizers())
+        self._saved_step = self.step
 
     def _extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         extra = getattr(self.system, "extra_optimizers", None)
