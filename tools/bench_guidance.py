@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from dreamcore import registry  # noqa: E402
 from dreamcore.config import load_config  # noqa: E402
+from dreamcore.errors import DreamcoreError  # noqa: E402
 from dreamcore.runner.generate import generate  # noqa: E402
 
 # per-method settings on the reference prior (see the module docstring)
@@ -44,6 +46,19 @@ METHOD_OVERRIDES = {
     "nfsd": ["guidance.guidance_scale=1.0"],
     "sdi": ["guidance.guidance_scale=1.0", "guidance.inversion_guidance_scale=1.0"],
     "csd": [],
+    # wave 2 (issue 14): ω = 1 wherever ω multiplies an exact conditional; asd-async keeps its official ω (at
+    # ω = 1 its classifier term, (ω − 1)(ε_y − ε_∅), vanishes); bsd has no ω
+    "stein": ["guidance.guidance_scale=1.0"],
+    "asd-async": [],
+    "bsd": [],
+    # reward: the reference prior's one-step x̂_0 at ω = 1 is exact, so the official 15 DDIM steps to the scored image
+    # only add 30 prior calls per noise; score x̂_0 directly
+    "reward": ["guidance.guidance_scale=1.0", "guidance.reward.ddim_steps=0"],
+    "cds": ["guidance.guidance_scale=1.0"],
+    "cfd": ["guidance.guidance_scale=1.0"],
+    "gcs": ["guidance.guidance_scale=1.0"],
+    "asd-adv": ["guidance.guidance_scale=1.0"],
+    "coupled": ["guidance.guidance_scale=1.0", "guidance.mv_guidance_scale=1.0"],
 }
 COMMON = ["run.progress=false", "run.val_every=0", "run.checkpoint_every=0"]
 EXPORT = ["export.formats=[glb]", "export.resolution=128", "export.texture_size=512", "export.target_faces=20000"]
@@ -71,9 +86,20 @@ def second_object(path: Path) -> Path:
 
 
 def run(name: str, overrides: list[str], out_dir: Path) -> dict:
+    """One run's metrics.json (a finished run in ``out_dir`` is reused); a run that fails is a row with its error
+    and the s/step its log last reported, not the end of the benchmark."""
+    if (out_dir / "metrics.json").is_file():
+        m = json.loads((out_dir / "metrics.json").read_text())
+        print(f"  {name}: reused {out_dir}", flush=True)
+        return m
     cfg = load_config(ROOT / "configs" / "reference-nerf.yaml", overrides + [f"run.dir={out_dir}"])
     t0 = time.perf_counter()
-    generate(cfg, announce=lambda *_: None)
+    try:
+        generate(cfg, resume=(out_dir / "ckpt").is_dir(), announce=lambda *_: None)
+    except DreamcoreError as e:
+        logged = re.findall(r"s/step=([0-9.]+)", (out_dir / "log.txt").read_text()) if out_dir.is_dir() else []
+        print(f"  {name}: FAILED: {e}", flush=True)
+        return {"error": str(e), "seconds_per_step": float(logged[-1]) if logged else float("nan")}
     m = json.loads((out_dir / "metrics.json").read_text())
     m["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"  {name}: {json.dumps({k: v for k, v in m.items() if k != 'export'})}", flush=True)
@@ -103,18 +129,24 @@ def diversity(methods: list[str], args, work: Path) -> list[dict]:
                  f"run.steps={args.diversity_steps}", f"run.seed={seed}", f"prior.reference.mesh={args.mesh}",
                  f"prior.reference.extra_meshes=[{other}]", f"run.threads={args.threads}", "eval.views=8"]
             m = run(f"{name} seed {seed}", o, work / "diversity" / f"{name}-{seed}")
+            sec.append(m["seconds_per_step"])
+            if "error" in m:
+                modes.append(-1)
+                continue
             per_object = m["scene_psnr_objects"]
             k = max(range(len(per_object)), key=per_object.__getitem__)
             modes.append(k)
             best.append(per_object[k])
-            sec.append(m["seconds_per_step"])
-        rows.append({"method": name, "modes": len(set(modes)), "objects": modes,
-                     "best_psnr": round(statistics.mean(best), 2), "seconds_per_step": round(statistics.mean(sec), 4)})
+        rows.append({"method": name, "modes": len(set(modes) - {-1}), "objects": modes,
+                     "best_psnr": round(statistics.mean(best), 2) if best else float("nan"),
+                     "seconds_per_step": round(statistics.mean(sec), 4)})
     return rows
 
 
 def markdown(recon: list[dict], div: list[dict], args) -> str:
-    lines = [f"# Guidance benchmark (reference prior, NeRF)\n",
+    lines = [f"# Guidance benchmark (reference prior, NeRF)\n"]
+    if recon:
+        lines += [
              f"Reconstruction of `{args.mesh}`, {args.steps} steps per method; 16 held-out views at 64×64 "
              f"(their own seed). s/step is measured in this run; compare ratios.\n",
              "| guidance | scene PSNR | scene IoU | GLB PSNR | GLB IoU | GLB Chamfer | s/step | × SDS |",
@@ -122,6 +154,10 @@ def markdown(recon: list[dict], div: list[dict], args) -> str:
     sds = next((r["seconds_per_step"] for r in recon if r["method"] == "sds"), None)
     for r in recon:
         ratio = f"{r['seconds_per_step'] / sds:.2f}" if sds else "–"
+        if "error" in r:
+            lines.append(f"| `{r['method']}` | failed: {r['error'].split(':')[0]} | | | | | "
+                         f"{r['seconds_per_step']:.3f} | {ratio} |")
+            continue
         lines.append(f"| `{r['method']}` | {r.get('scene_psnr', float('nan')):.2f} | {r.get('scene_iou', 0):.3f} | "
                      f"{r.get('glb_psnr', float('nan')):.2f} | {r.get('glb_iou', 0):.3f} | "
                      f"{100 * r.get('glb_chamfer_rel', float('nan')):.2f} % | {r['seconds_per_step']:.3f} | {ratio} |")
@@ -130,10 +166,14 @@ def markdown(recon: list[dict], div: list[dict], args) -> str:
                   f"{args.seeds} seeds × {args.diversity_steps} steps at 32×32. modes = distinct objects reached; "
                   "best PSNR = mean over seeds of the PSNR to the object each scene matches best (a blend of both "
                   "scores low against either).\n",
-                  "| guidance | modes | object per seed | best-object PSNR | s/step |", "|---|---|---|---|---|"]
+                  "(object −1: the run failed.)\n",
+                  "| guidance | modes | object per seed | best-object PSNR | s/step | × SDS |",
+                  "|---|---|---|---|---|---|"]
+        sds_div = next((r["seconds_per_step"] for r in div if r["method"] == "sds"), None)
         for r in div:
+            ratio = f"{r['seconds_per_step'] / sds_div:.2f}" if sds_div else "–"
             lines.append(f"| `{r['method']}` | {r['modes']}/2 | {r['objects']} | {r['best_psnr']:.2f} | "
-                         f"{r['seconds_per_step']:.3f} |")
+                         f"{r['seconds_per_step']:.3f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +186,8 @@ def main() -> None:
     ap.add_argument("--diversity-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-diversity", action="store_true")
+    ap.add_argument("--no-reconstruction", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="delete --work first (otherwise finished runs are reused)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the tool, not the methods")
     ap.add_argument("--work", default="bench/guidance-runs")
     ap.add_argument("--out", default="bench/guidance.md")
@@ -154,12 +196,12 @@ def main() -> None:
         args.steps, args.seeds, args.diversity_steps = 20, 2, 10
     methods = [m for m in args.methods.split(",") if m] or registry.names("guidance")
     work = Path(args.work)
-    if work.exists():
+    if work.exists() and args.fresh:
         import shutil
 
         shutil.rmtree(work)
-    print("reconstruction", flush=True)
-    recon = reconstruction(methods, args, work)
+    recon = [] if args.no_reconstruction else (print("reconstruction", flush=True),
+                                               reconstruction(methods, args, work))[1]
     div = [] if args.no_diversity else (print("diversity", flush=True), diversity(methods, args, work))[1]
     text = markdown(recon, div, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,14 @@ from dreamcore.files import resolve_path  # noqa: E402
 PRIORS = ("learned", "reference")
 FLOORS = {"glb_iou": 0.80, "glb_psnr": 18.0, "glb_janus": 0.20, "seconds": 600.0}
 # per-guidance settings when a recipe runs a method other than its own (the rest are the method's defaults)
-GUIDANCE_OVERRIDES: dict[str, list[str]] = {}
+# ω = 7.5 — the recipes' own, what the tiny prior's CFG is tuned for — where a method's official ω was set for SD
+# at threestudio's 100 (stein: DreamFusion's; cds, cfd, reward: their repos' SD values)
+GUIDANCE_OVERRIDES: dict[str, list[str]] = {
+    m: ["guidance.guidance_scale=7.5"] for m in ("stein", "cds", "cfd", "reward")}
+# reward: no CLIP weights here and the similarity reward needs the reference prior, so the row runs the linear probe
+# reward on the one-step x̂_0 — it measures the method's cost and that ranking N noises keeps the run healthy, not
+# what a learned reward buys
+GUIDANCE_OVERRIDES["reward"] += ["guidance.reward.model.name=linear", "guidance.reward.ddim_steps=0"]
 COMMON = ["run.progress=false", "run.val_every=0", "export.formats=[glb]"]
 QUICK = ["run.steps=6", "run.checkpoint_every=0", "camera.batch_size=1", "eval.views=4", "eval.resolution=32",
          "eval.janus_views=4", "export.resolution=48", "export.texture_size=64"]
