@@ -73,7 +73,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dreamcore.cameras import sample_orbit  # noqa: E402
-from dreamcore.files import resolve_path  # noqa: E402
+from dreamcore.files import resolve_path, sha256_file  # noqa: E402
 from dreamcore.meshes.io import load_mesh, normalize  # noqa: E402
 from dreamcore.meshes.render import render_mesh  # noqa: E402
 
@@ -158,15 +158,6 @@ def subseed(seed: int, name: str) -> int:
 def generator(seed: int, name: str) -> torch.Generator:
     """A CPU generator for the named stream."""
     return torch.Generator().manual_seed(subseed(seed, name))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_object(spec: str) -> ObjectSpec:

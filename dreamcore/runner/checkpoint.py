@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dreamcore.errors import DreamcoreError
-from dreamcore.files import atomic_write_bytes
+from dreamcore.files import atomic_write_bytes, sha256_file
 
 CKPT_NAME = "last.safetensors"
 PREV_NAME = "prev.safetensors"
@@ -92,16 +92,8 @@ def _sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        _DIGESTS[key] = _hash_file(path)
+        _DIGESTS[key] = sha256_file(path)
     return _DIGESTS[key]
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _record(path: Path) -> dict[str, Any] | None:
