@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from dreamcore.errors import DreamcoreError
+from dreamcore.errors import DreamcoreError, storage_problem
 
 def _split(args: list[str]) -> tuple[list[str], list[str]]:
     """Positional words that are not key=value (the prompt) and the overrides."""
@@ -145,16 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreamcore: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in _STORAGE_ERRORS:
+        problem = storage_problem(e)
+        if problem is None:
             raise
         where = f" {e.filename}" if e.filename else ""
-        print(f"dreamcore: error: could not write{where}: {_STORAGE_ERRORS[e.errno]}; what the run had saved "
+        print(f"dreamcore: error: could not write{where}: {problem}; what the run had saved "
               "before (its checkpoints) is kept. Fix the storage and resume.", file=sys.stderr)
         return 2
-
-
-_STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
-                   errno.EROFS: "the file system is read-only", errno.EIO: "an input/output error of the storage"}
 
 
 if __name__ == "__main__":

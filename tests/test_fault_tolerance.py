@@ -101,14 +101,14 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_clearly(tmp_path, r
         path.write_bytes(data[: len(data) // 3])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "_write_durably", no_space)
+    monkeypatch.setattr(checkpoint, "write_durably", no_space)
     with pytest.raises(DreamcoreError, match=r"checkpoint of step 5 .*no space left on the device; the "
                                              r"checkpoint of step 4 \(last.safetensors\) is intact"):
         trainer.save()
     monkeypatch.undo()
     assert files_of(run / "ckpt") == before  # nothing replaced, no temporary file left behind
     # through the whole loop: the run stops at its first checkpoint with the same error, then resumes exactly
-    monkeypatch.setattr(checkpoint, "_write_durably", no_space)
+    monkeypatch.setattr(checkpoint, "write_durably", no_space)
     with pytest.raises(DreamcoreError, match="no space left"):
         generate(resume_config(run, ["run.steps=6"]), resume=True, **quiet)
     monkeypatch.undo()

@@ -9,7 +9,6 @@ up, or a file is truncated later), :func:`find_good` finds a good checkpoint at 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -19,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dreamcore.errors import DreamcoreError
-from dreamcore.files import atomic_write_bytes, sha256_file
+from dreamcore.errors import DreamcoreError, storage_problem
+from dreamcore.files import atomic_write_bytes, sha256_file, write_durably
 
 CKPT_NAME = "last.safetensors"
 PREV_NAME = "prev.safetensors"
@@ -59,7 +58,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], op
     last, tmp = ckpt_dir / CKPT_NAME, ckpt_dir / f".{CKPT_NAME}.tmp"
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _write_durably(tmp, data)  # the whole new file first: a full disk fails here, nothing replaced yet
+        write_durably(tmp, data)  # the whole new file first: a full disk fails here, nothing replaced yet
         if _is_good(last, ckpt_dir / "last.json"):  # keep the current good pair as the fallback
             os.replace(ckpt_dir / "last.json", ckpt_dir / "prev.json")
             os.replace(last, ckpt_dir / PREV_NAME)
@@ -72,17 +71,10 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], op
         good = find_good(ckpt_dir)
         kept = (f"the checkpoint of step {good[1]['step']} ({good[0].name}) is intact" if good
                 else "no earlier checkpoint exists")
-        why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        why = storage_problem(e) or e.strerror or str(e)
         raise DreamcoreError(f"could not write the checkpoint of step {step} in {ckpt_dir}: {why}; {kept}. "
                              "Free space (or fix the folder) and resume.") from None
     return last
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) → SHA-256 of files this process wrote or read
@@ -104,9 +96,14 @@ def _record(path: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and "sha256" in rec else None
 
 
+def _matches(path: Path, rec: dict[str, Any]) -> bool:
+    """Whether ``path`` is the file record ``rec`` describes (size first: a truncated file costs no hashing)."""
+    return path.is_file() and path.stat().st_size == rec.get("bytes") and _sha256(path) == rec["sha256"]
+
+
 def _is_good(path: Path, record_path: Path) -> bool:
     rec = _record(record_path)
-    return rec is not None and path.is_file() and path.stat().st_size == rec.get("bytes") and _sha256(path) == rec["sha256"]
+    return rec is not None and _matches(path, rec)
 
 
 def find_good(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -116,15 +113,10 @@ def find_good(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     good when it is the only one."""
     records = [r for r in (_record(ckpt_dir / "last.json"), _record(ckpt_dir / "prev.json")) if r is not None]
     found = []
-    for name in (CKPT_NAME, PREV_NAME):
-        path = ckpt_dir / name
-        if not path.is_file():
-            continue
-        size, digest = path.stat().st_size, None
-        for rec in records:
-            if rec.get("bytes") == size and (digest := digest or _sha256(path)) == rec["sha256"]:
-                found.append((path, rec))
-                break
+    for path in (ckpt_dir / CKPT_NAME, ckpt_dir / PREV_NAME):
+        rec = next((r for r in records if _matches(path, r)), None)  # (digests are cached per file)
+        if rec is not None:
+            found.append((path, rec))
     if found:
         return max(found, key=lambda pr: int(pr[1].get("step", -1)))
     legacy = ckpt_dir / CKPT_NAME
