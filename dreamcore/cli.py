@@ -1,4 +1,4 @@
-"""Command line: ``dreamcore generate|demo|export|list``. User errors print one line and exit 2."""
+"""Command line: ``dreamcore generate|demo|export|batch|list``. User errors print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -75,6 +75,34 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(ns: argparse.Namespace) -> int:
+    """Many prompts, one run folder each under ``--out``; the same command again (or ``--resume DIR``) skips
+    finished jobs and resumes unfinished ones. Exit status 1 when a job failed (batch.md says why)."""
+    from dreamcore.batch.driver import make_spec, resume_spec, run_batch
+    from dreamcore.batch.jobs import parse_seeds
+
+    options = {"backend": ns.backend, "ray_address": ns.ray_address, "gpus_per_job": ns.gpus_per_job,
+               "cpus_per_job": ns.cpus_per_job, "retries": ns.retries}
+    words, overrides = _split(ns.args)
+    if ns.resume:
+        if words or overrides or ns.config or ns.seeds or ns.out:
+            raise DreamcoreError("--resume DIR takes the batch from its folder: give only backend options with it")
+        out, spec = Path(ns.resume), resume_spec(Path(ns.resume), options)
+    else:
+        if len(words) != 1:
+            raise DreamcoreError("dreamcore batch takes one PROMPTS file (one prompt a line, or JSONL), "
+                                 f"then key=value overrides; got {words or 'none'}")
+        if not ns.out:
+            raise DreamcoreError("dreamcore batch needs --out DIR, the folder that holds the batch's run folders")
+        if any(o.split("=", 1)[0] in ("run.dir", "prompt", "run.seed") for o in overrides):
+            raise DreamcoreError("run.dir, prompt and run.seed are set per job by the batch (use --out, the "
+                                 "prompt file and --seeds)")
+        out = Path(ns.out)
+        spec = make_spec(words[0], ns.config or "dreamfusion", overrides, parse_seeds(ns.seeds), options)
+    summary = run_batch(spec, out)
+    return 0 if summary["failed"] == 0 else 1
+
+
 def cmd_list(ns: argparse.Namespace) -> int:  # noqa: ARG001
     from dreamcore import registry
 
@@ -108,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("args", nargs="*")
     e.set_defaults(func=cmd_export)
+    b = sub.add_parser("batch", help="many prompts, one run folder each (local processes or a Ray cluster)")
+    b.add_argument("args", nargs="*", help="PROMPTS file (text, or JSONL with prompt/seed/overrides), then key=value")
+    b.add_argument("--config", "-c", help="YAML config of every job (a path, or a name from configs/)")
+    b.add_argument("--out", "-o", help="the batch folder (on storage every node sees, for a cluster)")
+    b.add_argument("--seeds", help="comma-separated seeds: every prompt runs once per seed")
+    b.add_argument("--resume", metavar="DIR", help="continue the batch in DIR from its folder alone")
+    b.add_argument("--backend", choices=["local", "ray"], default=None, help="local processes (default) or Ray")
+    b.add_argument("--ray-address", default=None, help="auto or HOST:PORT of a running cluster (default: a new "
+                   "local one)")
+    b.add_argument("--gpus-per-job", type=float, default=None, help="GPUs each job asks for (default 1)")
+    b.add_argument("--cpus-per-job", type=int, default=None, help="CPU threads each job uses (default: all)")
+    b.add_argument("--retries", type=int, default=None, help="re-runs of a job whose process or node was lost "
+                   "(default 3; a job's own error is not retried)")
+    b.set_defaults(func=cmd_batch)
     ls = sub.add_parser("list", help="list registered components")
     ls.set_defaults(func=cmd_list)
     return p

@@ -27,6 +27,10 @@ except ImportError:  # not POSIX: no lock (documented)
 LOCK_NAME = ".lock"
 
 
+class RunBusyError(DreamcoreError):
+    """Another live process holds the run folder's lock."""
+
+
 def default_run_dir(cfg: Config) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", cfg.prompt.lower()).strip("-")[:40] or "run"
     return Path("runs") / f"{cfg.system.name}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -70,7 +74,7 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise DreamcoreError(self._busy(_holder_text(os.pread(fd, 256, 0).decode(errors="replace")))) from None
+                raise RunBusyError(self._busy(_holder_text(os.pread(fd, 256, 0).decode(errors="replace")))) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                       "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
@@ -82,7 +86,7 @@ class RunDir:
         """Fail now, before any work, when another live process holds this folder."""
         holder = self.lock_holder()
         if holder:
-            raise DreamcoreError(self._busy(holder))
+            raise RunBusyError(self._busy(holder))
 
     def _busy(self, holder: str) -> str:
         return (f"{self.path} is in use by {holder} (lock file {self.path / LOCK_NAME}); wait for that run to end, "

@@ -1,0 +1,154 @@
+"""A batch's jobs: the prompt file (text or JSONL) times the seeds, each merged into one config and named
+``<slug>-<hash>`` by the hash of its prompt, seed and merged config, so the name finds the job's run folder
+again in a later invocation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dreamcore.config import Config, config_path, load_config, to_tree
+from dreamcore.errors import DreamcoreError
+
+SPEC_NAME = "batch-spec.json"
+# run settings that do not change what a job computes: they stay out of the job's hash
+UNHASHED_RUN_KEYS = ("dir", "progress", "threads")
+
+
+@dataclass
+class Job:
+    """One prompt and seed of a batch, with everything a worker needs to run it (plain data: it crosses
+    process and machine boundaries)."""
+
+    name: str
+    prompt: str
+    seed: int
+    config: str  # the config file, resolved to a path
+    overrides: list[str] = field(default_factory=list)  # the batch's, then the prompt line's own
+    dir: str = ""  # the run folder, ``<batch dir>/<name>``
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def load(self) -> Config:
+        """The job's merged config (its run folder set, progress bars off)."""
+        cfg = load_config(self.config, self.config_overrides())
+        cfg.run.dir = self.dir
+        cfg.run.progress = False
+        return cfg
+
+    def config_overrides(self) -> list[str]:
+        return [*self.overrides, f"prompt={self.prompt}", f"run.seed={self.seed}"]
+
+
+@dataclass
+class Line:
+    prompt: str
+    seed: int | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def read_prompts(path: str | Path) -> list[Line]:
+    """One prompt a line (``#`` comments and blank lines skipped), or JSONL objects
+    ``{"prompt": ..., "seed": ..., "overrides": [...]}`` (a file whose first entry starts with ``{``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DreamcoreError(f"prompt file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DreamcoreError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1)]
+    lines = [(n, s) for n, s in lines if s and not s.startswith("#")]
+    if not lines:
+        raise DreamcoreError(f"prompt file {path} holds no prompts")
+    if not lines[0][1].startswith("{"):
+        return [Line(s) for _, s in lines]
+    return [_json_line(path, n, s) for n, s in lines]
+
+
+def _json_line(path: Path, n: int, text: str) -> Line:
+    where = f"{path} line {n}"
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DreamcoreError(f"{where} is not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(rec, dict):
+        raise DreamcoreError(f"{where} must be a JSON object with a \"prompt\", got {type(rec).__name__}")
+    unknown = set(rec) - {"prompt", "seed", "overrides"}
+    if unknown:
+        raise DreamcoreError(f"{where}: unknown keys {sorted(unknown)} (allowed: prompt, seed, overrides)")
+    prompt, seed, overrides = rec.get("prompt"), rec.get("seed"), rec.get("overrides", [])
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DreamcoreError(f"{where}: \"prompt\" must be a non-empty string")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise DreamcoreError(f"{where}: \"seed\" must be an integer, got {seed!r}")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise DreamcoreError(f"{where}: \"overrides\" must be a list of \"key=value\" strings")
+    return Line(prompt.strip(), seed, list(overrides))
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise DreamcoreError(f"--seeds takes comma-separated integers (e.g. 0,1,2), got {text!r}") from None
+    if not seeds:
+        raise DreamcoreError("--seeds names no seed")
+    return seeds
+
+
+def slug(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-") or "job"
+
+
+def job_hash(cfg: Config) -> str:
+    """SHA-256 (first 10 hex digits) of the merged config without the settings in UNHASHED_RUN_KEYS; the
+    prompt and seed are part of it."""
+    tree = to_tree(cfg)
+    for key in UNHASHED_RUN_KEYS:
+        tree["run"].pop(key, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def expand_jobs(prompts: list[Line], config: str, overrides: list[str], seeds: list[int] | None,
+                out: str | Path) -> list[Job]:
+    """Every prompt line × seed as a job; each config is merged (and so checked) now, before any work.
+    A line's own seed is used when ``seeds`` is not given; else seed 0. Repeated jobs run once."""
+    path = str(config_path(config).resolve())
+    jobs: dict[str, Job] = {}
+    for line in prompts:
+        for seed in (seeds if seeds is not None else [line.seed if line.seed is not None else 0]):
+            job = Job("", line.prompt, seed, path, [*overrides, *line.overrides])
+            try:
+                cfg = load_config(path, job.config_overrides())
+            except DreamcoreError as e:
+                raise DreamcoreError(f"prompt {line.prompt!r} (seed {seed}): {e}") from None
+            job.name = f"{slug(line.prompt)}-{job_hash(cfg)}"
+            job.dir = str(Path(out) / job.name)
+            jobs.setdefault(job.name, job)
+    return list(jobs.values())
+
+
+def write_spec(out: Path, spec: dict) -> None:
+    from dreamcore.files import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / SPEC_NAME, json.dumps(spec, indent=2).encode())
+
+
+def read_spec(out: Path) -> dict:
+    path = Path(out) / SPEC_NAME
+    if not path.is_file():
+        raise DreamcoreError(f"{out} is not a dreamcore batch folder (no {SPEC_NAME})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DreamcoreError(f"{path} is damaged ({e.msg}); run the original `dreamcore batch` command again") from None
+
+

@@ -1,0 +1,208 @@
+"""``dreamcore batch`` on the local backend: prompt files, job folders named by their content, reports, skipping
+finished jobs, deterministic failures reported once, and jobs that end identical after a worker or the driver
+is killed. (Ray: tests/test_batch_ray.py.)"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreamcore.batch.jobs import expand_jobs, read_prompts, read_spec
+from dreamcore.batch.report import contact_sheet, markdown
+from dreamcore.batch.worker import attempts, run_job
+from dreamcore.cli import main
+from dreamcore.errors import DreamcoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import batch_faults  # noqa: E402
+
+TINY = batch_faults.TINY + batch_faults.SHORT
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def batch(tmp_path: Path, prompts: Path, *extra: str, out: str = "B") -> int:
+    return main(["batch", str(prompts), "--config", "reference-nerf", *TINY, "--out", str(tmp_path / out), *extra])
+
+
+# --- prompt files and job names ---------------------------------------------------------------------------------
+
+def test_prompt_files_text_and_jsonl(tmp_path):
+    text = read_prompts(write(tmp_path / "p.txt", "# props\n a red chair \n\na blue car\n"))
+    assert [x.prompt for x in text] == ["a red chair", "a blue car"] and text[0].seed is None
+    jl = read_prompts(write(tmp_path / "p.jsonl", '{"prompt": "a lamp", "seed": 7, "overrides": ["run.steps=3"]}\n'
+                                                  '{"prompt": "a mug"}\n'))
+    assert (jl[0].prompt, jl[0].seed, jl[0].overrides) == ("a lamp", 7, ["run.steps=3"])
+    assert (jl[1].seed, jl[1].overrides) == (None, [])
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"prompt": "a", "sed": 1}', "unknown keys \\['sed'\\]"),
+    ('{"prompt": "a", "seed": "one"}', '"seed" must be an integer'),
+    ('{"prompt": ""}', '"prompt" must be a non-empty string'),
+    ('{"prompt": "a", "overrides": "run.steps=3"}', '"overrides" must be a list'),
+    ('{"prompt": "a"', "line 1 is not JSON"),
+])
+def test_bad_prompt_lines_are_named(tmp_path, line, problem):
+    with pytest.raises(DreamcoreError, match=problem):
+        read_prompts(write(tmp_path / "p.jsonl", line + "\n"))
+
+
+def test_empty_or_missing_prompt_files(tmp_path):
+    with pytest.raises(DreamcoreError, match="holds no prompts"):
+        read_prompts(write(tmp_path / "p.txt", "# nothing\n\n"))
+    with pytest.raises(DreamcoreError, match="does not exist"):
+        read_prompts(tmp_path / "none.txt")
+
+
+def test_job_names_follow_prompt_seed_and_config(tmp_path):
+    lines = read_prompts(write(tmp_path / "p.txt", "a red chair\na red chair\n"))
+    a = expand_jobs(lines, "reference-nerf", TINY, [0, 1], tmp_path)
+    assert len(a) == 2  # the repeated line runs once per seed
+    assert a[0].name.startswith("a-red-chair-") and a[0].name != a[1].name
+    again = expand_jobs(lines, "reference-nerf", TINY, [0, 1], tmp_path / "elsewhere")
+    assert [j.name for j in again] == [j.name for j in a]  # the folder does not change the name
+    threads = expand_jobs(lines, "reference-nerf", TINY + ["run.threads=1", "run.progress=false"], [0, 1], tmp_path)
+    assert [j.name for j in threads] == [j.name for j in a]  # nor do settings that do not change the result
+    other = expand_jobs(lines, "reference-nerf", TINY + ["run.steps=7"], [0, 1], tmp_path)
+    assert not {j.name for j in other} & {j.name for j in a}
+
+
+def test_a_bad_override_fails_before_any_work(tmp_path, capsys):
+    prompts = write(tmp_path / "p.txt", "a chair\n")
+    assert batch(tmp_path, prompts, "run.stpes=3") == 2
+    assert "stpes" in capsys.readouterr().err
+    assert not (tmp_path / "B").exists()
+    assert batch(tmp_path, prompts, "run.dir=x") == 2  # set per job by the batch
+    assert main(["batch", str(prompts), "--config", "reference-nerf"]) == 2  # no --out
+    assert "needs --out" in capsys.readouterr().err
+
+
+# --- a local batch ----------------------------------------------------------------------------------------------
+
+def test_local_batch_reports_skips_finished_jobs_and_resumes_from_the_folder(tmp_path, capsys):
+    prompts = write(tmp_path / "p.jsonl", '{"prompt": "a red robot", "seed": 3}\n'
+                                          '{"prompt": "a blue car", "overrides": ["run.val_every=3"]}\n')
+    assert batch(tmp_path, prompts) == 0
+    out = tmp_path / "B"
+    report = json.loads((out / "batch.json").read_text())
+    jobs = report["jobs"]
+    assert [(j["prompt"], j["seed"], j["status"]) for j in jobs] == [("a red robot", 3, "done"),
+                                                                       ("a blue car", 0, "done")]
+    for j in jobs:
+        assert Path(j["dir"]).parent == out and (Path(j["dir"]) / "metrics.json").is_file()
+        assert j["steps"] == 6 and j["metrics"]["scene_psnr"] > 0 and j["attempts"] == 1
+    md = (out / "batch.md").read_text()
+    assert "| job | prompt | seed | status |" in md and "a blue car" in md and "scene_psnr" in md
+    sheet = Image.open(out / "batch.png")
+    assert sheet.size[0] >= 2 * 192
+    err = capsys.readouterr().out
+    assert "batch: 2/2 done, 0 running, 0 failed, 0 queued" in err
+
+    # the same command again: nothing reruns
+    before = [attempts_of(out, j["name"]) for j in jobs]
+    assert batch(tmp_path, prompts) == 0
+    again = json.loads((out / "batch.json").read_text())["jobs"]
+    assert all(j["skipped"] for j in again)
+    assert [attempts_of(out, j["name"]) for j in jobs] == before
+    # a job whose folder is gone reruns, from the folder alone
+    import shutil
+
+    shutil.rmtree(jobs[0]["dir"])
+    assert main(["batch", "--resume", str(out)]) == 0
+    third = {j["name"]: j for j in json.loads((out / "batch.json").read_text())["jobs"]}
+    assert not third[jobs[0]["name"]].get("skipped") and third[jobs[1]["name"]]["skipped"]
+    assert read_spec(out)["config"] == "reference-nerf"
+
+
+def attempts_of(out: Path, name: str) -> int:
+    return len((out / ".batch" / "attempts" / f"{name}.log").read_text().splitlines())
+
+
+def test_a_job_that_fails_on_its_input_is_reported_once_and_the_rest_finish(tmp_path):
+    prompts = write(tmp_path / "p.jsonl", '{"prompt": "a chair", "overrides": ["prior.reference.mesh=nope.glb"]}\n'
+                                          '{"prompt": "a table"}\n')
+    assert batch(tmp_path, prompts, "--retries", "3") == 1  # some job failed
+    jobs = {j["prompt"]: j for j in json.loads((tmp_path / "B" / "batch.json").read_text())["jobs"]}
+    bad = jobs["a chair"]
+    assert bad["status"] == "failed" and "nope.glb" in bad["error"] and bad["attempts"] == 1  # not retried
+    assert jobs["a table"]["status"] == "done"
+    assert "nope.glb" in (tmp_path / "B" / "batch.md").read_text()
+
+
+def test_run_job_records_its_result_and_is_idempotent(tmp_path):
+    (job,) = expand_jobs(read_prompts(write(tmp_path / "p.txt", "a cup\n")), "reference-nerf", TINY, None,
+                         tmp_path / "B")
+    first = run_job(job)
+    assert first["status"] == "done" and attempts(job) == 1
+    second = run_job(job)
+    assert second["skipped"] and attempts(job) == 1
+
+
+def test_contact_sheet_shows_each_job_with_its_prompt(tmp_path):
+    run = tmp_path / "job"
+    (run / "val").mkdir(parents=True)
+    Image.new("RGB", (64, 32), (255, 0, 0)).save(run / "val" / "step-000010.png")
+    records = [{"name": "a", "prompt": "a red thing", "seed": 0, "dir": str(run), "status": "done"},
+               {"name": "b", "prompt": "a broken thing", "seed": 1, "dir": str(tmp_path / "none"),
+                "status": "failed", "error": "bad mesh"}]
+    import io
+
+    sheet = Image.open(io.BytesIO(contact_sheet(records))).convert("RGB")
+    assert sheet.size == (2 * 192, 192 + 56)
+    assert sheet.getpixel((96, 96)) == (255, 0, 0)  # the validation image, fitted into its tile
+    assert sheet.getpixel((192 + 20, 20)) == (225, 225, 225)  # the failed job's grey tile
+    md = markdown(records, {"out": "B"})
+    assert "bad mesh" in md and "| a | a red thing | 0 | done |" in md
+
+
+# --- faults ---------------------------------------------------------------------------------------------------
+
+def test_a_killed_job_process_is_retried_and_ends_identical(tmp_path):
+    res = batch_faults.local_worker_kill(tmp_path)
+    assert res["rc"] == 0
+    killed = res["jobs"][res["kill"]["job"]]
+    assert killed["attempts"] == 2 and killed["resumed_from"] >= res["kill"]["step_at_kill"]  # ≤ 1 interval lost
+    assert all(j["status"] == "done" and j["identical"] for j in res["jobs"].values()), res
+
+
+def test_a_killed_driver_stops_its_jobs_and_the_same_command_resumes(tmp_path):
+    refs = batch_faults.references(tmp_path, batch_faults.LONG)
+    out = tmp_path / "batch"
+    cmd = [sys.executable, "-m", "dreamcore.cli", *batch_faults.batch_args(tmp_path, out, batch_faults.LONG)]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = batch_faults.wait_for_step(batch_faults.job_dirs(out), 4)
+    worker = json.loads((d / ".lock").read_text())["pid"]
+    step = batch_faults.checkpoint_step(d)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    for _ in range(100):  # the job process dies with its driver
+        if not batch_faults._alive(worker):
+            break
+        time.sleep(0.05)
+    assert not batch_faults._alive(worker)
+    assert subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL) == 0
+    rows = batch_faults.compare(out, refs)
+    assert rows[d.name]["resumed_from"] >= step
+    assert all(r["status"] == "done" and r["identical"] for r in rows.values()), rows
+
+
+def test_core_code_never_imports_ray():
+    for path in (ROOT / "dreamcore").rglob("*.py"):
+        if path.name != "ray_backend.py":
+            text = path.read_text()
+            assert "import ray" not in text and "from ray" not in text, path
+    code = "import sys, dreamcore.cli, dreamcore.batch.driver, dreamcore.batch.local; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "False"
