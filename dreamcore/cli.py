@@ -78,7 +78,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_batch(ns: argparse.Namespace) -> int:
     """Many prompts, one run folder each under ``--out``; the same command again (or ``--resume DIR``) skips
     finished jobs and resumes unfinished ones. Exit status 1 when a job failed (batch.md says why)."""
-    from dreamcore.batch.driver import make_spec, resume_spec, run_batch
+    from dreamcore.batch.driver import make_spec, parse_shard, resume_spec, run_batch
     from dreamcore.batch.jobs import parse_seeds
 
     options = {"backend": ns.backend, "ray_address": ns.ray_address, "gpus_per_job": ns.gpus_per_job,
@@ -99,7 +99,7 @@ def cmd_batch(ns: argparse.Namespace) -> int:
                                  "prompt file and --seeds)")
         out = Path(ns.out)
         spec = make_spec(words[0], ns.config or "dreamfusion", overrides, parse_seeds(ns.seeds), options)
-    summary = run_batch(spec, out)
+    summary = run_batch(spec, out, shard=parse_shard(ns.shard))
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -146,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", default=None, help="auto or HOST:PORT of a running cluster (default: a new "
                    "local one)")
     b.add_argument("--gpus-per-job", type=float, default=None, help="GPUs each job asks for (default 1)")
-    b.add_argument("--cpus-per-job", type=int, default=None, help="CPU threads each job uses (default: all)")
+    b.add_argument("--cpus-per-job", type=int, default=None, help="CPU threads each job uses (default: all for local, 1 for ray)")
     b.add_argument("--retries", type=int, default=None, help="re-runs of a job whose process or node was lost "
                    "(default 3; a job's own error is not retried)")
+    b.add_argument("--shard", metavar="I/N", help="run only jobs I, I+N, ... (one SLURM array task each)")
     b.set_defaults(func=cmd_batch)
     ls = sub.add_parser("list", help="list registered components")
     ls.set_defaults(func=cmd_list)

@@ -206,3 +206,54 @@ def test_core_code_never_imports_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip() == "False"
+
+
+def test_shards_split_the_jobs_and_a_final_resume_reports_them_all(tmp_path):
+    prompts = write(tmp_path / "p.txt", "a cup\na bowl\na plate\n")
+    out = tmp_path / "B"
+    assert batch(tmp_path, prompts, "--shard", "1/2") == 0  # a SLURM array task: jobs 1 (of 0, 1, 2)
+    first = {j["prompt"]: j["status"] for j in json.loads((out / "batch.json").read_text())["jobs"]}
+    assert first == {"a cup": "queued", "a bowl": "done", "a plate": "queued"}
+    assert batch(tmp_path, prompts, "--shard", "0/2") == 0  # jobs 0 and 2
+    assert main(["batch", "--resume", str(out)]) == 0  # after the array: nothing runs, the report is whole
+    final = json.loads((out / "batch.json").read_text())
+    assert final["done"] == 3 and all(j["skipped"] for j in final["jobs"])
+    assert batch(tmp_path, prompts, "--shard", "2/2") == 2  # I must be below N
+
+
+def test_a_job_does_not_depend_on_the_global_random_state(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    prompts = write(tmp_path / "p.txt", "a cup\n")
+    states = []
+    for k, seed in enumerate((1, 999)):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        (job,) = expand_jobs(read_prompts(prompts), "reference-nerf", TINY, None, tmp_path / f"B{k}")
+        assert run_job(job)["status"] == "done"
+        states.append(load_file(str(Path(job.dir) / "ckpt" / "last.safetensors")))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+@pytest.mark.parametrize("fault, words", [
+    (OSError(28, "No space left on device", "/x/ckpt/last.safetensors"), "could not write /x/ckpt/last.safetensors: "
+                                                                           "no space left on the device"),
+    (RuntimeError("boom"), "internal error: RuntimeError: boom"),
+])
+def test_a_full_disk_or_a_bug_fails_the_job_in_words(tmp_path, monkeypatch, fault, words):
+    import dreamcore.runner.generate as gen
+
+    def broken(*_a, **_k):
+        raise fault
+
+    monkeypatch.setattr(gen, "generate", broken)
+    (job,) = expand_jobs(read_prompts(write(tmp_path / "p.txt", "a cup\n")), "reference-nerf", TINY, None,
+                         tmp_path / "B")
+    rec = run_job(job)
+    assert rec["status"] == "failed" and words in rec["error"]

@@ -31,8 +31,11 @@ BELOW = {
                 "systems"},
     "runner": {"core", "meshes", "representations", "renderers", "priors", "guidance", "export", "metrics",
                "runner"},
+    # the batch layer: many runs (the runner's folders) on local processes or Ray; the CLI sits beside it
+    "batch": {"core", "meshes", "representations", "renderers", "priors", "guidance", "export", "metrics",
+              "systems", "runner", "batch"},
     "top": {"core", "meshes", "representations", "renderers", "priors", "guidance", "export", "metrics",
-            "systems", "runner", "top"},
+            "systems", "runner", "batch", "top"},
 }
 
 

@@ -40,8 +40,23 @@ def make_backend(spec: dict):
     raise DreamcoreError(f"unknown backend {spec['backend']!r} (choose local or ray)")
 
 
-def run_batch(spec: dict, out: str | Path, announce=print, every_s: float = 10.0) -> dict:
-    """Run every job of ``spec`` in ``out`` (skipping finished ones); returns the summary written to batch.json."""
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``I/N`` (0 ≤ I < N): this invocation runs jobs I, I+N, I+2N, ... (e.g. one SLURM array task each)."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise DreamcoreError(f"--shard takes I/N (e.g. 3/10 or $SLURM_ARRAY_TASK_ID/10), got {text!r}") from None
+    if not 0 <= i < n:
+        raise DreamcoreError(f"--shard {text}: I must be in 0..N-1")
+    return i, n
+
+
+def run_batch(spec: dict, out: str | Path, announce=print, every_s: float = 10.0,
+              shard: tuple[int, int] | None = None) -> dict:
+    """Run every job of ``spec`` in ``out`` (skipping finished ones; with ``shard`` (I, N) only every N-th from
+    the I-th); returns the summary written to batch.json, which lists every job of the batch."""
     out = Path(out)
     if spec["retries"] < 0:
         raise DreamcoreError(f"--retries must be 0 or more, got {spec['retries']}")
@@ -49,16 +64,20 @@ def run_batch(spec: dict, out: str | Path, announce=print, every_s: float = 10.0
     backend = make_backend(spec)  # a missing Ray fails before anything is written
     write_spec(out, spec)
     records: dict[str, dict | None] = {j.name: None for j in jobs}
+    mine = jobs if shard is None else jobs[shard[0]::shard[1]]
     for job in jobs:
         rec = read_result(job)
         if rec is not None and rec.get("status") == "done":
             records[job.name] = {**rec, "skipped": True}
-    todo = [j for j in jobs if records[j.name] is None]
+        elif rec is not None and job not in mine:  # another shard's failure: reported, not rerun here
+            records[job.name] = rec
+    todo = [j for j in mine if records[j.name] is None]
     tried_before = {j.name: attempts(j) for j in todo}  # a job runs once its worker logs a new attempt
 
     def running(job: Job) -> bool:
         return records[job.name] is None and attempts(job) > tried_before.get(job.name, 0)
-    announce(f"batch: {len(jobs)} jobs in {out} ({len(jobs) - len(todo)} finished before), {backend.where}")
+    part = f", shard {shard[0]}/{shard[1]}: {len(mine)} of them here" if shard else ""
+    announce(f"batch: {len(jobs)} jobs in {out}{part} ({len(mine) - len(todo)} finished before), {backend.where}")
     t0 = time.perf_counter()
     durations: list[float] = []
     last = {"line": "", "at": 0.0}

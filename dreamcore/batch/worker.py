@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from dreamcore.batch.jobs import Job
-from dreamcore.errors import DreamcoreError
+from dreamcore.errors import DreamcoreError, storage_problem
 from dreamcore.files import atomic_write_bytes
 
 STATE_DIR = ".batch"  # inside the batch folder: results/<job>.json and attempts/<job>.log
@@ -95,11 +95,17 @@ def run_job(job: Job | dict, threads: int = 0, announce=lambda *_: None, busy_wa
             time.sleep(0.5)
         except DreamcoreError as e:
             return _finish(job, {**rec, "status": "failed", "error": str(e)}, t0)
-        except Exception as e:  # noqa: BLE001 - a bug fails this job, reported, not the batch
-            trace = traceback.format_exc()
-            if Path(job.dir).is_dir():
-                RunDir(Path(job.dir)).log("batch: job failed with an internal error:\n" + trace)
-            return _finish(job, {**rec, "status": "failed", "error": f"internal error: {type(e).__name__}: {e}"}, t0)
+        except Exception as e:  # noqa: BLE001 - a full disk or a bug fails this job, reported, not the batch
+            problem = storage_problem(e) if isinstance(e, OSError) else None
+            if problem is not None:
+                where = f" {e.filename}" if e.filename else ""
+                error = (f"could not write{where}: {problem}; the job's checkpoints are kept, fix the storage and "
+                         "run the batch again")
+            else:
+                error = f"internal error: {type(e).__name__}: {e}"
+                if Path(job.dir).is_dir():
+                    RunDir(Path(job.dir)).log("batch: job failed with an internal error:\n" + traceback.format_exc())
+            return _finish(job, {**rec, "status": "failed", "error": error}, t0)
     metrics = json.loads((Path(job.dir) / "metrics.json").read_text())
     return _finish(job, {**rec, "status": "done", "steps": metrics.get("steps"), "metrics": figures(metrics)}, t0)
 
@@ -125,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("job", help="the job as JSON")
     p.add_argument("--threads", type=int, default=0)
     ns = p.parse_args(argv)
-    from dreamcore.cli import _show_log
+    import logging
 
-    _show_log()
+    logging.basicConfig(level=logging.INFO, format="dreamcore: %(levelname)s: %(message)s")  # as the CLI shows it
     rec = run_job(json.loads(ns.job), ns.threads, announce=print)
     return 0 if rec["status"] == "done" else 3
 
