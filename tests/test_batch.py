@@ -257,3 +257,26 @@ def test_a_full_disk_or_a_bug_fails_the_job_in_words(tmp_path, monkeypatch, faul
                          tmp_path / "B")
     rec = run_job(job)
     assert rec["status"] == "failed" and words in rec["error"]
+
+
+def test_the_contact_sheet_takes_the_first_turntable_frame(tmp_path):
+    import numpy as np
+
+    from dreamcore.batch.report import job_image
+    from dreamcore.export.turntable import write_video
+
+    frames = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    frames[0, ..., 2] = 250  # the first frame is blue, the others black
+    write_video(tmp_path / "turntable.mp4", frames, 8)
+    r, g, b = job_image(tmp_path).getpixel((16, 16))
+    assert b > 200 and r < 60 and g < 60
+
+
+def test_local_backend_gives_each_job_its_share_of_the_visible_gpus(monkeypatch):
+    import dreamcore.batch.local as local
+
+    monkeypatch.setattr(local, "visible_gpus", lambda: ["0", "1", "2", "3", "4"])
+    assert local.LocalBackend(gpus_per_job=2).groups == ["0,1", "2,3"]
+    assert local.LocalBackend(gpus_per_job=1).slots == 5
+    monkeypatch.setattr(local, "visible_gpus", lambda: [])
+    assert local.LocalBackend(gpus_per_job=1).groups == [None]  # CPU: one job at a time
