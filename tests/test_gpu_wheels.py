@@ -56,6 +56,8 @@ NOT_BUNDLED = {
     # source-only (no wheel on PyPI; built from its GitHub source with a C++/CUDA toolchain and EGL headers);
     # MeshRenderer's backend "auto" falls back to the PyTorch rasterizer when it is missing.
     "nvdiffrast": "no wheel on PyPI",
+    # the batch layer's optional backend (dreamcore[ray], ~80 MB); the GPU check runs single jobs, not batches
+    "ray": "optional batch backend, not used by the GPU check",
 }
 
 FIRST_PARTY = {"dreamcore", "systems"}
