@@ -82,3 +82,11 @@ def test_a_gpu_job_on_a_cluster_without_gpus_fails_fast(tmp_path):
     res = scenario("ray-no-gpu", tmp_path)
     assert res["rc"] == 2 and res["job_folders"] == []
     assert "no node of the Ray cluster" in res["stderr"][0] and "--gpus-per-job 0" in res["stderr"][0]
+
+
+@pytest.mark.slow
+def test_a_killed_driver_takes_its_own_ray_down_and_the_same_command_resumes(tmp_path):
+    res = scenario("ray-local-driver-kill", tmp_path)
+    assert res["rc"] == 0 and all_identical(res), res
+    assert res["worker_gone_s"] < 60  # the job's worker died with the driver's Ray
+    assert res["jobs"][res["kill"]["job"]]["resumed_from"] >= res["kill"]["step_at_kill"]

@@ -7,7 +7,8 @@ inside a network namespace with loopback alone: the tool re-executes itself unde
 user namespaces) and refuses to start Ray when any other interface is up.
 
     python tools/batch_faults.py local-worker-kill | ray-basic | ray-worker-kill | ray-node-loss |
-                                 ray-driver-kill | ray-no-gpu | overhead   [--json FILE] [--work DIR]
+                                 ray-driver-kill | ray-local-driver-kill |
+                                 ray-no-gpu | overhead   [--json FILE] [--work DIR]
 """
 
 from __future__ import annotations
@@ -300,6 +301,31 @@ def ray_driver_kill(work: Path) -> dict:
             "jobs": compare(out, refs)}
 
 
+def ray_local_driver_kill(work: Path) -> dict:
+    """The driver started its own Ray (no --ray-address): killing it takes that Ray and its workers down; the
+    same command starts a new one and resumes."""
+    refs = references(work, LONG)
+    out = work / "batch"
+    cmd = [sys.executable, "-m", "dreamcore.cli", *batch_args(work, out, LONG, "--backend", "ray", "--gpus-per-job",
+                                                                  "0", "--cpus-per-job", "1")]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = wait_for_step(job_dirs(out), 4)
+    worker = json.loads((d / ".lock").read_text())["pid"]
+    step = checkpoint_step(d)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    killed = time.time()
+    t_end = time.monotonic() + 60
+    while _alive(worker) and time.monotonic() < t_end:
+        time.sleep(0.1)
+    worker_gone_s = round(time.time() - killed, 1)
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill = {"job": d.name, "step_at_kill": step, "killed_at": killed}
+    return {"rc": rc, "kill": kill, "worker_gone_s": worker_gone_s, "rerun_s": round(time.perf_counter() - t0, 1),
+            "recovery_s": recovery_seconds(out, kill), "jobs": compare(out, refs)}
+
+
 def ray_no_gpu(work: Path) -> dict:
     cluster, _ = start_cluster([{"num_cpus": 2, "num_gpus": 0}])
     out = work / "batch"
@@ -341,7 +367,8 @@ def overhead(work: Path) -> dict:
 
 
 SCENARIOS = {"local-worker-kill": local_worker_kill, "ray-basic": ray_basic, "ray-worker-kill": ray_worker_kill,
-             "ray-node-loss": ray_node_loss, "ray-driver-kill": ray_driver_kill, "ray-no-gpu": ray_no_gpu,
+             "ray-node-loss": ray_node_loss, "ray-driver-kill": ray_driver_kill,
+             "ray-local-driver-kill": ray_local_driver_kill, "ray-no-gpu": ray_no_gpu,
              "overhead": overhead}
 
 
