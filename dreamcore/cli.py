@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -99,8 +100,18 @@ def cmd_batch(ns: argparse.Namespace) -> int:
                                  "prompt file and --seeds)")
         out = Path(ns.out)
         spec = make_spec(words[0], ns.config or "dreamfusion", overrides, parse_seeds(ns.seeds), options)
-    summary = run_batch(spec, out, shard=parse_shard(ns.shard))
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop: as Ctrl-C, the jobs save and stop
+    try:
+        summary = run_batch(spec, out, shard=parse_shard(ns.shard))
+    except KeyboardInterrupt:
+        print(f"dreamcore: batch interrupted; the running jobs saved their checkpoints. Continue with the same "
+              f"command or `dreamcore batch --resume {out}`", file=sys.stderr)
+        return 130
     return 0 if summary["failed"] == 0 else 1
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
 
 
 def cmd_list(ns: argparse.Namespace) -> int:  # noqa: ARG001

@@ -10,6 +10,10 @@ class DreamcoreError(Exception):
     """
 
 
+class RunInterrupted(DreamcoreError):
+    """The run stopped on request (Ctrl-C, SIGTERM from a scheduler) after saving its checkpoint."""
+
+
 STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
                   errno.EROFS: "the file system is read-only", errno.EIO: "an input/output error of the storage"}
 

@@ -87,8 +87,8 @@ def run_batch(spec: dict, out: str | Path, announce=print, every_s: float = 10.0
         c = {"done": 0, "failed": 0, "running": 0, "queued": 0}
         for job in jobs:
             rec = records[job.name]
-            if rec is not None:
-                c["done" if rec["status"] == "done" else "failed"] += 1
+            if rec is not None and rec["status"] in ("done", "failed"):
+                c[rec["status"]] += 1
             elif running(job):
                 c["running"] += 1
             else:
@@ -123,7 +123,12 @@ def run_batch(spec: dict, out: str | Path, announce=print, every_s: float = 10.0
         return summary
 
     if todo:
-        backend.run(todo, done, tick)
+        try:
+            backend.run(todo, done, tick)
+        except KeyboardInterrupt:  # (the local backend's jobs have saved their checkpoints and stopped)
+            summary["interrupted"] = True
+            write_reports_now(final=True)
+            raise
     result = write_reports_now(final=True)
     announce(progress_line(counts(), None))
     announce(f"batch report: {out / 'batch.md'}, contact sheet {out / 'batch.png'}")

@@ -30,13 +30,17 @@ def visible_gpus() -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """In the child: be killed when the batch driver dies (Linux), so a killed driver leaves no job running."""
+    """In the child: get SIGTERM when the batch driver dies (Linux): the job saves its checkpoint and stops, so a
+    killed driver leaves no job running."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: save, then stop
     except Exception:  # noqa: BLE001 - elsewhere the child finishes its job alone; the lock keeps it safe
         pass
+
+
+STOP_WAIT_S = 120.0  # a stopping job's time to finish its step and save (then it is killed)
 
 
 class LocalBackend:
@@ -71,7 +75,7 @@ class LocalBackend:
                     del running[slot]
                     free.append(slot)
                     rec = read_result(job)
-                    if rc in (0, 3) and rec is not None:
+                    if rc in (0, 3, 4) and rec is not None:
                         done(rec)
                         continue
                     deaths[job.name] = deaths.get(job.name, 0) + 1
@@ -83,11 +87,20 @@ class LocalBackend:
                               "error": f"the job process died {deaths[job.name]} times (last: {how}); "
                                        f"its output is in {self._log_path(job)}"})
                 tick()
-        finally:
-            for proc, _, log in running.values():  # the driver is stopping (Ctrl-C): stop the jobs, keep ckpts
-                proc.kill()
-                proc.wait()
+        finally:  # the driver is stopping (Ctrl-C, SIGTERM): the jobs save their checkpoints and stop
+            for proc, _, _ in running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc, job, log in running.values():
+                try:
+                    proc.wait(timeout=STOP_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 log.close()
+                rec = read_result(job)
+                if rec is not None and rec.get("status") == "interrupted":
+                    done(rec)
 
     def _log_path(self, job: Job) -> Path:
         return Path(job.dir).parent / STATE_DIR / "logs" / f"{job.name}.txt"

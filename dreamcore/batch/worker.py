@@ -1,5 +1,5 @@
 """Run one batch job in this process: skip it when finished, resume it from its checkpoint when started, else
-start it. Deterministic failures (bad input, a non-finite loss, a bug) are returned as a ``failed`` record, never
+start it. A stop on request (SIGINT, SIGTERM) saves the checkpoint and is recorded as ``interrupted``. Deterministic failures (bad input, a non-finite loss, a bug) are returned as a ``failed`` record, never
 raised, so no backend retries them; only a dying process (SIGKILL, a lost node) makes a job run again.
 
 ``python -m dreamcore.batch.worker JOB_JSON [--threads N]`` is the local backend's job process."""
@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from dreamcore.batch.jobs import Job
-from dreamcore.errors import DreamcoreError, storage_problem
+from dreamcore.errors import DreamcoreError, RunInterrupted, storage_problem
 from dreamcore.files import atomic_write_bytes
 
 STATE_DIR = ".batch"  # inside the batch folder: results/<job>.json and attempts/<job>.log
@@ -93,6 +93,8 @@ def run_job(job: Job | dict, threads: int = 0, announce=lambda *_: None, busy_wa
             if time.monotonic() > deadline:
                 return _finish(job, {**rec, "status": "failed", "error": str(e)}, t0)
             time.sleep(0.5)
+        except RunInterrupted as e:  # stopped on request, checkpoint saved: the next invocation resumes it
+            return _finish(job, {**rec, "status": "interrupted", "error": str(e)}, t0)
         except DreamcoreError as e:
             return _finish(job, {**rec, "status": "failed", "error": str(e)}, t0)
         except Exception as e:  # noqa: BLE001 - a full disk or a bug fails this job, reported, not the batch
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="dreamcore: %(levelname)s: %(message)s")  # as the CLI shows it
     rec = run_job(json.loads(ns.job), ns.threads, announce=print)
-    return 0 if rec["status"] == "done" else 3
+    return {"done": 0, "interrupted": 4}.get(rec["status"], 3)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ class Trainer:
         if self.step >= cfg.steps:
             return
         bar = self._progress()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        # Ctrl-C, and SIGTERM (a scheduler's preemption, scancel, a batch driver that died): finish the step, save
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} \
+            if _main_thread() else {}
         try:
             while self.step < cfg.steps and not self._stop_requested:
                 t0 = time.perf_counter()
@@ -95,16 +97,16 @@ class Trainer:
                 self.seconds += time.perf_counter() - t0
                 self._after_step(losses, bar)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
         if self._saved_step != self.step:  # (saving the same state again would push the fallback out)
             self.save()
         if self._stop_requested:
-            from dreamcore.errors import DreamcoreError
+            from dreamcore.errors import RunInterrupted
 
-            raise DreamcoreError(
+            raise RunInterrupted(
                 f"interrupted at step {self.step}/{cfg.steps}; checkpoint saved. Resume with: "
                 f"dreamcore generate --resume {self.run.path}"
             )
