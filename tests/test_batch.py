@@ -319,3 +319,17 @@ def test_sigterm_stops_a_single_run_with_its_checkpoint_saved(tmp_path):
     assert p.returncode == 2 and "interrupted at step" in err
     step = json.loads((run / "ckpt" / "last.json").read_text())["step"]
     assert 0 < step < 400  # saved where it stopped, though no periodic checkpoint was due
+
+
+def test_the_ray_resource_check_names_what_is_missing():
+    from dreamcore.batch.ray_backend import check_resources
+
+    cpu_only = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 4.0}}]
+    with pytest.raises(DreamcoreError, match="asks for 1 GPU.*most: 0.*--gpus-per-job 0"):
+        check_resources(cpu_only, 1, 1, "head:6379")  # the dead node's GPUs do not count
+    two = [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}}]
+    with pytest.raises(DreamcoreError, match="asks for 4 GPU.*--gpus-per-job 2"):
+        check_resources(two, 4, 1, "head:6379")
+    with pytest.raises(DreamcoreError, match="asks for 16 CPU"):
+        check_resources(two, 1, 16, "head:6379")
+    check_resources(two, 2, 8, "head:6379")  # fits: no error

@@ -78,6 +78,7 @@ def test_ray_driver_killed_the_same_command_resumes_the_batch(tmp_path):
     print("driver kill: rerun", res["rerun_s"], "s, recovery", res["recovery_s"], "s")
 
 
+@pytest.mark.slow  # (the rule itself: test_batch.py::test_the_ray_resource_check_names_what_is_missing)
 def test_a_gpu_job_on_a_cluster_without_gpus_fails_fast(tmp_path):
     res = scenario("ray-no-gpu", tmp_path)
     assert res["rc"] == 2 and res["job_folders"] == []
