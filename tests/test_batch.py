@@ -180,20 +180,11 @@ def test_a_killed_driver_stops_its_jobs_and_the_same_command_resumes(tmp_path):
     refs = batch_faults.references(tmp_path, batch_faults.LONG)
     out = tmp_path / "batch"
     cmd = [sys.executable, "-m", "dreamcore.cli", *batch_faults.batch_args(tmp_path, out, batch_faults.LONG)]
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    d = batch_faults.wait_for_step(batch_faults.job_dirs(out), 4)
-    worker = json.loads((d / ".lock").read_text())["pid"]
-    step = batch_faults.checkpoint_step(d)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    for _ in range(100):  # the job process dies with its driver
-        if not batch_faults._alive(worker):
-            break
-        time.sleep(0.05)
-    assert not batch_faults._alive(worker)
-    assert subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL) == 0
+    res = batch_faults.kill_driver_and_rerun(cmd, out)
+    assert res["worker_gone_s"] < 5  # the job process stopped with its driver (SIGTERM from the kernel)
+    assert res["rc"] == 0
     rows = batch_faults.compare(out, refs)
-    assert rows[d.name]["resumed_from"] >= step
+    assert rows[res["kill"]["job"]]["resumed_from"] >= res["kill"]["step_at_kill"]
     assert all(r["status"] == "done" and r["identical"] for r in rows.values()), rows
 
 

@@ -172,19 +172,46 @@ def cli(args: list[str]) -> int:
     return main(args)
 
 
+def batch_with_fault(args: list[str], fault) -> tuple[int, dict]:
+    """Run the batch command ``args`` here while ``fault()`` (which waits for its moment) runs beside it."""
+    import threading
+
+    seen: dict = {}
+    t = threading.Thread(target=lambda: seen.update(fault()))
+    t.start()
+    rc = cli(args)
+    t.join()
+    return rc, seen
+
+
+def kill_driver_and_rerun(cmd: list[str], out: Path) -> dict:
+    """Start the batch ``cmd`` as its own process, SIGKILL it once a job has checkpointed step 4, note when the
+    job's worker is gone, then run the same command again."""
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = wait_for_step(job_dirs(out), 4)
+    worker = json.loads((d / ".lock").read_text())["pid"]
+    step = checkpoint_step(d)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    killed = time.time()
+    t_end = time.monotonic() + 60
+    while _alive(worker) and time.monotonic() < t_end:
+        time.sleep(0.1)
+    worker_gone_s = round(time.time() - killed, 1)
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill = {"job": d.name, "step_at_kill": step, "killed_at": killed}
+    return {"rc": rc, "kill": kill, "worker_gone_s": worker_gone_s, "rerun_s": round(time.perf_counter() - t0, 1),
+            "recovery_s": recovery_seconds(out, kill)}
+
+
 # --- scenarios ------------------------------------------------------------------------------------------------
 
 def local_worker_kill(work: Path) -> dict:
     refs = references(work, LONG)
     out = work / "batch"
-    import threading
-
-    kills = []
-    t = threading.Thread(target=lambda: kills.append(kill_worker(out)))
-    t.start()
-    rc = cli(batch_args(work, out, LONG, "--retries", "2"))
-    t.join()
-    return {"rc": rc, "kill": kills[0], "recovery_s": recovery_seconds(out, kills[0]), "jobs": compare(out, refs)}
+    rc, kill = batch_with_fault(batch_args(work, out, LONG, "--retries", "2"), lambda: kill_worker(out))
+    return {"rc": rc, "kill": kill, "recovery_s": recovery_seconds(out, kill), "jobs": compare(out, refs)}
 
 
 def start_cluster(nodes: list[dict]):
@@ -216,34 +243,25 @@ def ray_basic(work: Path) -> dict:
 
 
 def ray_worker_kill(work: Path) -> dict:
-    import threading
-
     refs = references(work, LONG)
     cluster, _ = start_cluster([{"num_cpus": 2, "num_gpus": 2}])
     out = work / "batch"
-    kills = []
     try:
-        t = threading.Thread(target=lambda: kills.append(kill_worker(out)))
-        t.start()
-        rc = cli(batch_args(work, out, LONG, "--backend", "ray", "--ray-address", cluster.address,
-                            "--cpus-per-job", "1", "--retries", "2"))
-        t.join()
+        rc, kill = batch_with_fault(batch_args(work, out, LONG, "--backend", "ray", "--ray-address", cluster.address,
+                                               "--cpus-per-job", "1", "--retries", "2"), lambda: kill_worker(out))
     finally:
         cluster.shutdown()
-    return {"rc": rc, "kill": kills[0], "recovery_s": recovery_seconds(out, kills[0]), "jobs": compare(out, refs)}
+    return {"rc": rc, "kill": kill, "recovery_s": recovery_seconds(out, kill), "jobs": compare(out, refs)}
 
 
 def ray_node_loss(work: Path) -> dict:
-    import threading
-
     refs = references(work, LONG)
     # the head has no GPU: both jobs run on the two GPU nodes, one each; one node is then removed
-    cluster, (a, b) = start_cluster([{"num_cpus": 1, "num_gpus": 0}, {"num_cpus": 1, "num_gpus": 1},
+    cluster, (_, b) = start_cluster([{"num_cpus": 1, "num_gpus": 0}, {"num_cpus": 1, "num_gpus": 1},
                                      {"num_cpus": 1, "num_gpus": 1}])
     out = work / "batch"
-    lost = {}
 
-    def remove_node():
+    def remove_node() -> dict:
         dirs = job_dirs(out)
         for d in dirs:
             wait_for_step([d], 4)
@@ -253,14 +271,11 @@ def ray_node_loss(work: Path) -> dict:
         cluster.remove_node(b, allow_graceful=False)
         time.sleep(1.0)
         gone = [n for n, pid in pids.items() if not _alive(pid)]
-        lost.update(removed_at=t, jobs_lost=gone, steps_at_removal={n: steps[n] for n in gone})
+        return {"removed_at": t, "jobs_lost": gone, "steps_at_removal": {n: steps[n] for n in gone}}
 
     try:
-        th = threading.Thread(target=remove_node)
-        th.start()
-        rc = cli(batch_args(work, out, LONG, "--backend", "ray", "--ray-address", cluster.address,
-                            "--cpus-per-job", "1", "--retries", "2"))
-        th.join()
+        rc, lost = batch_with_fault(batch_args(work, out, LONG, "--backend", "ray", "--ray-address", cluster.address,
+                                               "--cpus-per-job", "1", "--retries", "2"), remove_node)
     finally:
         cluster.shutdown()
     recov = {n: recovery_seconds(out, {"job": n, "killed_at": lost["removed_at"]}) for n in lost["jobs_lost"]}
@@ -279,26 +294,17 @@ def _alive(pid: int) -> bool:
 
 
 def ray_driver_kill(work: Path) -> dict:
+    """The driver of a running cluster killed; the same command resumes the batch."""
     refs = references(work, LONG)
     cluster, _ = start_cluster([{"num_cpus": 2, "num_gpus": 2}])
     out = work / "batch"
     cmd = [sys.executable, "-m", "dreamcore.cli", *batch_args(work, out, LONG, "--backend", "ray", "--ray-address",
                                                                   cluster.address, "--cpus-per-job", "1")]
     try:
-        driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        d = wait_for_step(job_dirs(out), 4)
-        step = checkpoint_step(d)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        killed = time.time()
-        t0 = time.perf_counter()
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rerun = time.perf_counter() - t0
+        res = kill_driver_and_rerun(cmd, out)
     finally:
         cluster.shutdown()
-    kill = {"job": d.name, "step_at_kill": step, "killed_at": killed}
-    return {"rc": rc, "kill": kill, "recovery_s": recovery_seconds(out, kill), "rerun_s": round(rerun, 1),
-            "jobs": compare(out, refs)}
+    return {**res, "jobs": compare(out, refs)}
 
 
 def ray_local_driver_kill(work: Path) -> dict:
@@ -308,22 +314,7 @@ def ray_local_driver_kill(work: Path) -> dict:
     out = work / "batch"
     cmd = [sys.executable, "-m", "dreamcore.cli", *batch_args(work, out, LONG, "--backend", "ray", "--gpus-per-job",
                                                                   "0", "--cpus-per-job", "1")]
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    d = wait_for_step(job_dirs(out), 4)
-    worker = json.loads((d / ".lock").read_text())["pid"]
-    step = checkpoint_step(d)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    killed = time.time()
-    t_end = time.monotonic() + 60
-    while _alive(worker) and time.monotonic() < t_end:
-        time.sleep(0.1)
-    worker_gone_s = round(time.time() - killed, 1)
-    t0 = time.perf_counter()
-    rc = subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill = {"job": d.name, "step_at_kill": step, "killed_at": killed}
-    return {"rc": rc, "kill": kill, "worker_gone_s": worker_gone_s, "rerun_s": round(time.perf_counter() - t0, 1),
-            "recovery_s": recovery_seconds(out, kill), "jobs": compare(out, refs)}
+    return {**kill_driver_and_rerun(cmd, out), "jobs": compare(out, refs)}
 
 
 def ray_no_gpu(work: Path) -> dict:
