@@ -76,6 +76,7 @@ def run_batch(spec: dict, out: str | Path, announce=print, every_s: float = 10.0
 
     def running(job: Job) -> bool:
         return records[job.name] is None and attempts(job) > tried_before.get(job.name, 0)
+
     part = f", shard {shard[0]}/{shard[1]}: {len(mine)} of them here" if shard else ""
     announce(f"batch: {len(jobs)} jobs in {out}{part} ({len(mine) - len(todo)} finished before), {backend.where}")
     t0 = time.perf_counter()
