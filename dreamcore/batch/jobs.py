@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dreamcore.config import Config, config_path, load_config, to_tree
 from dreamcore.errors import DreamcoreError
+from dreamcore.runner.rundir import prompt_slug
 
 SPEC_NAME = "batch-spec.json"
 # run settings that do not change what a job computes: they stay out of the job's hash
@@ -104,7 +104,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def slug(prompt: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40].strip("-") or "job"
+    return prompt_slug(prompt).strip("-") or "job"  # (no trailing "-" where the cut fell on one)
 
 
 def job_hash(cfg: Config) -> str:

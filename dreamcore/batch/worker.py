@@ -64,7 +64,6 @@ def figures(metrics: dict) -> dict:
 def run_job(job: Job | dict, threads: int = 0, announce=lambda *_: None, busy_wait_s: float = BUSY_WAIT_S) -> dict:
     """Run ``job`` to its end here and return its record ({name, prompt, seed, dir, status, seconds, steps,
     metrics, error, attempts, resumed_from}); the record is also written to ``.batch/results/<job>.json``."""
-    from dreamcore.runner.checkpoint import find_good
     from dreamcore.runner.generate import generate
     from dreamcore.runner.rundir import RunBusyError, RunDir
 
@@ -82,7 +81,7 @@ def run_job(job: Job | dict, threads: int = 0, announce=lambda *_: None, busy_wa
     while True:
         run = RunDir(Path(job.dir))
         resume = run.has_checkpoint()
-        rec["resumed_from"] = _checkpoint_step(find_good, run) if resume else 0
+        rec["resumed_from"] = _checkpoint_step(run) if resume else 0
         try:
             cfg = job.load()
             if threads > 0:
@@ -112,11 +111,11 @@ def run_job(job: Job | dict, threads: int = 0, announce=lambda *_: None, busy_wa
     return _finish(job, {**rec, "status": "done", "steps": metrics.get("steps"), "metrics": figures(metrics)}, t0)
 
 
-def _checkpoint_step(find_good, run) -> int:
-    try:
-        found = find_good(run.ckpt_dir)
-    except DreamcoreError:
-        return 0
+def _checkpoint_step(run) -> int:
+    """The step of the checkpoint a resume will start from (0 when none is good)."""
+    from dreamcore.runner.checkpoint import find_good
+
+    found = find_good(run.ckpt_dir)
     return int(found[1].get("step", 0)) if found else 0
 
 

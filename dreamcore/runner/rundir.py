@@ -31,8 +31,13 @@ class RunBusyError(DreamcoreError):
     """Another live process holds the run folder's lock."""
 
 
+def prompt_slug(prompt: str) -> str:
+    """The prompt as a folder-name stem: lower-case letters and digits joined by ``-``, at most 40 characters."""
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40]
+
+
 def default_run_dir(cfg: Config) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", cfg.prompt.lower()).strip("-")[:40] or "run"
+    slug = prompt_slug(cfg.prompt) or "run"
     return Path("runs") / f"{cfg.system.name}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
