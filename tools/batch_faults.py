@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from netns import isolated, reexec_isolated, up_interfaces  # noqa: E402
+
 TINY = ["run.val_every=0", "run.val_resolution=16", "camera.resolution=24", "camera.batch_size=2",
         "system.rays_per_view=48", "representation.n_levels=4", "representation.log2_table_size=12",
         "representation.max_resolution=64", "representation.occupancy_resolution=16",
@@ -34,44 +37,6 @@ SHORT = ["run.steps=6", "run.checkpoint_every=3"]
 LONG = ["run.steps=40", "run.checkpoint_every=2"]  # long enough to be killed mid-job, a checkpoint every 2 steps
 PROMPTS = ["a red robot", "a blue car"]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def up_interfaces() -> list[str]:
-    """Network interfaces of this process's network namespace that are up (SIOCGIFFLAGS has IFF_UP)."""
-    import fcntl
-    import socket
-    import struct
-
-    up = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _, name in socket.if_nameindex():
-            req = struct.pack("16sH14x", name.encode()[:15], 0)
-            try:
-                flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]  # SIOCGIFFLAGS
-            except OSError:
-                continue
-            if flags & 1:  # IFF_UP
-                up.append(name)
-    return sorted(up)
-
-
-def isolated() -> bool:
-    return up_interfaces() == ["lo"]
-
-
-def reexec_isolated(argv: list[str]) -> int:
-    """Run this tool again inside a fresh network namespace with only loopback up."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        print("batch_faults: needs `unshare` and `ip` (util-linux, iproute2) to isolate Ray", file=sys.stderr)
-        return 77
-    inner = " ".join(_quote(a) for a in [sys.executable, __file__, *argv, "--inside"])
-    return subprocess.call(["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {inner}"])
-
-
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 def write_prompts(work: Path) -> Path:
@@ -373,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(argv)
     needs_ray = ns.scenario.startswith("ray") or ns.scenario == "overhead"
     if needs_ray and not ns.inside:
-        return reexec_isolated(argv)
+        return reexec_isolated(__file__, argv, "batch_faults")
     if needs_ray and not isolated():
         print(f"batch_faults: refusing to start Ray: interfaces up besides lo: {up_interfaces()}", file=sys.stderr)
         return 78

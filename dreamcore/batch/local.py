@@ -29,7 +29,7 @@ def visible_gpus() -> list[str]:
     return ids[:n]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the batch driver dies (Linux): the job saves its checkpoint and stops, so a
     killed driver leaves no job running."""
     try:
@@ -119,5 +119,5 @@ class LocalBackend:
         cmd = [sys.executable, "-m", "dreamcore.batch.worker", json.dumps(job.to_dict()),
                "--threads", str(self.cpus_per_job)]
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         return proc, job, log

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -127,6 +128,10 @@ def _finish(job: Job, rec: dict, t0: float) -> dict:
     return rec
 
 
+def _stop_before_training(signum, frame) -> None:  # noqa: ARG001
+    raise RunInterrupted("stopped on request before the optimization started")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dreamcore.batch.worker")
     p.add_argument("job", help="the job as JSON")
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="dreamcore: %(levelname)s: %(message)s")  # as the CLI shows it
+    signal.signal(signal.SIGTERM, _stop_before_training)  # the trainer takes SIGTERM over once it optimizes
     rec = run_job(json.loads(ns.job), ns.threads, announce=print)
     return {"done": 0, "interrupted": 4}.get(rec["status"], 3)
 
