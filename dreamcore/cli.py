@@ -114,6 +114,13 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def cmd_studio(ns: argparse.Namespace) -> int:
+    from dreamcore.studio.app import serve
+
+    serve(ns.host, ns.port, ns.runs, ns.auth, ns.slots, ns.threads, ns.max_upload_mb)
+    return 0
+
+
 def cmd_list(ns: argparse.Namespace) -> int:  # noqa: ARG001
     from dreamcore import registry
 
@@ -162,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 3; a job's own error is not retried)")
     b.add_argument("--shard", metavar="I/N", help="run only jobs I, I+N, ... (one SLURM array task each)")
     b.set_defaults(func=cmd_batch)
+    s = sub.add_parser("studio", help="the web app (Gradio): queue jobs, watch them, view and download the assets")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (another than localhost needs --auth)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--runs", default="runs/studio", help="the runs folder: the app's only state")
+    s.add_argument("--auth", default=None, help="user:password, or a file holding it")
+    s.add_argument("--slots", type=int, default=0, help="jobs at once (default: one per visible GPU, else 1)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads per job (default: all)")
+    s.add_argument("--max-upload-mb", type=float, default=200.0, help="upload size limit")
+    s.set_defaults(func=cmd_studio)
     ls = sub.add_parser("list", help="list registered components")
     ls.set_defaults(func=cmd_list)
     return p

@@ -34,8 +34,11 @@ BELOW = {
     # the batch layer: many runs (the runner's folders) on local processes or Ray; the CLI sits beside it
     "batch": {"core", "meshes", "representations", "renderers", "priors", "guidance", "export", "metrics",
               "systems", "runner", "batch"},
+    # the studio (web app): its job queue runs each job as a batch worker process
+    "studio": {"core", "meshes", "representations", "renderers", "priors", "guidance", "export", "metrics",
+               "systems", "runner", "batch", "studio"},
     "top": {"core", "meshes", "representations", "renderers", "priors", "guidance", "export", "metrics",
-            "systems", "runner", "batch", "top"},
+            "systems", "runner", "batch", "studio", "top"},
 }
 
 

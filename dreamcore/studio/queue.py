@@ -1,0 +1,226 @@
+"""The studio's job queue: jobs from any number of pages run one at a time per slot (a device, or the CPU), each
+in its own process (``python -m dreamcore.batch.worker``), so a crash or an out-of-memory kill in a job never
+takes the app down and frees what the job held. Each job's state is written to its run folder
+(``studio.json``); the queue itself is only the order of the jobs not yet started."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from dreamcore.batch.jobs import Job
+from dreamcore.batch.local import die_with_parent, visible_gpus
+from dreamcore.batch.worker import read_result, result_path
+from dreamcore.config import config_path, load_config
+from dreamcore.errors import DreamcoreError
+from dreamcore.runner.rundir import prompt_slug
+from dreamcore.studio import runs
+from dreamcore.studio.recipes import preset_overrides
+from dreamcore.studio.safety import DEFAULT_UPLOAD_LIMIT, check_overrides, save_upload
+
+WORKER_LOG = "studio-worker.txt"  # the job process's own output, in its run folder
+STOP_WAIT_S = 120.0
+
+
+class JobQueue:
+    """``submit`` checks a request and queues it; a dispatcher thread starts queued jobs when a slot is free.
+    ``slots`` jobs run at once (default: one per visible GPU, else one)."""
+
+    def __init__(self, runs_dir: str | Path, slots: int = 0, threads: int = 0, poll_s: float = 0.25,
+                 upload_limit: int = DEFAULT_UPLOAD_LIMIT):
+        self.runs_dir = Path(runs_dir).resolve()
+        self.upload_limit = upload_limit
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        gpus = visible_gpus()
+        self.slots = slots if slots > 0 else max(1, len(gpus))
+        self.gpu_of_slot = [gpus[i] if i < len(gpus) else None for i in range(self.slots)]
+        self.threads = threads
+        self.poll_s = poll_s
+        self.pending: deque[str] = deque()
+        self.running: dict[str, tuple[subprocess.Popen, int, object]] = {}  # name -> (process, slot, log file)
+        self.cancelled: set[str] = set()
+        self.starting: set[str] = set()  # taken from the queue, process not yet recorded
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._dispatch, name="studio-queue", daemon=True)
+        self.thread.start()
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def submit(self, prompt: str, recipe: str, preset: str = "standard", seed: int = 0, negative_prompt: str = "",
+               overrides: list[str] | None = None, upload: str | Path | None = None) -> str:
+        """Check the request as the CLI would (raising its message), write its run folder's ``studio.json`` and
+        queue it; returns the job's name (its folder under the runs folder). ``upload``, a mesh file sent by a
+        page, is checked and unpacked into the run folder's ``input/`` and becomes the reference mesh."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise DreamcoreError("the prompt is empty")
+        page = check_overrides(list(overrides or []), self.runs_dir)
+        merged = [*preset_overrides(preset), *page]
+        if negative_prompt.strip():
+            merged.append(f"negative_prompt={json.dumps(negative_prompt.strip())}")
+        config = str(config_path(recipe).resolve())
+        job = Job("", prompt, int(seed), config, merged)
+        if upload is None:  # the CLI's parser: a wrong key fails here, nothing starts
+            load_config(config, job.config_overrides())
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        job.name = f"{prompt_slug(prompt).strip('-') or 'job'}-{stamp}-{secrets.token_hex(2)}"
+        job.dir = str(self.runs_dir / job.name)
+        if upload is not None:
+            try:
+                mesh = save_upload(upload, Path(job.dir) / "input", self.upload_limit)
+                job.overrides.append(f"prior.reference.mesh={mesh}")
+                load_config(config, job.config_overrides())
+            except BaseException:
+                shutil.rmtree(job.dir, ignore_errors=True)  # a refused request leaves nothing behind
+                raise
+        runs.write_job(Path(job.dir), {**job.to_dict(), "recipe": recipe, "preset": preset,
+                                       "negative_prompt": negative_prompt, "page_overrides": page,
+                                       "created": time.time(), "status": "queued"})
+        with self.lock:
+            self.pending.append(job.name)
+        return job.name
+
+    def resume(self, name: str) -> None:
+        """Queue an interrupted, cancelled or failed job again: it resumes from its checkpoint."""
+        rec = self._record(name)
+        if name in self.running or name in self.pending:
+            raise DreamcoreError(f"job {name} is already {'running' if name in self.running else 'queued'}")
+        if rec.get("status") == "done":
+            raise DreamcoreError(f"job {name} is done; nothing to resume")
+        self._update(name, status="queued", error=None)
+        with self.lock:
+            self.cancelled.discard(name)
+            self.pending.append(name)
+
+    def cancel(self, name: str) -> None:
+        """A queued job leaves the queue; a running one saves its checkpoint and stops (resumable)."""
+        with self.lock:
+            if name in self.pending:
+                self.pending.remove(name)
+                self._update(name, status="cancelled", error="cancelled before it started")
+                return
+            entry = self.running.get(name)
+            if entry is None:
+                raise DreamcoreError(f"job {name} is neither queued nor running")
+            self.cancelled.add(name)
+        entry[0].send_signal(signal.SIGTERM)  # the trainer saves its checkpoint and stops
+
+    def position(self, name: str) -> int | None:
+        """0 while running, 1.. in the queue, None otherwise."""
+        with self.lock:
+            if name in self.running or name in self.starting:
+                return 0
+            return self.pending.index(name) + 1 if name in self.pending else None
+
+    def status(self, name: str) -> dict:
+        """The job's record with its live progress and queue position."""
+        rec = self._record(name)
+        path = self.runs_dir / name
+        pos = self.position(name)
+        if pos is None and rec.get("status") in ("queued", "running"):
+            rec["status"] = "interrupted"  # recorded by an earlier app that is gone
+        prog = runs.read_progress(path)
+        return {**rec, "position": pos, "progress": prog, "validation": runs.latest_validation(path),
+                "metrics": runs.read_metrics(path), "command": runs.cli_command(rec)}
+
+    def close(self, wait_s: float = STOP_WAIT_S) -> None:
+        """Stop the dispatcher; running jobs save their checkpoints and stop (resumable after a restart)."""
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        with self.lock:
+            entries = list(self.running.items())
+        for _, (proc, _, _) in entries:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, (proc, _, log) in entries:
+            try:
+                proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self._ended(name, proc.returncode, log)
+
+    # -- the dispatcher ---------------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                ended = [(n, e) for n, e in self.running.items() if e[0].poll() is not None]
+            for name, (proc, _, log) in ended:
+                self._ended(name, proc.returncode, log)
+            with self.lock:
+                busy = {slot for _, slot, _ in self.running.values()}
+                free = [s for s in range(self.slots) if s not in busy]
+                starting = []
+                while free and self.pending:
+                    starting.append((self.pending.popleft(), free.pop(0)))
+                    self.starting.add(starting[-1][0])
+            for name, slot in starting:
+                try:
+                    self._start(name, slot)
+                except Exception as e:  # noqa: BLE001 - a job that cannot start is failed, the queue goes on
+                    self._update(name, status="failed", error=f"could not start the job: {e}")
+                finally:
+                    with self.lock:
+                        self.starting.discard(name)
+            self.stopping.wait(self.poll_s)
+
+    def _start(self, name: str, slot: int) -> None:
+        rec = self._record(name)
+        job = Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")})
+        result_path(job).unlink(missing_ok=True)  # the record of an earlier attempt is not this one's
+        env = dict(os.environ)
+        gpu = self.gpu_of_slot[slot]
+        env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else env.get("CUDA_VISIBLE_DEVICES", "")
+        log = open(Path(job.dir) / WORKER_LOG, "a")
+        cmd = [sys.executable, "-m", "dreamcore.batch.worker", json.dumps(job.to_dict()),
+               "--threads", str(self.threads)]
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+        self._update(name, status="running", pid=proc.pid, started=time.time(), error=None)
+        with self.lock:
+            self.running[name] = (proc, slot, log)
+
+    def _ended(self, name: str, rc: int, log) -> None:
+        log.close()
+        with self.lock:
+            self.running.pop(name, None)
+            cancelled = name in self.cancelled
+            self.cancelled.discard(name)
+        rec = self._record(name)
+        job = Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")})
+        result = read_result(job)
+        if result is not None and rc in (0, 3, 4):
+            status = result["status"]
+            if status == "interrupted" and cancelled:
+                status = "cancelled"
+            self._update(name, status=status, error=result.get("error") if status == "failed" else None,
+                         seconds=result.get("seconds"), pid=None)
+        elif cancelled and rc == -signal.SIGTERM:  # stopped on request before it could save anything
+            self._update(name, status="cancelled", error=None, pid=None)
+        else:
+            how = f"was killed (signal {-rc})" if rc < 0 else f"exited with status {rc}"
+            self._update(name, status="failed", pid=None,
+                         error=f"the job's process {how}; its checkpoint, if any, is kept and it can be resumed")
+
+    # -- run folders --------------------------------------------------------------------------------------------
+    def _record(self, name: str) -> dict:
+        if not name or "/" in name or name.startswith("."):
+            raise DreamcoreError(f"no studio job named {name!r}")
+        rec = runs.read_job(self.runs_dir / name)
+        if rec is None:
+            raise DreamcoreError(f"no studio job named {name!r} in {self.runs_dir}")
+        return rec
+
+    def _update(self, name: str, **changes) -> None:
+        rec = self._record(name)
+        rec.update(changes)
+        runs.write_job(self.runs_dir / name, rec)

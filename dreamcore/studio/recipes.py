@@ -1,0 +1,62 @@
+"""The studio's choices: the text-to-3D recipes of ``configs/`` (each with the one-line description its file
+opens with) and the quality presets, which are plain overrides laid under the page's own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamcore.config import config_path
+
+# recipes that make an object from a prompt (the rest reconstruct a given mesh or refine another run)
+TEXT_RECIPES = ("text-nerf", "text-gaussians", "dreamfusion", "dreamfusion-sd", "dreamfusion-if", "dreamgaussian",
+                "magic3d-coarse", "prolificdreamer", "luciddreamer", "latent-nerf", "sjc", "stabledreamer")
+RECONSTRUCT_RECIPES = ("reference-nerf", "reference-gaussians", "reference-dmtet")
+
+# quality presets: steps and sizes (draft: a couple of minutes on a laptop CPU with the reference prior)
+PRESETS: dict[str, list[str]] = {
+    "draft": ["run.steps=300", "run.val_every=50", "run.checkpoint_every=50", "run.log_every=10",
+              "export.resolution=128", "export.texture_size=512", "export.turntable_frames=12",
+              "eval.views=4"],
+    "standard": ["run.val_every=100", "run.log_every=10"],
+    "high": ["run.val_every=200", "run.log_every=10", "export.resolution=256", "export.texture_size=2048"],
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    path: Path
+
+
+def describe(path: Path) -> str:
+    """The first comment line of a config file (its one-line description)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip()
+            if text:
+                return text
+        elif line.strip():
+            break
+    return ""
+
+
+def recipes(names: tuple[str, ...] = TEXT_RECIPES) -> list[Recipe]:
+    """The named recipes that exist in ``configs/``, in the given order."""
+    out = []
+    for name in names:
+        try:
+            path = config_path(name)
+        except Exception:  # noqa: BLE001 - a recipe not shipped in this checkout is not offered
+            continue
+        out.append(Recipe(name, describe(path), path))
+    return out
+
+
+def preset_overrides(preset: str) -> list[str]:
+    if preset not in PRESETS:
+        from dreamcore.errors import DreamcoreError
+
+        raise DreamcoreError(f"unknown quality preset {preset!r} (choose from {', '.join(PRESETS)})")
+    return list(PRESETS[preset])

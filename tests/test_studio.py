@@ -1,0 +1,70 @@
+"""The studio's engine room without a browser: every offered recipe with every preset is a valid config, refused
+requests leave no run folder, progress is read from the trainer's log lines, and the reproducing command and the
+gallery come from the run folders alone."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from dreamcore.config import load_config
+from dreamcore.errors import DreamcoreError
+from dreamcore.studio import runs
+from dreamcore.studio.queue import JobQueue
+from dreamcore.studio.recipes import PRESETS, RECONSTRUCT_RECIPES, preset_overrides, recipes
+from dreamcore.studio.safety import UnsafeInput
+
+
+def test_every_recipe_with_every_preset_is_a_valid_config():
+    offered = recipes() + recipes(RECONSTRUCT_RECIPES)
+    assert {"text-nerf", "reference-nerf"} <= {r.name for r in offered}
+    assert all(r.description for r in offered)
+    for r in offered:
+        for preset in PRESETS:
+            cfg = load_config(r.path, [*preset_overrides(preset), "prompt=a toy robot"])
+            if preset == "draft":
+                assert cfg.run.steps == 300
+    with pytest.raises(DreamcoreError, match="unknown quality preset 'best'"):
+        preset_overrides("best")
+
+
+@pytest.fixture
+def queue(tmp_path):
+    q = JobQueue(tmp_path / "runs", poll_s=0.05)
+    yield q
+    q.close()
+
+
+def test_refused_requests_leave_no_run_folder(queue, tmp_path):
+    with pytest.raises(DreamcoreError, match="unknown config key 'run.stepz'"):
+        queue.submit("a toy robot", "text-nerf", "draft", overrides=["run.stepz=3"])
+    with pytest.raises(UnsafeInput, match="plugins cannot be set"):
+        queue.submit("a toy robot", "text-nerf", "draft", overrides=["plugins=[x.py]"])
+    with pytest.raises(DreamcoreError, match="the prompt is empty"):
+        queue.submit("  ", "text-nerf")
+    fake = tmp_path / "fake.glb"
+    fake.write_text("not a mesh\n")
+    with pytest.raises(UnsafeInput, match="judged by its content"):
+        queue.submit("x", "reference-nerf", "draft", upload=fake)
+    assert list(queue.runs_dir.iterdir()) == []
+
+
+def test_progress_command_and_gallery_come_from_the_run_folder(tmp_path):
+    d = tmp_path / "runs" / "a-robot-1"
+    d.mkdir(parents=True)
+    (d / "log.txt").write_text("2026-01-01 00:00:00 start: prompt='a robot' steps=100\n"
+                               "2026-01-01 00:00:01 step 40/100 sds=0.5 opacity=0.25 s/step=0.200\n")
+    p = runs.read_progress(d)
+    assert (p.step, p.total, p.loss, p.fraction) == (40, 100, 0.75, 0.4) and p.eta_s == pytest.approx(12.0)
+    rec = {"name": d.name, "prompt": "a robot", "seed": 3, "recipe": "text-nerf", "dir": str(d),
+           "overrides": ["run.steps=100"], "created": time.time(), "status": "running", "pid": 2 ** 22 + 12345}
+    runs.write_job(d, rec)
+    assert runs.cli_command(rec) == (f"dreamcore generate 'a robot' --config configs/text-nerf.yaml run.steps=100 "
+                                     f"run.seed=3 run.dir={d}")
+    (d / "ckpt").mkdir()
+    (d / "metrics.json").write_text(json.dumps({"glb_psnr": 29.5}))
+    [entry] = runs.list_runs(tmp_path / "runs")
+    assert entry.status == "interrupted" and entry.resumable  # its process is gone: offered for resume
+    assert entry.metrics["glb_psnr"] == 29.5
