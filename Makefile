@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamcore-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow test-all bench tiny-prior bench-text gpu-wheels gpu-check gpu-check-dry clean
+.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior bench-text gpu-wheels gpu-check gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -15,17 +15,24 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	@$(BIN)/python -m pip install -q -e ".[test,diffusers,ray]"
+	@$(BIN)/python -m pip install -q -e ".[test,diffusers,ray,studio]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/dreamcore demo
 
+studio: $(STAMP)
+	$(BIN)/dreamcore studio
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+# the studio in a real browser (Debian's chromium; ~2 min)
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m browser
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not browser"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
