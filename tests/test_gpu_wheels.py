@@ -58,6 +58,8 @@ NOT_BUNDLED = {
     "nvdiffrast": "no wheel on PyPI",
     # the batch layer's optional backend (dreamcore[ray], ~80 MB); the GPU check runs single jobs, not batches
     "ray": "optional batch backend, not used by the GPU check",
+    # the studio's web app (dreamcore[studio]); the GPU check runs no server
+    "gradio": "optional web app, not used by the GPU check",
 }
 
 FIRST_PARTY = {"dreamcore", "systems"}

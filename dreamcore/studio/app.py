@@ -102,6 +102,16 @@ def gallery_rows(queue: JobQueue) -> list[list]:
     return rows
 
 
+def gallery_thumbs(queue: JobQueue) -> tuple[list[tuple[str, str]], list[str]]:
+    """Thumbnails (each run's newest validation image, captioned prompt · status) and the runs they belong to."""
+    thumbs, names = [], []
+    for r in runs.list_runs(queue.runs_dir):
+        if r.thumbnail is not None:
+            thumbs.append((str(r.thumbnail), f"{r.job.get('prompt', '')} · {r.status}"))
+            names.append(r.dir.name)
+    return thumbs, names
+
+
 def build_app(queue: JobQueue):
     gr = _import_gradio()
     text = recipes()
@@ -174,6 +184,16 @@ def build_app(queue: JobQueue):
             name = ""
         return open_run(str(name))
 
+    def pick_thumb(names, evt: gr.SelectData):
+        i = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
+        return open_run(names[i] if names and 0 <= i < len(names) else "")
+
+    def gallery_view():
+        rows = gallery_rows(queue)
+        pictures, names = gallery_thumbs(queue)
+        return rows, gr.update(choices=[r[0] for r in rows]), pictures, names
+
+    pick_thumb.__annotations__["evt"] = gr.SelectData
     pick_row.__annotations__["evt"] = gr.SelectData  # how Gradio knows to pass the event (names are strings here)
 
     with gr.Blocks(title="dreamcore studio", analytics_enabled=False) as demo:
@@ -204,6 +224,9 @@ def build_app(queue: JobQueue):
             recon_overrides = gr.Textbox(lines=2, label="key=value overrides", elem_id="recon-overrides")
             go_mesh = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
         with gr.Tab("Gallery"):
+            thumb_names = gr.State([])
+            thumbs = gr.Gallery(label="Runs (a click opens one)", columns=6, height=240, allow_preview=False,
+                                elem_id="gallery-thumbs")
             table = gr.Dataframe(headers=["run", "prompt", "recipe", "status", "created", "GLB PSNR", "GLB IoU",
                                           "resumable"], value=lambda: gallery_rows(queue), interactive=False,
                                  elem_id="gallery")
@@ -234,11 +257,11 @@ def build_app(queue: JobQueue):
         finished.change(show_result, [finished], [viewer, video, metrics, files, command])
         cancel_btn.click(cancel, [page_job], [message])
         resume_btn.click(resume, [page_job], [message])
-        refresh_btn.click(lambda: (gallery_rows(queue), gr.update(choices=[r[0] for r in gallery_rows(queue)])),
-                          None, [table, choice])
+        refresh_btn.click(gallery_view, None, [table, choice, thumbs, thumb_names])
         open_btn.click(open_run, [choice], [page_job, message, shown, finished])
         table.select(pick_row, [table], [page_job, message, shown, finished])  # a click on a row opens that run
-        demo.load(lambda: gr.update(choices=[r[0] for r in gallery_rows(queue)]), None, [choice])
+        thumbs.select(pick_thumb, [thumb_names], [page_job, message, shown, finished])
+        demo.load(gallery_view, None, [table, choice, thumbs, thumb_names])
     demo.dreamcore_css = css
     return demo
 
