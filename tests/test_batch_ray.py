@@ -7,7 +7,6 @@ alone (``unshare -n``) and refuses to start Ray otherwise; Ray's usage statistic
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from netns import can_isolate  # noqa: E402
 TOOL = ROOT / "tools" / "batch_faults.py"
 
 pytest.importorskip("ray")
 
 
-def _can_isolate() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    return subprocess.call(["unshare", "-n", "sh", "-c", "ip link set lo up"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL) == 0
 
-
-pytestmark = pytest.mark.skipif(not _can_isolate(), reason="no network namespace here (unshare -n): Ray tests "
+pytestmark = pytest.mark.skipif(not can_isolate(), reason="no network namespace here (unshare -n): Ray tests "
                                                             "never run with the network reachable")
 
 

@@ -14,20 +14,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from netns import can_isolate  # noqa: E402
 pytest.importorskip("gradio")
 pytest.importorskip("playwright")
 
 
-def _can_isolate() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    return subprocess.call(["unshare", "-n", "sh", "-c", "ip link set lo up"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL) == 0
-
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (apt-get install chromium)"),
-              pytest.mark.skipif(not _can_isolate(), reason="no network namespace here (unshare -n)")]
+              pytest.mark.skipif(not can_isolate(), reason="no network namespace here (unshare -n)")]
 
 
 @pytest.fixture(scope="module")

@@ -157,19 +157,20 @@ def build_app(queue: JobQueue):
         return (glb, turntable(run_dir), {k: v for k, v in st["metrics"].items() if k != "export"},
                 result_files(run_dir), st["command"])
 
-    def cancel(page_job):
+    def act(action, page_job, done: str) -> str:
+        """Run a queue action on the page's job; its message, or the queue's refusal in words."""
         try:
-            queue.cancel(page_job)
+            action(page_job)
         except DreamcoreError as e:
             return f"**{e}**"
-        return f"Stopping `{page_job}`: its checkpoint is saved; resume it from here or the gallery."
+        return done.format(job=page_job)
+
+    def cancel(page_job):
+        return act(queue.cancel, page_job, "Stopping `{job}`: its checkpoint is saved; resume it from here or the "
+                                           "gallery.")
 
     def resume(page_job):
-        try:
-            queue.resume(page_job)
-        except DreamcoreError as e:
-            return f"**{e}**"
-        return f"Queued `{page_job}` again: it resumes from its checkpoint."
+        return act(queue.resume, page_job, "Queued `{job}` again: it resumes from its checkpoint.")
 
     def open_run(name):
         if not name:

@@ -175,7 +175,7 @@ class JobQueue:
 
     def _start(self, name: str, slot: int) -> None:
         rec = self._record(name)
-        job = Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")})
+        job = _job_of(rec)
         result_path(job).unlink(missing_ok=True)  # the record of an earlier attempt is not this one's
         env = dict(os.environ)
         gpu = self.gpu_of_slot[slot]
@@ -196,7 +196,7 @@ class JobQueue:
             cancelled = name in self.cancelled
             self.cancelled.discard(name)
         rec = self._record(name)
-        job = Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")})
+        job = _job_of(rec)
         result = read_result(job)
         if result is not None and rc in (0, 3, 4):
             status = result["status"]
@@ -224,3 +224,8 @@ class JobQueue:
         rec = self._record(name)
         rec.update(changes)
         runs.write_job(self.runs_dir / name, rec)
+
+
+def _job_of(rec: dict) -> Job:
+    """The batch job a studio record describes (what its worker process runs)."""
+    return Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")})
