@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 from dreamcore import registry
 from dreamcore.errors import DreamcoreError
 from dreamcore.files import REPO_ROOT
-from dreamcore.schedule import Scheduled
+from dreamcore.schedule import Scheduled, step_count
 from dreamcore.views import ViewPromptConfig
 
 
@@ -67,7 +67,7 @@ class OptimizerConfig:
 @dataclass
 class RunConfig:
     dir: str = ""
-    steps: int = 1000
+    steps: int = step_count(1000)
     seed: int = 0
     checkpoint_every: int = 250
     val_every: int = 250
@@ -80,6 +80,11 @@ class RunConfig:
     # arithmetic of the scene's forward and backward (autocast): fp32, bf16, or fp16 with a dynamic loss scale;
     # priors keep their own prior.dtype
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # a run this many times as long (0.25: a quick draft; 2: a longer, finer one): multiplies run.steps and every
+    # step count and schedule of the recipe (the fields typed Scheduled or marked step_count: lr and timestep
+    # anneals, loss weights, densification, SH growth; not the checkpoint, validation and log intervals) when
+    # the config is loaded; the merged config.yaml holds the scaled values and 1.0 here
+    time_scale: float = 1.0
 
 
 @dataclass
@@ -259,7 +264,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         rep["path"] = tree.pop("mesh")
         tree["representation"] = rep
     load_plugins(tree.get("plugins", []) or [])
-    return parse(Config, tree, "")
+    return apply_time_scale(parse(Config, tree, ""))
+
+
+def apply_time_scale(cfg: "Config") -> "Config":
+    """``run.time_scale`` = f applied: every step count (``step_count`` fields) rounded from f × its value (an
+    interval stays ≥ 1, 0 stays 0) and every schedule's steps multiplied by f; a refinement stage gets the same
+    factor through ``refine.overrides``. Then ``run.time_scale`` is 1.0, so loading the result again (the run
+    folder's config.yaml on resume) changes nothing."""
+    import math
+
+    f = cfg.run.time_scale
+    if f == 1.0:
+        return cfg
+    if not (math.isfinite(f) and f > 0):
+        raise DreamcoreError(f"run.time_scale must be a positive number, got {f!r}")
+
+    def scale(obj: Any) -> Any:
+        if isinstance(obj, Scheduled):
+            return obj.scaled(f)
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return obj
+        changes = {}
+        for fd in dataclasses.fields(obj):
+            value = getattr(obj, fd.name)
+            if fd.metadata.get("steps") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                scaled = value * f
+                if isinstance(value, int):
+                    scaled = max(1, round(scaled)) if value > 0 else value
+                changes[fd.name] = scaled
+            elif isinstance(value, Scheduled) or dataclasses.is_dataclass(value):
+                changes[fd.name] = scale(value)
+        return dataclasses.replace(obj, **changes) if changes else obj
+
+    out = scale(cfg)
+    out.run.time_scale = 1.0
+    if out.refine.config:
+        out.refine.overrides = [*out.refine.overrides, f"run.time_scale={f!r}"]
+    return out
 
 
 def load_plugins(plugins: list[str]) -> None:

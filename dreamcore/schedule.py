@@ -9,7 +9,7 @@ end_value, end_step]`` (a flat list of four numbers) is converted at load time t
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from dreamcore.errors import DreamcoreError
@@ -66,7 +66,17 @@ class Scheduled:
         (s0, v0), (s1, v1) = pts[i - 1], pts[i]
         return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
 
+    def scaled(self, factor: float) -> "Scheduled":
+        """The same schedule over a run ``factor`` times as long: each point's step multiplied by ``factor``."""
+        return Scheduled(tuple((round(s * factor, 6), v) for s, v in self.points))
+
     def to_yaml(self) -> Any:
         if len(self.points) == 1 and self.points[0][0] == 0.0:
             return self.points[0][1]
         return [[int(s) if float(s).is_integer() else s, v] for s, v in self.points]
+
+
+def step_count(default: int | float) -> Any:
+    """A config field that counts training steps (a step number or an interval of steps): ``run.time_scale``
+    multiplies it, as it does every :class:`Scheduled` value's steps."""
+    return field(default=default, metadata={"steps": True})

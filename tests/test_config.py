@@ -94,3 +94,76 @@ def test_exponent_literals_without_a_dot_are_numbers():
         load_config(config_path("reference-nerf"), ["optimizer.eps=tiny"])
     with pytest.raises(DreamcoreError, match="guidance.weight"):
         load_config(config_path("reference-nerf"), ["guidance.weight=heavy"])
+
+
+def test_time_scale_scales_every_step_count_and_schedule():
+    """run.time_scale=0.5 equals writing every step count and schedule of the recipe at half length."""
+    scaled = load_config(config_path("text-gaussians"), ["run.time_scale=0.5"])
+    by_hand = load_config(config_path("text-gaussians"), [
+        "run.steps=400",
+        "system.lambda_opaque=[[0,0.0],[100,0.1]]", "system.densify.start=50", "system.densify.stop=300",
+        "system.densify.every=50", "representation.lr_means=[[0,0.002],[400,0.00002]]",
+        "guidance.t_max=[[0,0.98],[400,0.3]]", "representation.sh_degree_every=500",
+        "representation.beg_start=500", "representation.beg_stop=2250"])
+    assert scaled == by_hand
+    assert scaled.run.time_scale == 1.0
+    assert scaled.run.val_every == 400  # how often it validates and saves is not the algorithm: unscaled
+    assert scaled.system.densify.opacity_reset_every == 0  # 0 (never) stays 0
+    tiny = load_config(config_path("text-gaussians"), ["run.time_scale=0.001"])
+    assert tiny.run.steps == 1 and tiny.system.densify.every == 1  # intervals stay >= 1
+
+
+def test_time_scale_is_applied_once_and_reaches_the_refinement_stage(tmp_path):
+    from dreamcore.config import dump_yaml
+    from dreamcore.runner.refine import stage_config
+
+    cfg = load_config(config_path("reference-gaussians"), ["run.time_scale=0.5"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_yaml(cfg))
+    assert load_config(saved) == cfg  # the run folder's config.yaml (resume) is not scaled again
+    plain = stage_config(load_config(config_path("reference-gaussians")), tmp_path)
+    stage = stage_config(cfg, tmp_path)
+    assert stage.run.steps == round(plain.run.steps / 2)
+    assert stage.optimizer.lr.points == tuple((s / 2, v) for s, v in plain.optimizer.lr.points)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan"])
+def test_time_scale_must_be_positive(bad):
+    with pytest.raises(DreamcoreError, match="run.time_scale must be a positive number"):
+        load_config(config_path("text-nerf"), [f"run.time_scale={bad}"])
+
+
+def test_every_step_like_count_is_marked_for_time_scale():
+    """A component field named like a count of training steps must be a step_count (so run.time_scale scales
+    it) or be listed here as counting something else."""
+    import dataclasses
+
+    from dreamcore import registry
+    from dreamcore.config import Config
+
+    not_training_steps = {"log_every", "val_every", "checkpoint_every", "occupancy_update_every", "init_texture_steps", "inversion_steps",
+                          "score_steps", "xs_inv_steps", "ddim_steps", "smooth_iterations", "delta_warmup",
+                          "cur_start", "cur_end"}
+    step_like = ("every", "start", "stop", "steps", "warmup", "until")
+    classes = {Config}
+    for kind in registry.kinds():
+        for name in registry.names(kind):
+            classes.add(registry.lookup(kind, name).Config)
+    seen, unmarked = set(), []
+
+    def walk(cls):
+        if cls in seen:
+            return
+        seen.add(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default))
+            elif (isinstance(default, (int, float)) and not isinstance(default, bool)
+                  and any(w in f.name for w in step_like) and f.name not in not_training_steps
+                  and not f.metadata.get("steps") and not f.name.startswith(("t_", "lambda"))):
+                unmarked.append(f"{cls.__qualname__}.{f.name}")
+
+    for cls in classes:
+        walk(cls)
+    assert not unmarked, unmarked

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
 from dreamcore.registry import register
-from dreamcore.schedule import Scheduled
+from dreamcore.schedule import Scheduled, step_count
 from dreamcore import rng
 
 
@@ -95,7 +95,7 @@ class CDSGuidance(Guidance):
         t_max: Scheduled = scheduled(0.98)
         cur_start: float = 700.0  # t' schedule (timestep indices), annealed start → end over cur_steps steps
         cur_end: float = 100.0
-        cur_steps: float = 3000.0
+        cur_steps: float = step_count(3000.0)
         cur_anneal: Literal["sqrt", "linear"] = "sqrt"
         perturb_factor: int = 200  # t − t' ∈ [end_gap, end_gap + perturb_factor)
         end_gap: int = 100

@@ -46,7 +46,7 @@ from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
 from dreamcore.guidance.cds import FixedNoise
 from dreamcore.registry import register
-from dreamcore.schedule import Scheduled
+from dreamcore.schedule import Scheduled, step_count
 from dreamcore import rng
 
 
@@ -79,7 +79,7 @@ class GCSGuidance(Guidance):
         t_min: Scheduled = scheduled(0.02)
         t_max: Scheduled = scheduled(0.5)
         t_max_warmup: float = 0.98  # the upper end of the range at step 0 (both ends shift by the same amount)
-        warmup_steps: int = 1500
+        warmup_steps: int = step_count(1500)
         t_shared: bool = True
         delta_base: int = 80  # Δ = delta_base + ⌈delta_warmup · r⌉
         delta_warmup: int = 20

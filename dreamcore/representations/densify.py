@@ -24,6 +24,7 @@ from torch import Tensor
 
 from dreamcore.representations.gaussian_shape import quat_to_rotmat
 from dreamcore import rng
+from dreamcore.schedule import step_count
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -69,16 +70,16 @@ def reset_moments(param: Tensor, optimizer: Optional[torch.optim.Optimizer] = No
 @dataclass
 class DensifyConfig:
     enabled: bool = True
-    start: int = 100  # first step that densifies
-    stop: int = 1000  # no densification from this step on (pruning stops too)
-    every: int = 100
+    start: int = step_count(100)  # first step that densifies
+    stop: int = step_count(1000)  # no densification from this step on (pruning stops too)
+    every: int = step_count(100)
     grad_threshold: float = 2e-4  # mean NDC-space positional gradient norm
     percent_dense: float = 0.01  # clone below, split above this max scale (× extent)
     extent: float = 1.0  # scene extent (the object's radius)
     min_opacity: float = 0.005
     max_screen_radius: float = 0.0  # pixels; 0 = off
     max_world_scale: float = 0.1  # × extent
-    opacity_reset_every: int = 0  # 0 = never
+    opacity_reset_every: int = step_count(0)  # 0 = never
     reset_opacity: float = 0.01
     max_gaussians: int = 100000
 

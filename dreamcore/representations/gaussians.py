@@ -25,7 +25,7 @@ from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore.representations.gaussian_shape import covariance, quat_to_rotmat  # noqa: F401 (re-exported)
-from dreamcore.schedule import Scheduled
+from dreamcore.schedule import Scheduled, step_count
 
 
 SH_C0 = 0.28209479177387814
@@ -74,7 +74,7 @@ class Gaussians(nn.Module):
     class Config(ComponentConfig):
         bound: float = 1.0  # scene box half-size (mesh export grid; points are kept inside it)
         sh_degree: int = 0  # maximum spherical-harmonic degree (0..3)
-        sh_degree_every: int = 1000  # steps per added SH degree
+        sh_degree_every: int = step_count(1000)  # steps per added SH degree
         init: Literal["sphere", "file"] = "sphere"  # init.from_run=RUN_DIR takes precedence
         init_points: int = 4096
         init_radius: float = 0.6  # ball radius of random initial points
@@ -95,8 +95,8 @@ class Gaussians(nn.Module):
         # beg_start < k < beg_stop (k the 1-based iteration), if the beg_quantile-quantile brightness exceeds
         # beg_threshold, every SH coefficient is multiplied by beg_rate (colours contract toward grey ½)
         brightness_equalize: bool = False
-        beg_start: int = 1000
-        beg_stop: int = 4500
+        beg_start: int = step_count(1000)
+        beg_stop: int = step_count(4500)
         beg_quantile: float = 0.85
         beg_threshold: float = 0.9  # lgt_thresh
         beg_rate: float = 0.8  # reset_rate

@@ -18,6 +18,7 @@ from dreamcore.registry import register
 from dreamcore.representations.hashgrid import HashGridEncoding
 from dreamcore.representations.occupancy import OccupancyGrid
 from dreamcore.precision import no_autocast
+from dreamcore.schedule import step_count
 
 
 class _TruncExp(torch.autograd.Function):
@@ -59,7 +60,7 @@ class NeRFField(nn.Module):
         occupancy_update_every: int = 16
         occupancy_decay: float = 0.3
         occupancy_threshold: float = 0.01
-        occupancy_warmup: int = 0
+        occupancy_warmup: int = step_count(0)
         occupancy_dilation: int = 1
         occupancy_empty_fraction: float = 0.125
         color_channels: int = 3  # 4 for Latent-NeRF (the render's channels are a latent prior's latents)
