@@ -64,10 +64,14 @@ class JobQueue:
         if not prompt:
             raise DreamcoreError("the prompt is empty")
         page = check_overrides(list(overrides or []), self.runs_dir)
-        merged = [*preset_overrides(preset), *page]
+        config = str(config_path(recipe).resolve())
+        try:  # the recipe's length as the page leaves it, which the preset scales
+            steps = load_config(config, page).run.steps
+        except DreamcoreError:
+            steps = load_config(config).run.steps  # the page's own mistake is reported below, with its job
+        merged = [*preset_overrides(preset, steps), *page]
         if negative_prompt.strip():
             merged.append(f"negative_prompt={json.dumps(negative_prompt.strip())}")
-        config = str(config_path(recipe).resolve())
         job = Job("", prompt, int(seed), config, merged)
         if upload is None:  # the CLI's parser: a wrong key fails here, nothing starts
             load_config(config, job.config_overrides())

@@ -13,14 +13,26 @@ TEXT_RECIPES = ("text-nerf", "text-gaussians", "dreamfusion", "dreamfusion-sd", 
                 "magic3d-coarse", "prolificdreamer", "luciddreamer", "latent-nerf", "sjc", "stabledreamer")
 RECONSTRUCT_RECIPES = ("reference-nerf", "reference-gaussians", "reference-dmtet")
 
-# quality presets: steps and sizes (draft: a couple of minutes on a laptop CPU with the reference prior)
+# quality presets: how long the run is (run.time_scale, which scales the recipe's schedules with its step count)
+# and how big its outputs are. draft: at most DRAFT_STEPS steps (a couple of minutes on a laptop CPU with the
+# reference prior); high: twice the recipe's steps, up to HIGH_STEPS (recipes already longer keep theirs)
+DRAFT_STEPS = 300
+HIGH_STEPS = 2000
 PRESETS: dict[str, list[str]] = {
-    "draft": ["run.steps=300", "run.val_every=50", "run.checkpoint_every=50", "run.log_every=10",
-              "export.resolution=128", "export.texture_size=512", "export.turntable_frames=12",
-              "eval.views=4"],
+    "draft": ["run.val_every=50", "run.checkpoint_every=50", "run.log_every=10", "export.resolution=128",
+              "export.texture_size=512", "export.turntable_frames=12", "eval.views=4"],
     "standard": ["run.val_every=100", "run.log_every=10"],
     "high": ["run.val_every=200", "run.log_every=10", "export.resolution=256", "export.texture_size=2048"],
 }
+
+
+def time_scale(preset: str, steps: int) -> float:
+    """The preset's ``run.time_scale`` for a recipe of ``steps`` steps (after the page's own overrides)."""
+    if preset == "draft":
+        return min(1.0, DRAFT_STEPS / max(1, steps))
+    if preset == "high":
+        return max(1.0, min(2.0, HIGH_STEPS / max(1, steps)))
+    return 1.0
 
 
 @dataclass(frozen=True)
@@ -54,9 +66,12 @@ def recipes(names: tuple[str, ...] = TEXT_RECIPES) -> list[Recipe]:
     return out
 
 
-def preset_overrides(preset: str) -> list[str]:
+def preset_overrides(preset: str, steps: int) -> list[str]:
+    """The preset's overrides for a recipe of ``steps`` steps: its sizes and, unless it keeps the recipe's
+    length, ``run.time_scale``."""
     if preset not in PRESETS:
         from dreamcore.errors import DreamcoreError
 
         raise DreamcoreError(f"unknown quality preset {preset!r} (choose from {', '.join(PRESETS)})")
-    return list(PRESETS[preset])
+    scale = round(time_scale(preset, steps), 4)
+    return [*PRESETS[preset], *([f"run.time_scale={scale:g}"] if scale != 1.0 else [])]
