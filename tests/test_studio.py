@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dreamcore.config import load_config
+from dreamcore.config import config_path, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.studio import runs
 from dreamcore.studio.queue import JobQueue
@@ -22,12 +22,27 @@ def test_every_recipe_with_every_preset_is_a_valid_config():
     assert {"text-nerf", "reference-nerf"} <= {r.name for r in offered}
     assert all(r.description for r in offered)
     for r in offered:
+        plain = load_config(r.path)
         for preset in PRESETS:
-            cfg = load_config(r.path, [*preset_overrides(preset), "prompt=a toy robot"])
+            cfg = load_config(r.path, [*preset_overrides(preset, plain.run.steps), "prompt=a toy robot"])
             if preset == "draft":
-                assert cfg.run.steps == 300
+                assert cfg.run.steps == min(300, plain.run.steps)
+            if preset == "high":
+                assert cfg.run.steps == max(plain.run.steps, min(2 * plain.run.steps, 2000))
     with pytest.raises(DreamcoreError, match="unknown quality preset 'best'"):
-        preset_overrides("best")
+        preset_overrides("best", 800)
+
+
+def test_draft_shortens_the_schedules_with_the_run():
+    """text-nerf's 800 steps as a 300-step draft: its timestep anneal and opacity ramp end at the same fraction
+    of the run, and a length the page asks for itself is kept."""
+    plain = load_config(config_path("text-nerf"))
+    draft = load_config(config_path("text-nerf"), preset_overrides("draft", plain.run.steps))
+    assert draft.run.steps == 300
+    assert draft.guidance.t_max(300) == pytest.approx(plain.guidance.t_max(800))
+    assert draft.guidance.t_max(150) == pytest.approx(plain.guidance.t_max(400))
+    assert draft.system.lambda_opaque(75) == pytest.approx(plain.system.lambda_opaque(200))
+    assert preset_overrides("draft", 30) == PRESETS["draft"]  # already short: no time scale
 
 
 @pytest.fixture
@@ -68,3 +83,41 @@ def test_progress_command_and_gallery_come_from_the_run_folder(tmp_path):
     [entry] = runs.list_runs(tmp_path / "runs")
     assert entry.status == "interrupted" and entry.resumable  # its process is gone: offered for resume
     assert entry.metrics["glb_psnr"] == 29.5
+
+
+def test_page_failures_read_as_words_and_their_traceback_goes_to_the_log(tmp_path):
+    gr = pytest.importorskip("gradio")
+    from dreamcore.studio.app import in_words
+
+    log = tmp_path / "studio-errors.txt"
+
+    def show_result(job):
+        raise KeyError("glb_psnr")
+
+    def cancel(job):
+        raise DreamcoreError("job x is neither queued nor running")
+
+    with pytest.raises(gr.Error) as caught:
+        in_words(gr, show_result, log)("x")
+    text = str(caught.value)
+    assert "the studio could not do that (show result): KeyError: 'glb_psnr'" in text
+    assert "Traceback" not in text and str(log) in text
+    assert "Traceback" in log.read_text() and "raise KeyError" in log.read_text()
+    with pytest.raises(gr.Error, match="job x is neither queued nor running"):
+        in_words(gr, cancel, log)("x")
+    assert in_words(gr, lambda job: job * 2, log)(21) == 42
+
+
+def test_a_staged_upload_is_removed_only_inside_gradios_folder(tmp_path, monkeypatch):
+    from dreamcore.studio.app import discard_staged
+
+    stage = tmp_path / "runs" / ".uploads"
+    (stage / "abc").mkdir(parents=True)
+    staged = stage / "abc" / "robot.glb"
+    staged.write_bytes(b"glTF")
+    elsewhere = tmp_path / "mine.glb"
+    elsewhere.write_bytes(b"glTF")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(stage))
+    discard_staged(str(elsewhere))
+    discard_staged(str(staged))
+    assert elsewhere.is_file() and not staged.exists() and not (stage / "abc").exists()

@@ -6,9 +6,11 @@ only reads run folders. Offline: no analytics, no share links, no web fonts."""
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 import time
+import traceback
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from dreamcore.studio.safety import DEFAULT_UPLOAD_LIMIT, MESH_SUFFIXES
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REFRESH_S = 2.0
+UPLOADS = ".uploads"  # under the runs folder: where Gradio stages uploads (and caches files it serves)
+ERROR_LOG = "studio-errors.txt"  # under the runs folder: the tracebacks of the page's own failures
 
 
 def _import_gradio():
@@ -112,6 +116,39 @@ def gallery_thumbs(queue: JobQueue) -> tuple[list[tuple[str, str]], list[str]]:
     return thumbs, names
 
 
+def in_words(gr, fn, log_path: Path):
+    """``fn`` as a page handler whose failures read as words: a DreamcoreError's message, or for anything else
+    what failed in one line, with its traceback appended to ``log_path`` rather than shown in the page."""
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except DreamcoreError as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the page gets words; the log gets the traceback
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {fn.__name__}\n{traceback.format_exc()}\n")
+            raise gr.Error(f"the studio could not do that ({fn.__name__.replace('_', ' ')}): "
+                           f"{type(e).__name__}: {e}. The details are in {log_path}.") from None
+
+    return handler
+
+
+def discard_staged(upload) -> None:
+    """Remove Gradio's staged copy of an upload once the queue has its own (or has refused it)."""
+    staged = Path(_path(upload)).resolve()
+    root = os.environ.get("GRADIO_TEMP_DIR")
+    if root and staged.is_file() and staged.is_relative_to(Path(root).resolve()):
+        staged.unlink(missing_ok=True)
+        try:
+            staged.parent.rmdir()  # Gradio gives each upload a folder of its own
+        except OSError:
+            pass
+
+
 def build_app(queue: JobQueue):
     gr = _import_gradio()
     text = recipes()
@@ -135,6 +172,8 @@ def build_app(queue: JobQueue):
             name = queue.submit(prompt, recipe, preset, int(seed or 0), "", _lines(overrides), upload=_path(upload))
         except DreamcoreError as e:
             return page_job, f"**Not started:** {e}"
+        finally:
+            discard_staged(upload)
         return name, (f"Queued `{name}`: the mesh is reconstructed with the closed-form reference prior "
                       "(no diffusion weights needed).")
 
@@ -196,8 +235,13 @@ def build_app(queue: JobQueue):
 
     pick_thumb.__annotations__["evt"] = gr.SelectData
     pick_row.__annotations__["evt"] = gr.SelectData  # how Gradio knows to pass the event (names are strings here)
+    log = queue.runs_dir / ERROR_LOG
+    (submit, submit_mesh, refresh, show_result, cancel, resume, open_run, pick_row, pick_thumb, gallery_view) = (
+        in_words(gr, f, log) for f in (submit, submit_mesh, refresh, show_result, cancel, resume, open_run,
+                                        pick_row, pick_thumb, gallery_view))
 
-    with gr.Blocks(title="dreamcore studio", analytics_enabled=False) as demo:
+    # files Gradio staged or cached (uploads already copied into their run folders) go after a day
+    with gr.Blocks(title="dreamcore studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         page_job = gr.State("")
         shown = gr.State("")
         gr.Markdown("# dreamcore studio")
@@ -300,6 +344,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, runs_dir: str = "runs/studi
                              "(or a file holding it)")
     gr = _import_gradio()
     queue = JobQueue(runs_dir, slots=slots, threads=threads, upload_limit=int(upload_mb * 2**20))
+    os.environ["GRADIO_TEMP_DIR"] = str(queue.runs_dir / UPLOADS)  # read when the Blocks and the server are made
     demo = build_app(queue)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     demo.queue(default_concurrency_limit=8)
