@@ -73,6 +73,13 @@ def test_progress_command_and_gallery_come_from_the_run_folder(tmp_path):
                                "2026-01-01 00:00:01 step 40/100 sds=0.5 opacity=0.25 s/step=0.200\n")
     p = runs.read_progress(d)
     assert (p.step, p.total, p.loss, p.fraction) == (40, 100, 0.75, 0.4) and p.eta_s == pytest.approx(12.0)
+    attempt = (d / "log.txt").stat().st_size  # a resumed attempt: the killed one's steps are not its progress
+    with open(d / "log.txt", "a") as f:
+        f.write("2026-01-01 00:01:00 resume: prompt='a robot' steps=100\n")
+    assert runs.read_progress(d, since=attempt).step == 0
+    with open(d / "log.txt", "a") as f:
+        f.write("2026-01-01 00:01:01 step 35/100 sds=0.5 s/step=0.200\n")
+    assert runs.read_progress(d, since=attempt).step == 35 and runs.read_progress(d).step == 35
     rec = {"name": d.name, "prompt": "a robot", "seed": 3, "recipe": "text-nerf", "dir": str(d),
            "overrides": ["run.steps=100"], "created": time.time(), "status": "running", "pid": 2 ** 22 + 12345}
     runs.write_job(d, rec)

@@ -132,7 +132,7 @@ class JobQueue:
         pos = self.position(name)
         if pos is None and rec.get("status") in ("queued", "running"):
             rec["status"] = "interrupted"  # recorded by an earlier app that is gone
-        prog = runs.read_progress(path)
+        prog = runs.read_progress(path, since=int(rec.get("log_from") or 0))
         return {**rec, "position": pos, "progress": prog, "validation": runs.latest_validation(path),
                 "metrics": runs.read_metrics(path), "command": runs.cli_command(rec)}
 
@@ -184,12 +184,14 @@ class JobQueue:
         env = dict(os.environ)
         gpu = self.gpu_of_slot[slot]
         env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else env.get("CUDA_VISIBLE_DEVICES", "")
+        log_txt = Path(job.dir) / "log.txt"  # this attempt's progress is what the run logs from here on
+        log_from = log_txt.stat().st_size if log_txt.is_file() else 0
         log = open(Path(job.dir) / WORKER_LOG, "a")
         cmd = [sys.executable, "-m", "dreamcore.batch.worker", json.dumps(job.to_dict()),
                "--threads", str(self.threads)]
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
-        self._update(name, status="running", pid=proc.pid, started=time.time(), error=None)
+        self._update(name, status="running", pid=proc.pid, started=time.time(), error=None, log_from=log_from)
         with self.lock:
             self.running[name] = (proc, slot, log)
 

@@ -33,12 +33,14 @@ class Progress:
         return (self.total - self.step) * self.seconds_per_step if self.seconds_per_step > 0 else None
 
 
-def read_progress(run_dir: Path) -> Progress:
-    """The last ``step N/T`` line of the run's log (the trainer writes one every ``run.log_every`` steps)."""
+def read_progress(run_dir: Path, since: int = 0) -> Progress:
+    """The last ``step N/T`` line of the run's log (the trainer writes one every ``run.log_every`` steps) at or
+    after byte ``since``: where the job's current attempt began, so a resumed job never shows the step its
+    killed or cancelled attempt had reached before its own first line."""
     try:
         with open(Path(run_dir) / "log.txt", "rb") as f:
             f.seek(0, 2)
-            f.seek(max(0, f.tell() - 65536))
+            f.seek(max(0, since, f.tell() - 65536))
             lines = f.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return Progress()
