@@ -1,6 +1,7 @@
 """dreamcore studio in a real browser (tools/studio_browser.py: chromium + playwright, server and browser in a
 network namespace with loopback alone): refusals, two pages' jobs in order, live progress and preview, the 3D
-viewer drawing the model, the GLB download validated, a killed job reported, restart, gallery, resume, cancel.
+viewer drawing the model, the GLB download validated, a text-to-3D Gaussians job from the New asset tab with its
+model.ply, a killed job reported, restart, gallery, resume, cancel.
 About two minutes; deselect with ``-m 'not browser'``."""
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def test_a_job_shows_progress_preview_viewer_and_valid_downloads(seen):
 def test_two_pages_jobs_run_in_order(seen):
     assert "position 1 in the queue" in seen["page_b_waiting"] or "running" in seen["page_b_waiting"]
     assert seen["job2_final"]["status"] == "done" and seen["in_order"]
+
+
+def test_a_text_to_3d_gaussians_job_from_the_new_asset_tab_offers_its_ply(seen):
+    assert seen["job2_final"]["step"] == seen["job2_final"]["total"] == 20
+    assert seen["job2_downloads"] == ["config.yaml", "model-obj.zip", "model.glb", "model.ply"]
+    assert seen["job2_command"].startswith("dreamcore generate 'a toy robot' --config configs/text-gaussians.yaml")
 
 
 def test_a_killed_job_is_reported_and_the_app_keeps_serving(seen):

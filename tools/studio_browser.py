@@ -31,12 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netns import isolated, reexec_isolated, up_interfaces  # noqa: E402
 
-TINY = ["run.val_every=10", "run.checkpoint_every=5", "run.log_every=5", "run.val_resolution=32",
-        "camera.resolution=32", "camera.batch_size=2", "system.rays_per_view=64", "representation.n_levels=4",
-        "representation.log2_table_size=12", "representation.max_resolution=64",
-        "representation.occupancy_resolution=16", "export.resolution=48", "export.texture_size=128",
-        "export.turntable_frames=4", "export.turntable_resolution=64", "eval.views=2", "eval.resolution=32",
-        "eval.janus_views=2", "prior.bank_views=4"]
+# tiny jobs: the run, export and scoring sizes of any recipe, then those of a NeRF on the reference prior
+TINY_RUN = ["run.val_every=10", "run.checkpoint_every=5", "run.log_every=5", "run.val_resolution=32",
+            "camera.resolution=32", "camera.batch_size=2", "export.resolution=48", "export.texture_size=128",
+            "export.turntable_frames=4", "export.turntable_resolution=64", "eval.views=2", "eval.resolution=32",
+            "eval.janus_views=2"]
+TINY = [*TINY_RUN, "system.rays_per_view=64", "representation.n_levels=4", "representation.log2_table_size=12",
+        "representation.max_resolution=64", "representation.occupancy_resolution=16", "prior.bank_views=4"]
+TINY_GAUSSIANS = [*TINY_RUN, "representation.init_points=400", "system.densify.max_gaussians=800"]
 PORT = 7871
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox",
                  "--disable-background-networking", "--disable-component-update"]
@@ -109,6 +111,24 @@ def reconstruct(page, mesh: Path, overrides: list[str], known: set[str]) -> str:
     upload(page, mesh)
     page.fill("#recon-overrides textarea", "\n".join(overrides))
     page.click("#reconstruct")
+    return _queued(page, known)
+
+
+def generate(page, prompt: str, recipe: str, preset: str, overrides: list[str], known: set[str]) -> str:
+    """Queue a text-to-3D job from the New asset tab; returns its name (one not in ``known``, added to it)."""
+    page.get_by_role("tab", name="New asset").click()
+    page.fill("#prompt textarea", prompt)
+    page.click("#recipe input")
+    page.get_by_role("option", name=recipe).first.click()
+    page.get_by_label(preset, exact=True).check()
+    if not page.is_visible("#overrides textarea"):
+        page.get_by_text("Advanced: key=value overrides").click()
+    page.fill("#overrides textarea", "\n".join(overrides))
+    page.click("#generate")
+    return _queued(page, known)
+
+
+def _queued(page, known: set[str]) -> str:
     t0 = time.time()
     while time.time() - t0 < 20:
         name = job_name(page.inner_text("#message"))
@@ -217,7 +237,7 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             known: set[str] = set()
             job1 = reconstruct(a, robot, [*TINY, "run.steps=30"], known)
             b, outside_b = open_page(browser)
-            job2 = reconstruct(b, robot, [*TINY, "run.steps=20"], known)
+            job2 = generate(b, "a toy robot", "text-gaussians", "draft", [*TINY_GAUSSIANS, "run.steps=20"], known)
             res["page_b_waiting"] = wait_for(b, lambda s: s["status"] in ("queued", "running"), 20)["text"]
             seen: list = []
             wait_for(a, lambda s: s["status"] in ("done", "failed"), 150, seen)
@@ -244,6 +264,10 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             res["command"] = a.input_value("#command textarea")
             wait_for(b, lambda s: s["status"] in ("done", "failed"), 150)
             res["job2_final"] = job_status(b)
+            b.wait_for_selector("#downloads a", timeout=30000)
+            res["job2_downloads"] = sorted(Path(x.get_attribute("href") or "").name
+                                           for x in b.query_selector_all("#downloads a"))
+            res["job2_command"] = b.input_value("#command textarea")
             r1 = json.loads((runs / job1 / "studio.json").read_text())
             r2 = json.loads((runs / job2 / "studio.json").read_text())
             res["in_order"] = r2["started"] >= r1["started"] + r1["seconds"] - 1.0
