@@ -24,25 +24,29 @@ def test_every_recipe_with_every_preset_is_a_valid_config():
     for r in offered:
         plain = load_config(r.path)
         for preset in PRESETS:
-            cfg = load_config(r.path, [*preset_overrides(preset, plain.run.steps), "prompt=a toy robot"])
+            cfg = load_config(r.path, [*preset_overrides(preset, plain), "prompt=a toy robot"])
             if preset == "draft":
                 assert cfg.run.steps == min(300, plain.run.steps)
+                # the export level searched around the recipe's own, or the recipe's own search kept
+                assert cfg.export.isosurface_search == (plain.export.isosurface_search or [
+                    plain.export.isosurface * f for f in (0.25, 0.5, 1.0, 2.0)])
             if preset == "high":
                 assert cfg.run.steps == max(plain.run.steps, min(2 * plain.run.steps, 2000))
     with pytest.raises(DreamcoreError, match="unknown quality preset 'best'"):
-        preset_overrides("best", 800)
+        preset_overrides("best", load_config(config_path("text-nerf")))
 
 
 def test_draft_shortens_the_schedules_with_the_run():
     """text-nerf's 800 steps as a 300-step draft: its timestep anneal and opacity ramp end at the same fraction
     of the run, and a length the page asks for itself is kept."""
     plain = load_config(config_path("text-nerf"))
-    draft = load_config(config_path("text-nerf"), preset_overrides("draft", plain.run.steps))
+    draft = load_config(config_path("text-nerf"), preset_overrides("draft", plain))
     assert draft.run.steps == 300
     assert draft.guidance.t_max(300) == pytest.approx(plain.guidance.t_max(800))
     assert draft.guidance.t_max(150) == pytest.approx(plain.guidance.t_max(400))
     assert draft.system.lambda_opaque(75) == pytest.approx(plain.system.lambda_opaque(200))
-    assert preset_overrides("draft", 30) == PRESETS["draft"]  # already short: no time scale
+    short = load_config(config_path("text-nerf"), ["run.steps=30"])
+    assert not any(o.startswith("run.time_scale") for o in preset_overrides("draft", short))  # already short
 
 
 @pytest.fixture

@@ -65,11 +65,11 @@ class JobQueue:
             raise DreamcoreError("the prompt is empty")
         page = check_overrides(list(overrides or []), self.runs_dir)
         config = str(config_path(recipe).resolve())
-        try:  # the recipe's length as the page leaves it, which the preset scales
-            steps = load_config(config, page).run.steps
+        try:  # the recipe as the page leaves it (its length, its export), which the preset adapts
+            recipe_cfg = load_config(config, page)
         except DreamcoreError:
-            steps = load_config(config).run.steps  # the page's own mistake is reported below, with its job
-        merged = [*preset_overrides(preset, steps), *page]
+            recipe_cfg = load_config(config)  # the page's own mistake is reported below, with its job
+        merged = [*preset_overrides(preset, recipe_cfg), *page]
         if negative_prompt.strip():
             merged.append(f"negative_prompt={json.dumps(negative_prompt.strip())}")
         job = Job("", prompt, int(seed), config, merged)

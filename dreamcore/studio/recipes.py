@@ -66,12 +66,20 @@ def recipes(names: tuple[str, ...] = TEXT_RECIPES) -> list[Recipe]:
     return out
 
 
-def preset_overrides(preset: str, steps: int) -> list[str]:
-    """The preset's overrides for a recipe of ``steps`` steps: its sizes and, unless it keeps the recipe's
-    length, ``run.time_scale``."""
+def preset_overrides(preset: str, cfg) -> list[str]:
+    """The preset's overrides for ``cfg`` (the recipe as the page's own overrides leave it): its sizes and,
+    unless it keeps the recipe's length, ``run.time_scale``. A draft also searches the export's density level
+    (¼×, ½×, 1× and 2× the recipe's ``export.isosurface``, the one whose mesh's silhouettes best match the
+    field's own renders) unless the recipe searches already: a short run's field is softer than a finished one,
+    and at its fixed level the mesh comes out thinner than what it renders (robot, reference-nerf, 300 steps:
+    GLB IoU 0.90 at level 20, 0.96 with the search)."""
     if preset not in PRESETS:
         from dreamcore.errors import DreamcoreError
 
         raise DreamcoreError(f"unknown quality preset {preset!r} (choose from {', '.join(PRESETS)})")
-    scale = round(time_scale(preset, steps), 4)
-    return [*PRESETS[preset], *([f"run.time_scale={scale:g}"] if scale != 1.0 else [])]
+    scale = round(time_scale(preset, cfg.run.steps), 4)
+    out = [*PRESETS[preset], *([f"run.time_scale={scale:g}"] if scale != 1.0 else [])]
+    if preset == "draft" and not cfg.export.isosurface_search and cfg.export.isosurface > 0:
+        iso = cfg.export.isosurface
+        out.append(f"export.isosurface_search=[{iso / 4:g},{iso / 2:g},{iso:g},{iso * 2:g}]")
+    return out
