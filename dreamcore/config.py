@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -272,8 +273,6 @@ def apply_time_scale(cfg: "Config") -> "Config":
     interval stays ≥ 1, 0 stays 0) and every schedule's steps multiplied by f; a refinement stage gets the same
     factor through ``refine.overrides``. Then ``run.time_scale`` is 1.0, so loading the result again (the run
     folder's config.yaml on resume) changes nothing."""
-    import math
-
     f = cfg.run.time_scale
     if f == 1.0:
         return cfg
