@@ -40,6 +40,7 @@ TINY = [*TINY_RUN, "system.rays_per_view=64", "representation.n_levels=4", "repr
         "representation.max_resolution=64", "representation.occupancy_resolution=16", "prior.bank_views=4"]
 TINY_GAUSSIANS = [*TINY_RUN, "representation.init_points=400", "system.densify.max_gaussians=800"]
 PORT = 7871
+JOB1_STEPS = 150  # ~8 s of tiny steps: the page (refreshed every 2 s) sees the bar move and the preview change
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox",
                  "--disable-background-networking", "--disable-component-update"]
 
@@ -53,8 +54,10 @@ def chromium() -> str:
 
 def start_server(runs: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    # SIGINT ignored, as in a process a background shell starts: the studio must stop on the signal regardless
     proc = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "studio", "--runs", str(runs), "--port", str(PORT),
-                             "--threads", "1"], cwd=ROOT, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT)
+                             "--threads", "1"], cwd=ROOT, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     for _ in range(240):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=1)
@@ -66,13 +69,18 @@ def start_server(runs: Path, log: Path) -> subprocess.Popen:
     raise SystemExit("studio_browser: the server did not come up in 60 s")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
+def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> bool:
+    """Ask the server to stop with ``sig``; True if it ended on that alone (else it is killed after 60 s)."""
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(sig)
     try:
-        proc.wait(timeout=150)
+        proc.wait(timeout=60)
+        return True
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        return False
 
 
 def open_page(browser):
@@ -235,7 +243,7 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             # two jobs from two pages
             robot = ROOT / "assets" / "robot.glb"
             known: set[str] = set()
-            job1 = reconstruct(a, robot, [*TINY, "run.steps=30"], known)
+            job1 = reconstruct(a, robot, [*TINY, f"run.steps={JOB1_STEPS}"], known)  # long enough to watch
             b, outside_b = open_page(browser)
             job2 = generate(b, "a toy robot", "text-gaussians", "draft", [*TINY_GAUSSIANS, "run.steps=20"], known)
             res["page_b_waiting"] = wait_for(b, lambda s: s["status"] in ("queued", "running"), 20)["text"]
@@ -285,7 +293,7 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             res["serving_after_kill"] = True
             res["outside_requests"] = sorted(set(outside_a + outside_b))
             browser.close()
-        stop_server(server)
+        res["stopped_on_sigint"] = stop_server(server, signal.SIGINT)  # Ctrl-C, though SIGINT was ignored
         # a restart: the gallery finds the killed job; resume it, then cancel it
         server = start_server(runs, log)
         with sync_playwright() as pw:
@@ -315,7 +323,7 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             res["job3_error_before_resume"] = step_killed.get("error")
             browser.close()
     finally:
-        stop_server(server)
+        res["stopped_on_sigterm"] = stop_server(server)  # docker stop, systemd, kill
     res["seconds"] = round(time.time() - t_start, 1)
     return res
 

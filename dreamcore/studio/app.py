@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import html
 import os
+import signal
+import threading
 import time
 import traceback
 import zipfile
@@ -359,12 +361,16 @@ def serve(host: str = "127.0.0.1", port: int = 7860, runs_dir: str = "runs/studi
     print(f"dreamcore studio: http://{host}:{port} (runs in {queue.runs_dir})", flush=True)
     if not block:
         return queue, demo
+    stop = threading.Event()
+    # Ctrl-C, and SIGTERM (docker stop, systemd, kill): running jobs save their checkpoints, then the app ends.
+    # Set here rather than relying on Python's KeyboardInterrupt, which a process started from a background shell
+    # never gets (it inherits SIGINT ignored).
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        stop.wait()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         demo.close()
         queue.close()
     return queue, demo
