@@ -324,3 +324,34 @@ def test_the_ray_resource_check_names_what_is_missing():
     with pytest.raises(DreamcoreError, match="asks for 16 CPU"):
         check_resources(two, 1, 16, "head:6379")
     check_resources(two, 2, 8, "head:6379")  # fits: no error
+
+
+def test_a_ray_task_stops_once_its_driver_on_this_machine_is_gone():
+    """The watch behind ray-local-driver-kill, without Ray: the task gets SIGTERM (the trainer saves and stops)
+    as soon as the driver process ends; a driver of another machine, or a pid reused since, is never mistaken."""
+    from dreamcore.batch.ray_backend import process_identity, watch_driver
+
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ident = process_identity(driver.pid)
+    assert ident is not None and ident[2] == driver.pid
+    code = ("import signal, sys, time\nfrom dreamcore.batch.ray_backend import watch_driver\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+            f"assert watch_driver({tuple(ident)!r}, 0.05)\nprint('watching', flush=True)\ntime.sleep(50)\n")
+    task = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert task.stdout.readline().strip() == "watching"
+        time.sleep(0.3)
+        assert task.poll() is None  # the driver lives: the task runs on
+        driver.kill()
+        driver.wait()
+        assert task.wait(timeout=30) == 7  # stopped by SIGTERM, not by the 50 s sleep's end
+    finally:
+        for p in (driver, task):
+            if p.poll() is None:
+                p.kill()
+    assert not watch_driver(("another-boot-id", ident[1], ident[2], ident[3]))  # another machine: no watch
+    me = process_identity(os.getpid())
+    assert process_identity(os.getpid()) == me and me[:3] != ident[:3]
+    reused = (*ident[:3], "0")  # the same pid number started at another time is another process
+    assert reused != process_identity(driver.pid)

@@ -2,18 +2,59 @@
 imports Ray). The task's resources are declared where the task is made (``ray.remote(num_gpus=...)``, not
 ``.options()``): Ray then runs each GPU task in a fresh worker process, which frees its GPU memory when it ends.
 ``max_retries`` re-runs a task whose worker or node was lost (it resumes from the job's checkpoint on the shared
-run root); a job's own failure comes back as a ``failed`` record, so it is never retried."""
+run root); a job's own failure comes back as a ``failed`` record, so it is never retried.
+
+A task whose driver runs on the same machine watches the driver's process: when it is gone (SIGKILL, a crash) the
+task stops as on SIGTERM, saving its checkpoint, instead of training on for a batch no one waits for until Ray
+notices the dead driver (seconds to minutes on a loaded machine; long enough to finish a short job)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 from dreamcore.batch.jobs import Job
 from dreamcore.batch.worker import base_record, run_job
 from dreamcore.errors import DreamcoreError
 
 
-def _job_task(job: dict, threads: int) -> dict:
+def process_identity(pid: int) -> tuple[str, int, int, str] | None:
+    """(boot id, pid namespace, pid, start time): names one process of one machine, reused pids included; None
+    where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    return boot, ns, pid, fields[19] if fields[0] != "Z" else ""  # field 22 of proc(5): the start time
+
+
+def watch_driver(driver: tuple | None, period_s: float = 0.5) -> bool:
+    """Send this process SIGTERM once the process ``driver`` (a ``process_identity``) has ended; False (no
+    watch) where the driver is not a process of this machine and pid namespace."""
+    if driver is None:
+        return False
+    boot, ns, pid, _ = driver
+    mine = process_identity(os.getpid())
+    if mine is None or (mine[0], mine[1]) != (boot, ns):
+        return False
+
+    def watch() -> None:
+        while process_identity(pid) == tuple(driver):
+            time.sleep(period_s)
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer finishes its step, saves and stops
+
+    threading.Thread(target=watch, name="dreamcore-driver-watch", daemon=True).start()
+    return True
+
+
+def _job_task(job: dict, threads: int, driver: tuple | None = None) -> dict:
+    watch_driver(driver)
     return run_job(job, threads)
 
 
@@ -69,7 +110,8 @@ class RayBackend:
         self.slots = max(1, min(per_gpu, int(total.get("CPU", 1) // self.cpus), len(jobs)))
         task = ray.remote(num_gpus=self.gpus, num_cpus=self.cpus, max_retries=self.retries,
                           retry_exceptions=False)(_job_task)
-        pending = {task.remote(job.to_dict(), self.cpus): job for job in jobs}
+        driver = process_identity(os.getpid())
+        pending = {task.remote(job.to_dict(), self.cpus, driver): job for job in jobs}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
