@@ -30,7 +30,8 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         run = generate(cfg, resume=True)
     else:
         if words:
-            overrides = [f"prompt={' '.join(words)}"] + overrides
+            # as JSON, which the override parser (YAML) reads back as the same text: "a chair: red" stays text
+            overrides = [f"prompt={json.dumps(' '.join(words), ensure_ascii=False)}"] + overrides
         path = config_path(ns.config) if ns.config else config_path("dreamfusion")
         cfg = load_config(path, overrides)
         run = generate(cfg)
@@ -115,9 +116,11 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
 
 
 def cmd_studio(ns: argparse.Namespace) -> int:
-    from dreamcore.studio.app import serve
+    from dreamcore.studio.app import read_limits, serve
 
-    serve(ns.host, ns.port, ns.runs, ns.auth, ns.slots, ns.threads, ns.max_upload_mb)
+    limits = read_limits(ns.limits, max_upload_mb=ns.max_upload_mb, max_queue=ns.max_queue,
+                         max_per_page=ns.max_per_page, max_steps=ns.max_steps)
+    serve(ns.host, ns.port, ns.runs, ns.auth, ns.slots, ns.threads, limits=limits, cache_dir=ns.cache_dir)
     return 0
 
 
@@ -173,10 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (another than localhost needs --auth)")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--runs", default="runs/studio", help="the runs folder: the app's only state")
-    s.add_argument("--auth", default=None, help="user:password, or a file holding it")
+    s.add_argument("--auth", default=None, metavar="FILE", help="a file whose first line is user:password (each "
+                   "job then belongs to its user); user:password itself also works, but shows the password to "
+                   "every user of the machine in `ps` — the file form keeps it out")
     s.add_argument("--slots", type=int, default=0, help="jobs at once (default: one per visible GPU, else 1)")
     s.add_argument("--threads", type=int, default=0, help="CPU threads per job (default: all)")
-    s.add_argument("--max-upload-mb", type=float, default=200.0, help="upload size limit")
+    s.add_argument("--limits", default=None, metavar="FILE", help="a YAML mapping of the studio's limits "
+                   "(max_steps, max_resolution, max_grid, max_texture_size, max_batch_size, max_views, max_points, "
+                   "max_upload_mb, max_queue, max_per_page; the defaults: StudioLimits in dreamcore/studio/safety.py); "
+                   "the flags below override it")
+    s.add_argument("--max-upload-mb", type=float, default=None, help="upload size limit in MB")
+    s.add_argument("--max-queue", type=int, default=None, help="jobs queued or running on the server")
+    s.add_argument("--max-per-page", type=int, default=None, help="jobs queued or running per page, or per user "
+                   "with --auth")
+    s.add_argument("--max-steps", type=int, default=None, help="run.steps of a job (its refinement stage's too)")
+    s.add_argument("--cache-dir", default=None, help="Gradio's temp dir: uploads staged, files the page is sent "
+                   "(default: .<runs name>-gradio beside the runs folder; never inside it)")
     s.set_defaults(func=cmd_studio)
     ls = sub.add_parser("list", help="list registered components")
     ls.set_defaults(func=cmd_list)

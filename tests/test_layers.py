@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # a module's layer: its package under dreamcore/ (or systems/), else the table's entry for the single module
-CORE = {"dreamcore", "dreamcore.errors", "dreamcore.files", "dreamcore.schedule", "dreamcore.registry",
+CORE = {"dreamcore", "dreamcore.errors", "dreamcore.files", "dreamcore.trust", "dreamcore.schedule", "dreamcore.registry",
         "dreamcore.builtins", "dreamcore.config", "dreamcore.cameras", "dreamcore.views", "dreamcore.packed", "dreamcore.rng",
         "dreamcore.precision"}
 SINGLE_MODULES = {**{m: "core" for m in CORE}, "dreamcore.metrics": "metrics", "dreamcore.cli": "top"}

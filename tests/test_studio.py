@@ -122,7 +122,7 @@ def test_page_failures_read_as_words_and_their_traceback_goes_to_the_log(tmp_pat
 def test_a_staged_upload_is_removed_only_inside_gradios_folder(tmp_path, monkeypatch):
     from dreamcore.studio.app import discard_staged
 
-    stage = tmp_path / "runs" / ".uploads"
+    stage = tmp_path / ".runs-gradio"  # Gradio's temp dir, beside the runs folder (app.gradio_dir)
     (stage / "abc").mkdir(parents=True)
     staged = stage / "abc" / "robot.glb"
     staged.write_bytes(b"glTF")

@@ -4,12 +4,14 @@ lets hub ids and plain values through; ``sniff`` types bytes as a mesh format or
 size limit, judges a file by its content, and unpacks a zip of an OBJ with its MTL and textures without letting an
 entry escape, link, multiply or inflate past the limit."""
 
+import json
 import struct
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from dreamcore.config import parse_overrides
 from dreamcore.errors import DreamcoreError
 from dreamcore.studio import safety
 from dreamcore.studio.safety import UnsafeInput, check_overrides, save_upload, sniff
@@ -35,6 +37,11 @@ def make_zip(path: Path, entries: dict, symlink: str | None = None) -> Path:
     return path
 
 
+def read(lines: list[str]) -> dict:
+    """The values the engine reads from override lines."""
+    return parse_overrides(lines)
+
+
 def files_under(root: Path) -> set:
     return {p for p in root.rglob("*") if p.is_file()}
 
@@ -52,7 +59,7 @@ def test_refused_keys(tmp_path, item, key):
 @pytest.mark.parametrize("item,value", [
     ("prior.reference.mesh=../x.glb", "../x.glb"), ("mesh=/etc/passwd", "/etc/passwd"),
     ("prior.reference.mesh=~/x.glb", "~/x.glb"),
-    ("extra_meshes=[a.glb, /etc/x.glb]", "/etc/x.glb")])
+    ("extra_meshes=[run1/a.glb, /etc/x.glb]", "/etc/x.glb")])
 def test_paths_outside_runs_dir_are_refused(tmp_path, item, value):
     with pytest.raises(UnsafeInput, match="outside the studio's runs folder") as e:
         check_overrides([item], tmp_path)
@@ -69,16 +76,18 @@ def test_relative_path_inside_runs_dir_is_made_absolute(tmp_path):
     (tmp_path / "run1").mkdir()
     (tmp_path / "run1" / "x.glb").write_bytes(b"glTF")
     mesh = str((tmp_path / "run1" / "x.glb").resolve())
-    assert check_overrides(["prior.reference.mesh=run1/x.glb"], tmp_path) == [f"prior.reference.mesh={mesh}"]
-    assert check_overrides(["extra_meshes=[run1/x.glb]"], tmp_path) == [f"extra_meshes=['{mesh}']"]
+    assert check_overrides(["prior.reference.mesh=run1/x.glb"], tmp_path) == [f"prior.reference.mesh={json.dumps(mesh)}"]
+    assert read(check_overrides(["extra_meshes=[run1/x.glb]"], tmp_path)) == {"extra_meshes": [mesh]}
 
 
 def test_hub_id_plain_values_and_empty_lines_pass_unchanged(tmp_path):
     items = ["prior.model=stabilityai/stable-diffusion-2-1-base", "run.steps=300", "", "  ",
              "guidance.guidance_scale=7.5", "prompt=a red chair"]
-    assert check_overrides(items, tmp_path) == [i for i in items if i.strip()]
+    assert read(check_overrides(items, tmp_path)) == read([i for i in items if i.strip()])
+    assert len(check_overrides(items, tmp_path)) == 4
     hub = "stabilityai/stable-diffusion-2-1-base"  # the hub-id pass is only for a model leaf: elsewhere, a path
-    assert check_overrides([f"prior.reference.mesh={hub}"], tmp_path) == [f"prior.reference.mesh={tmp_path / hub}"]
+    assert read(check_overrides([f"prior.reference.mesh={hub}"], tmp_path)) == {
+        "prior": {"reference": {"mesh": str(tmp_path / hub)}}}
 
 
 def test_malformed_override_gets_the_parser_message(tmp_path):
@@ -93,7 +102,7 @@ def test_refused_key_given_as_a_mapping_is_refused(tmp_path, item):
 
 
 def test_prompt_with_a_slash_is_not_rewritten(tmp_path):
-    assert check_overrides(["prompt=a red/blue chair"], tmp_path) == ["prompt=a red/blue chair"]
+    assert read(check_overrides(["prompt=a red/blue chair"], tmp_path)) == {"prompt": "a red/blue chair"}
 
 
 # -- sniff ------------------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ class Job:
         return cfg
 
     def config_overrides(self) -> list[str]:
-        return [*self.overrides, f"prompt={self.prompt}", f"run.seed={self.seed}"]
+        # the prompt as JSON, which YAML reads back as the same string: taken literally ("a chair: red", "#1")
+        return [*self.overrides, f"prompt={json.dumps(self.prompt, ensure_ascii=False)}", f"run.seed={self.seed}"]
 
 
 @dataclass

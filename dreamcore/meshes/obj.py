@@ -9,6 +9,12 @@ names written on another machine (backslashes, absolute paths, odd case) are loo
 MTL's folder and its sub-folders; a texture that cannot be found is a warning and the material's ``Kd`` is
 used. Colour: the texture alone when present (writers often put a grey ``Kd`` beside it), else ``Kd``.
 Text in UTF-8, else Latin-1. UVs flip to the glTF convention ``v' = 1 − v``.
+
+Hostile files (:mod:`dreamcore.trust`): every name in ``mtllib`` and the MTL's texture lines (``map_Kd``, which is
+read, and the other ``map_*``/``bump``/``disp``/``decal``/``refl`` lines, which are only checked) is resolved by
+:func:`~dreamcore.trust.referenced_file`, and a file found by name in the sub-folders must lie inside the folder
+too (untrusted jobs); textures are size-checked before they are decoded, each file is decoded and each MTL parsed
+once however often it is named, and the folder is listed once. Messages name the line, not its text.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import Optional
+from urllib.parse import unquote
 
 import numpy as np
 
 from dreamcore.meshes.asset import Material
 from dreamcore.meshes.color import image_to_tensor
 from dreamcore.meshes.parts import MeshFileError, Part
+from dreamcore.trust import PixelBudget, inside_folder, open_image, referenced_file, untrusted
 
 log = logging.getLogger("dreamcore.meshes")
 
@@ -31,6 +39,8 @@ log = logging.getLogger("dreamcore.meshes")
 _OPTION_ARITY = {"-o": 3, "-s": 3, "-t": 3, "-mm": 2, "-bm": 1, "-boost": 1, "-texres": 1, "-blendu": 1,
                  "-blendv": 1, "-cc": 1, "-clamp": 1, "-imfchan": 1, "-type": 1}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", ".gif", ".webp")
+# MTL statements that name a texture file dreamcore does not read: checked like map_Kd in an untrusted job
+_OTHER_MAPS = ("bump", "disp", "decal", "refl", "norm")
 
 
 def read_text(path: Path) -> str:
@@ -88,7 +98,9 @@ def _parse_map(args: list[str]) -> tuple[str, tuple[float, float], tuple[float, 
     return " ".join(args[i:]), (scale[0], scale[1]), (offset[0], offset[1])
 
 
-def _parse_mtl(path: Path) -> dict[str, _MtlEntry]:
+def _parse_mtl(path: Path, root: Path) -> dict[str, _MtlEntry]:
+    """{material name: entry} of an MTL file. In an untrusted job the files its other texture lines name (not
+    read) must lie in ``root`` (the OBJ's folder) too, like ``map_Kd``'s."""
     entries: dict[str, _MtlEntry] = {}
     current: Optional[_MtlEntry] = None
     for number, line in _logical_lines(read_text(path)):
@@ -98,72 +110,114 @@ def _parse_mtl(path: Path) -> dict[str, _MtlEntry]:
         key = words[0].lower()
         if key == "newmtl":
             current = entries.setdefault(" ".join(words[1:]), _MtlEntry())
+        elif key != "map_kd" and (key.startswith("map_") or key in _OTHER_MAPS) and untrusted():
+            name = _parse_map(words[1:])[0].strip().strip('"')
+            if name:
+                referenced_file(name, path.parent, f"mesh file {path}: line {number}: {key}", root)
         elif current is None:
             continue
         elif key == "kd" and len(words) >= 4:
             try:
                 current.kd = tuple(float(np.clip(float(w), 0.0, 1.0)) for w in words[1:4])
             except ValueError:
-                raise MeshFileError(path, f"line {number}: Kd needs three numbers, got {line!r}") from None
+                raise MeshFileError(path, f"line {number}: Kd needs three numbers") from None
         elif key == "map_kd":
             current.texture_name, current.scale, current.offset = _parse_map(words[1:])
     return entries
 
 
-def find_texture(name: str, folder: Path) -> Optional[Path]:
-    """The file a texture reference means: as written (relative to ``folder`` or absolute) if it exists,
-    else the file of the same name (case-insensitive) in ``folder`` or its sub-folders (nearest first)."""
-    name = name.strip().strip('"')
-    if not name:
-        return None
-    as_posix = name.replace("\\", "/")
-    for candidate in (folder / as_posix, Path(as_posix)):
-        if candidate.is_file():
-            return candidate
-    base = PureWindowsPath(name).name.lower()  # the last part of a Windows or POSIX path
-    matches = []
-    for root, dirs, files in os.walk(folder):
-        depth = len(Path(root).relative_to(folder).parts)
-        if depth >= 3:
-            dirs[:] = []
-        for f in files:
-            if f.lower() == base:
-                matches.append((depth, str(Path(root) / f)))
-    return Path(min(matches)[1]) if matches else None
+class _Finder:
+    """Finds the files a model names (:func:`find_texture`), listing each folder's tree once however many names
+    are looked up in it (a file naming a thousand missing textures walks its folder once, not a thousand times)."""
+
+    def __init__(self) -> None:
+        self._listings: dict[Path, dict[str, list[tuple[int, str]]]] = {}
+
+    def find(self, name: str, folder: Path, what: str, root: Optional[Path] = None) -> Optional[Path]:
+        """The file a reference means: as written (:func:`~dreamcore.trust.referenced_file`: relative to
+        ``folder`` or absolute, percent-decoded; outside ``root`` (default ``folder``) refused in an untrusted
+        job) if it exists, else the file of the same name (case-insensitive) in ``folder`` or its sub-folders
+        (nearest first), which must lie inside ``root`` too (a symbolic link may point anywhere)."""
+        name = name.strip().strip('"')
+        if not name:
+            return None
+        root = folder if root is None else root
+        direct = referenced_file(name, folder, what, root)
+        if direct.is_file():
+            return direct
+        listing = self._listing(folder)
+        bases = {PureWindowsPath(n).name.lower() for n in (name, unquote(name))}  # the last part of any path
+        matches = [m for base in bases for m in listing.get(base, [])]
+        return inside_folder(Path(min(matches)[1]), root, what, name) if matches else None
+
+    def _listing(self, folder: Path) -> dict[str, list[tuple[int, str]]]:
+        """{lower-case file name: [(depth, path)]} of ``folder`` and its sub-folders, three levels deep."""
+        if folder not in self._listings:
+            listing: dict[str, list[tuple[int, str]]] = {}
+            for root, dirs, files in os.walk(folder):
+                depth = len(Path(root).relative_to(folder).parts)
+                if depth >= 3:
+                    dirs[:] = []
+                for f in files:
+                    listing.setdefault(f.lower(), []).append((depth, str(Path(root) / f)))
+            self._listings[folder] = listing
+        return self._listings[folder]
 
 
-def _load_material(entry: Optional[_MtlEntry], name: str, folder: Path, mtl_path: Optional[Path]) -> Material:
-    from PIL import Image, UnidentifiedImageError
+def find_texture(name: str, folder: Path, what: str) -> Optional[Path]:
+    """The file a texture reference means (see :meth:`_Finder.find`); ``what`` names the reference in a refusal."""
+    return _Finder().find(name, folder, what)
 
+
+class _Textures:
+    """The textures of one model: each file decoded once (after its size is checked) within one pixel budget."""
+
+    def __init__(self) -> None:
+        self.decoded: dict[Path, object] = {}
+        self.pixels = PixelBudget()
+
+    def load(self, found: Path, what: str, mtl_path: Optional[Path], material: str):
+        """The [H, W, 3] tensor of the image file ``found``, or None (with a warning) when it is not an image."""
+        from PIL import UnidentifiedImageError
+
+        if found not in self.decoded:
+            try:
+                with open_image(found, what, self.pixels) as image:
+                    self.decoded[found] = image_to_tensor(image)
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                log.warning("%s: texture %s of material %r is not a readable image (%s); using its Kd colour",
+                            mtl_path, found, material, type(e).__name__)
+                self.decoded[found] = None
+        return self.decoded[found]
+
+
+def _load_material(entry: Optional[_MtlEntry], name: str, folder: Path, mtl_path: Optional[Path],
+                   finder: _Finder, textures: _Textures, root: Path) -> Material:
     if entry is None:
         return Material()
     texture = None
     if entry.texture_name:
-        found = find_texture(entry.texture_name, folder)
+        what = f"mesh file {mtl_path}: material {name[:60]!r}: map_Kd"
+        found = finder.find(entry.texture_name, folder, what, root)
         if found is None:
             log.warning("%s: texture %r of material %r not found (looked in %s); using its Kd colour",
                         mtl_path, entry.texture_name, name, folder)
         else:
-            try:
-                with Image.open(found) as image:
-                    texture = image_to_tensor(image)
-            except (UnidentifiedImageError, OSError, ValueError) as e:
-                log.warning("%s: texture %s of material %r is not a readable image (%s); using its Kd colour",
-                            mtl_path, found, name, e)
+            texture = textures.load(found, what, mtl_path, name)
     base = (1.0, 1.0, 1.0) if texture is not None else entry.kd
     return Material(base_color=base, texture=texture)
 
 
-def _mtl_paths(words: list[str], folder: Path) -> list[Path]:
+def _mtl_paths(words: list[str], folder: Path, finder: _Finder, what: str) -> list[Path]:
     """``mtllib`` arguments: the whole rest of the line as one name (names with spaces) when that file
     exists, else each word; every name is looked up like a texture."""
     whole = " ".join(words)
-    found = find_texture(whole, folder)
+    found = finder.find(whole, folder, what)
     if found is not None:
         return [found]
     out = []
     for w in words:
-        p = find_texture(w, folder)
+        p = finder.find(w, folder, what)
         if p is None:
             log.warning("%s: material library %r not found; its materials use a white base colour", folder, w)
         else:
@@ -178,19 +232,28 @@ def _corner(token: str, n_v: int, n_vt: int, path: Path, number: int) -> tuple[i
         v = int(fields[0])
         vt = int(fields[1]) if len(fields) > 1 and fields[1] else 0
     except ValueError:
-        raise MeshFileError(path, f"line {number}: face corner {token!r} is not v, v/vt or v/vt/vn") from None
+        raise MeshFileError(path, f"line {number}: a face corner is not v, v/vt or v/vt/vn") from None
     if v == 0 or (len(fields) > 1 and fields[1] and vt == 0):
-        raise MeshFileError(path, f"line {number}: OBJ indices start at 1, got 0 in {token!r}")
+        raise MeshFileError(path, f"line {number}: OBJ indices start at 1, got 0")
+    index = v
     v = v - 1 if v > 0 else n_v + v
     if not 0 <= v < n_v:
-        raise MeshFileError(path, f"line {number}: vertex index {fields[0]} is outside the {n_v} vertices so far")
+        raise MeshFileError(path, f"line {number}: vertex index {_number(index)} is outside the {n_v} vertices "
+                                  "so far")
     if vt:
+        index = vt
         vt = vt - 1 if vt > 0 else n_vt + vt
         if not 0 <= vt < n_vt:
-            raise MeshFileError(path, f"line {number}: texture index {fields[1]} is outside the {n_vt} so far")
+            raise MeshFileError(path, f"line {number}: texture index {_number(index)} is outside the {n_vt} so far")
     else:
         vt = -1
     return v, vt
+
+
+def _number(value: int) -> str:
+    """An index as a message quotes it (a number of forty digits is cut)."""
+    text = str(value)
+    return text if len(text) <= 20 else text[:17] + "..."
 
 
 def read_obj(path: Path) -> tuple[list[Part], dict]:
@@ -204,7 +267,8 @@ def read_obj(path: Path) -> tuple[list[Part], dict]:
     uvs: list[list[float]] = []
     corners: dict[str, list[tuple[int, int]]] = {}  # material -> triangle corners (v, vt)
     library: dict[str, _MtlEntry] = {}
-    mtl_files: list[Path] = []
+    mtl_files: list[Path] = []  # each MTL once, however many mtllib lines name it
+    finder, textures = _Finder(), _Textures()
     material, n_lines = "", 0
     for number, line in _logical_lines(text):
         words = line.split()
@@ -215,7 +279,7 @@ def read_obj(path: Path) -> tuple[list[Part], dict]:
             if key == "v":
                 values = [float(w) for w in words[1:]]
                 if len(values) < 3:
-                    raise MeshFileError(path, f"line {number}: a vertex needs x y z, got {line!r}")
+                    raise MeshFileError(path, f"line {number}: a vertex needs x y z, got {len(values)} numbers")
                 positions.append(values[:3])
                 colors.append(values[3:6] if len(values) >= 6 else [])
             elif key == "vt":
@@ -223,7 +287,8 @@ def read_obj(path: Path) -> tuple[list[Part], dict]:
                 uvs.append(values + [0.0] * (2 - len(values)))
             elif key == "f":
                 if len(words) < 4:
-                    raise MeshFileError(path, f"line {number}: a face needs at least 3 corners, got {line!r}")
+                    raise MeshFileError(path, f"line {number}: a face needs at least 3 corners, got "
+                                              f"{len(words) - 1}")
                 poly = [_corner(w, len(positions), len(uvs), path, number) for w in words[1:]]
                 tris = corners.setdefault(material, [])
                 for k in range(1, len(poly) - 1):
@@ -233,12 +298,13 @@ def read_obj(path: Path) -> tuple[list[Part], dict]:
             elif key == "usemtl":
                 material = " ".join(words[1:])
             elif key == "mtllib":
-                for mtl in _mtl_paths(words[1:], folder):
-                    mtl_files.append(mtl)
-                    for name, entry in _parse_mtl(mtl).items():
-                        library.setdefault(name, entry)
+                for mtl in _mtl_paths(words[1:], folder, finder, f"mesh file {path}: line {number}: mtllib"):
+                    if mtl not in mtl_files:
+                        mtl_files.append(mtl)
+                        for name, entry in _parse_mtl(mtl, folder).items():
+                            library.setdefault(name, entry)
         except ValueError:
-            raise MeshFileError(path, f"line {number}: {key!r} needs numbers, got {line!r}") from None
+            raise MeshFileError(path, f"line {number}: {key!r} needs numbers") from None
     if not any(corners.values()):
         if n_lines:
             raise MeshFileError(path, f"it holds only points or lines ({n_lines} 'l'/'p' elements), no faces")
@@ -260,7 +326,8 @@ def read_obj(path: Path) -> tuple[list[Part], dict]:
         entry = library.get(name)
         if name and entry is None:
             log.warning("%s: material %r is not defined in any material library; using white", path, name)
-        mat = _load_material(entry, name, mtl_path.parent if mtl_path else folder, mtl_path)
+        mat = _load_material(entry, name, mtl_path.parent if mtl_path else folder, mtl_path, finder, textures,
+                             folder)
         materials[("obj", name)] = mat
         pairs = np.asarray(tris, np.int64)  # [3F, 2]
         unique, inverse = np.unique(pairs, axis=0, return_inverse=True)

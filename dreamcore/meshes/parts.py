@@ -42,12 +42,19 @@ class Part:
     material_key: Hashable
 
 
-def check_indices(path, where: str, faces: np.ndarray, n_vertices: int) -> None:
-    """Raise unless every index of ``faces`` lies in [0, n_vertices)."""
+def check_indices(path, where: str, faces: np.ndarray, n_vertices: int, quote_values: bool = True) -> None:
+    """Raise unless every index of ``faces`` lies in [0, n_vertices). The message quotes the offending index
+    when ``quote_values`` (the index is the model file's own); without it (indices read from another file, such
+    as a glTF's external buffer) it names only how many and where, never a value read from that file."""
     if faces.size == 0:
         return
     lo, hi = int(faces.min()), int(faces.max())
     if lo < 0 or hi >= n_vertices:
+        if not quote_values:
+            bad = (faces < 0) | (faces >= n_vertices)
+            first = int(np.flatnonzero(bad.reshape(-1))[0])
+            raise MeshFileError(path, f"{where}: {int(bad.sum())} vertex indices are outside the {n_vertices} "
+                                      f"vertices it has (the first at position {first})")
         bad = hi if hi >= n_vertices else lo
         raise MeshFileError(path, f"{where}: vertex index {bad} is outside the {n_vertices} vertices it has")
 

@@ -6,6 +6,11 @@ unsigned integers (normalized by their maximum) or floats (0–1; 0–255 when l
 lists, polygons fan-triangulated; face colours; MeshLab's per-corner ``texcoord`` lists. A texture named by a
 ``comment TextureFile name.png`` header line is loaded from the file's folder. UVs flip to the glTF
 convention ``v' = 1 − v``. Colours are display values.
+
+Hostile files: the header's element counts are checked against the bytes after the header before anything is
+allocated (a header claiming 10¹² vertices in a 200-byte file is refused at once), counts and list lengths must
+be non-negative integers, and the ``TextureFile`` is resolved by :func:`~dreamcore.trust.referenced_file` (inside
+the file's folder for an untrusted job) and size-checked before it is decoded.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import numpy as np
 from dreamcore.meshes.asset import Material
 from dreamcore.meshes.color import image_to_tensor
 from dreamcore.meshes.parts import MeshFileError, Part, check_indices
+from dreamcore.trust import PixelBudget, open_image
 
 log = logging.getLogger("dreamcore.meshes")
 
 _TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
           "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
           "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+_COUNT_TYPES = {"i1", "u1", "i2", "u2", "i4", "u4"}  # a list's length is an integer
 _COLOR_NAMES = (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue"))
 _UV_NAMES = (("s", "t"), ("u", "v"), ("texture_u", "texture_v"), ("texture_s", "texture_t"))
 
@@ -69,7 +76,10 @@ def _parse_header(path: Path, raw: bytes) -> tuple[str, list[_Element], list[str
             try:
                 elements.append(_Element(words[1], int(words[2]), []))
             except (IndexError, ValueError):
-                raise MeshFileError(path, f"header line {number}: bad element line {line!r}") from None
+                raise MeshFileError(path, f"header line {number}: bad element line (it needs a name and a "
+                                          "count)") from None
+            if elements[-1].count < 0:
+                raise MeshFileError(path, f"header line {number}: element {words[1][:40]!r} has a negative count")
         elif words[0] == "property":
             if not elements:
                 raise MeshFileError(path, f"header line {number}: a property before any element")
@@ -79,11 +89,31 @@ def _parse_header(path: Path, raw: bytes) -> tuple[str, list[_Element], list[str
                 else:
                     prop = _Property(words[2], _TYPES[words[1]])
             except (IndexError, KeyError):
-                raise MeshFileError(path, f"header line {number}: bad property line {line!r}") from None
+                raise MeshFileError(path, f"header line {number}: bad property line (a type and a name, or "
+                                          "list, two types and a name)") from None
+            if prop.count_dtype is not None and prop.count_dtype not in _COUNT_TYPES:
+                raise MeshFileError(path, f"header line {number}: the length of list {prop.name[:40]!r} must be "
+                                          f"an integer type, not {words[2]}")
             elements[-1].properties.append(prop)
     if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise MeshFileError(path, f"unknown PLY format {fmt!r}")
+        raise MeshFileError(path, f"unknown PLY format {fmt[:40]!r}")
     return fmt, elements, comments, body
+
+
+def _check_counts(path: Path, fmt: str, elements: list[_Element], available: int) -> None:
+    """Refuse a header whose elements cannot fit in the ``available`` bytes after it, before anything is
+    allocated: a binary item takes at least its fixed properties and list lengths, an ASCII item at least one
+    character of its own line."""
+    need = 0
+    for el in elements:
+        if fmt == "ascii":
+            least = 1
+        else:
+            least = sum(np.dtype(p.count_dtype or p.dtype).itemsize for p in el.properties)
+        need += el.count * least
+        if need > available:
+            raise MeshFileError(path, f"element {el.name[:40]!r} declares {el.count} items (at least {least} "
+                                      f"bytes each), but the file holds only {available} bytes after its header")
 
 
 def _read_binary(path: Path, raw: bytes, pos: int, element: _Element, order: str) -> tuple[dict, int]:
@@ -107,9 +137,13 @@ def _read_binary(path: Path, raw: bytes, pos: int, element: _Element, order: str
             if probe + np.dtype(p.count_dtype).itemsize > len(raw):
                 raise MeshFileError(path, f"the file is truncated inside element {element.name!r}")
             k = int(np.frombuffer(raw, order + p.count_dtype, count=1, offset=probe)[0])
+            if k < 0:
+                raise MeshFileError(path, f"element {element.name!r}: a {p.name!r} list has a negative length")
             fields.append((p.name + "#n", order + p.count_dtype))
             fields.append((p.name, order + p.dtype, (k,)))
             probe += np.dtype(p.count_dtype).itemsize + k * np.dtype(p.dtype).itemsize
+    if probe > len(raw):
+        raise MeshFileError(path, f"the file is truncated inside element {element.name!r}")
     dtype = np.dtype(fields)
     if n and pos + n * dtype.itemsize <= len(raw):
         data = np.frombuffer(raw, dtype, count=n, offset=pos)
@@ -130,6 +164,8 @@ def _read_binary(path: Path, raw: bytes, pos: int, element: _Element, order: str
                 if pos + csize > len(raw):
                     raise MeshFileError(path, f"the file is truncated inside element {element.name!r}")
                 k = int(np.frombuffer(raw, order + p.count_dtype, count=1, offset=pos)[0])
+                if k < 0:
+                    raise MeshFileError(path, f"element {element.name!r}: a {p.name!r} list has a negative length")
                 pos += csize
                 size = k * np.dtype(p.dtype).itemsize
                 if pos + size > len(raw):
@@ -159,6 +195,9 @@ def _read_ascii(path: Path, lines: list[str], start: int, element: _Element) -> 
                     i += 1
                 else:
                     k = int(words[i])
+                    if k < 0:
+                        raise MeshFileError(path, f"element {element.name!r}: a {p.name!r} list has a negative "
+                                                  "length")
                     out[p.name].append(np.array(words[i + 1:i + 1 + k], dtype=np.float64).astype(p.dtype))
                     i += 1 + k
     except (ValueError, IndexError):
@@ -170,6 +209,7 @@ def read_elements(path: Path) -> tuple[dict[str, dict], list[str]]:
     """{element name: {property: array or list of arrays}} and the header comments."""
     raw = path.read_bytes()
     fmt, elements, comments, pos = _parse_header(path, raw)
+    _check_counts(path, fmt, elements, len(raw) - pos)
     out: dict[str, dict] = {}
     if fmt == "ascii":
         lines = [ln for ln in raw[pos:].decode("latin-1").splitlines() if ln.strip()]
@@ -247,19 +287,18 @@ def read_ply(path: Path) -> tuple[list[Part], dict]:
         elif uv is not None:
             uv = uv[flat]
     texture = None
-    for c in comments:
-        if c.lower().startswith("texturefile"):
-            from dreamcore.meshes.obj import find_texture
+    names = [c.split(None, 1)[1] if len(c.split(None, 1)) > 1 else "" for c in comments
+             if c.lower().startswith("texturefile")]
+    if names:  # the last one counts, as it always did; only it is read
+        from dreamcore.meshes.obj import find_texture
 
-            name = c.split(None, 1)[1] if len(c.split(None, 1)) > 1 else ""
-            found = find_texture(name, path.parent)
-            if found is None:
-                log.warning("%s: texture %r not found next to it; using white", path, name)
-            else:
-                from PIL import Image
-
-                with Image.open(found) as image:
-                    texture = image_to_tensor(image)
+        what = f"mesh file {path}: comment TextureFile"
+        found = find_texture(names[-1], path.parent, what)
+        if found is None:
+            log.warning("%s: texture %r not found next to it; using white", path, names[-1][:120])
+        else:
+            with open_image(found, what, PixelBudget()) as image:
+                texture = image_to_tensor(image)
     material = Material(texture=texture if uv is not None else None)
     return [Part(pos, faces, uv, col, ("ply",))], {("ply",): material}
 

@@ -1,14 +1,29 @@
 """The studio's page (Gradio Blocks): a new asset from a prompt, a mesh reconstructed with the reference prior,
 the running job's progress (its own bar: step / total, it/s, ETA, loss) and latest validation image refreshed
 by a timer, cancel and resume, the finished GLB in a 3D viewer with its turntable, metrics, downloads and the CLI
-command, and a gallery of every run in the runs folder. All work happens in the job queue's processes; the page
-only reads run folders. Offline: no analytics, no share links, no web fonts."""
+command, and a gallery of the runs in the runs folder. All work happens in the job queue's processes; the page
+only reads run folders. Offline: no analytics, no share links, no web fonts.
+
+Who sees what: with ``--auth`` each job belongs to the user who made it (``request.username``): the page shows,
+opens, cancels, resumes, downloads and deletes only that user's jobs, and its gallery lists only them. Without
+``--auth`` the studio serves one user on localhost: every page sees every run (jobs are still recorded with
+their page's Gradio session, which the per-page queue limit counts).
+
+What is served: nothing of the runs folder itself. Gradio's temp dir (its upload staging and cache) lives
+outside it (:func:`gradio_dir`), ``allowed_paths`` is empty and the runs folder is a blocked path; a file a
+handler returns (GLB, turntable, validation image, downloads) is first copied into a folder of its job's under
+the temp dir (:class:`Served`), and Gradio serves only such copies. ``studio-errors.txt`` (tracebacks) stays in
+the runs folder and is never returned."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
+import math
 import os
+import secrets
+import shutil
 import signal
 import threading
 import time
@@ -17,15 +32,14 @@ import zipfile
 from pathlib import Path
 
 from dreamcore.errors import DreamcoreError
-from dreamcore.studio import runs
 from dreamcore.studio.queue import JobQueue
-from dreamcore.studio.recipes import PRESETS, RECONSTRUCT_RECIPES, recipes
-from dreamcore.studio.safety import DEFAULT_UPLOAD_LIMIT, MESH_SUFFIXES
+from dreamcore.studio.recipes import PRESETS, RECONSTRUCT_RECIPES, TEXT_RECIPES, recipes
+from dreamcore.studio.safety import MESH_SUFFIXES, StudioLimits
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REFRESH_S = 2.0
-UPLOADS = ".uploads"  # under the runs folder: where Gradio stages uploads (and caches files it serves)
-ERROR_LOG = "studio-errors.txt"  # under the runs folder: the tracebacks of the page's own failures
+ERROR_LOG = "studio-errors.txt"  # under the runs folder: the tracebacks of the page's own failures (never served)
+SERVED = "jobs"  # under Gradio's temp dir: a folder per job holding the copies of its files the page was sent
 
 
 def _import_gradio():
@@ -96,9 +110,72 @@ def turntable(run_dir: Path) -> str | None:
     return None
 
 
-def gallery_rows(queue: JobQueue) -> list[list]:
+def gradio_dir(runs_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Gradio's temp dir (``GRADIO_TEMP_DIR``: where it stages uploads and keeps the files it serves), created
+    owner-only (0700): ``cache_dir``, or by default ``.<runs name>-gradio`` beside the runs folder. Never inside
+    the runs folder (Gradio serves everything under its temp dir) nor holding it."""
+    runs_dir = Path(runs_dir).resolve()
+    path = (Path(cache_dir).expanduser() if cache_dir else runs_dir.parent / f".{runs_dir.name}-gradio").resolve()
+    if path == runs_dir or runs_dir in path.parents or path in runs_dir.parents:
+        raise DreamcoreError(f"the studio's cache folder {path} must lie outside the runs folder {runs_dir} (and "
+                             "not hold it): Gradio serves what is inside it")
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+class Served:
+    """The files the page is sent: copies of a job's files, made when a handler returns them, in a folder of the
+    job's own under Gradio's temp dir (``<root>/jobs/<random>``; a name nobody can guess from the job's).
+    Gradio serves files inside its temp dir, so it serves these copies and nothing of the runs folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root) / SERVED
+        self.folders: dict[str, Path] = {}
+        self.lock = threading.Lock()
+
+    def folder(self, name: str) -> Path:
+        with self.lock:
+            path = self.folders.get(name)
+            if path is None:
+                path = self.folders[name] = self.root / secrets.token_urlsafe(16)
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return path
+
+    def copy(self, name: str, path: str | Path | None, as_name: str | None = None) -> str | None:
+        """The served copy of job ``name``'s file ``path`` (None when there is none), refreshed when the file
+        changed since it was copied."""
+        if path is None or not Path(path).is_file():
+            return None
+        src = Path(path)
+        dest = self.folder(name) / (as_name or src.name)
+        st = src.stat()
+        try:
+            have = dest.stat()
+            if have.st_size == st.st_size and have.st_mtime_ns == st.st_mtime_ns:
+                return str(dest)
+        except FileNotFoundError:
+            pass
+        tmp = dest.with_name(f"{dest.stem}-{secrets.token_hex(4)}.tmp")
+        try:
+            shutil.copy2(src, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return str(dest)
+
+    def forget(self, name: str) -> None:
+        """Remove the copies of job ``name`` (deleted)."""
+        with self.lock:
+            path = self.folders.pop(name, None)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def gallery_rows(queue: JobQueue, owner: str = "") -> list[list]:
+    """The gallery's table: the runs of ``owner`` (every run for ``""``)."""
     rows = []
-    for r in runs.list_runs(queue.runs_dir):
+    for r in queue.jobs(owner):
         pos = queue.position(r.dir.name)
         status = r.status if pos is None else ("running" if pos == 0 else f"queued ({pos})")
         m = r.metrics
@@ -108,13 +185,17 @@ def gallery_rows(queue: JobQueue) -> list[list]:
     return rows
 
 
-def gallery_thumbs(queue: JobQueue) -> tuple[list[tuple[str, str]], list[str]]:
-    """Thumbnails (each run's newest validation image, captioned prompt · status) and the runs they belong to."""
+def gallery_thumbs(queue: JobQueue, served: Served | None = None,
+                   owner: str = "") -> tuple[list[tuple[str, str]], list[str]]:
+    """Thumbnails (each run's newest validation image, captioned prompt · status; served copies with
+    ``served``) and the runs they belong to: the runs of ``owner`` (every run for ``""``)."""
     thumbs, names = [], []
-    for r in runs.list_runs(queue.runs_dir):
+    for r in queue.jobs(owner):
         if r.thumbnail is not None:
-            thumbs.append((str(r.thumbnail), f"{r.job.get('prompt', '')} · {r.status}"))
-            names.append(r.dir.name)
+            path = served.copy(r.dir.name, r.thumbnail, "thumbnail.png") if served else str(r.thumbnail)
+            if path:
+                thumbs.append((path, f"{r.job.get('prompt', '')} · {r.status}"))
+                names.append(r.dir.name)
     return thumbs, names
 
 
@@ -151,27 +232,50 @@ def discard_staged(upload) -> None:
             pass
 
 
-def build_app(queue: JobQueue):
+def who(request, per_user: bool) -> tuple[str, str]:
+    """(the owner a new job records, the owner the page may act for: ``""`` = every job) for the page's request:
+    with ``--auth`` (``per_user``) the logged-in user for both; without, its Gradio session and ``""``."""
+    if per_user:
+        user = getattr(request, "username", None) or ""
+        if not user:
+            raise DreamcoreError("log in first")
+        return user, user
+    return (getattr(request, "session_hash", None) or ""), ""
+
+
+def build_app(queue: JobQueue, served: Served | None = None):
+    """The page of ``queue``; the files it is sent are copied by ``served`` (default: into Gradio's temp dir,
+    ``GRADIO_TEMP_DIR``, which must be set before this is called). ``queue.per_user`` (``--auth``): each user
+    sees and touches only their own jobs."""
     gr = _import_gradio()
+    from gradio.utils import get_upload_folder
+
+    served = served or Served(get_upload_folder())
     text = recipes()
     recon = recipes(RECONSTRUCT_RECIPES)
     css = ("#job-status .bar{height:14px;background:#ddd;border-radius:7px;overflow:hidden;margin-top:6px}"
            "#job-status .fill{height:100%;background:#3b82f6;transition:width .5s}"
            ".job-error{color:#b91c1c;margin-top:6px}")
 
-    def submit(prompt, negative, recipe, preset, seed, overrides, page_job):
+    per_user = queue.per_user
+
+    def submit(prompt, negative, recipe, preset, seed, overrides, page_job, request):
         try:
-            name = queue.submit(prompt, recipe, preset, int(seed or 0), negative or "", _lines(overrides))
+            owner, _ = who(request, per_user)
+            name = queue.submit(prompt, recipe, preset, int(seed or 0), negative or "", _lines(overrides),
+                                owner=owner, recipes_offered=TEXT_RECIPES)
         except DreamcoreError as e:
             return page_job, f"**Not started:** {e}"
         return name, f"Queued `{name}`."
 
-    def submit_mesh(upload, recipe, preset, seed, overrides, page_job):
+    def submit_mesh(upload, recipe, preset, seed, overrides, page_job, request):
         if upload is None:
             return page_job, "**Not started:** choose a mesh file (GLB, glTF, OBJ+MTL as a zip, PLY or STL)."
         try:
+            owner, _ = who(request, per_user)
             prompt = f"reconstruction of {Path(_orig_name(upload)).stem[:60] or 'an uploaded mesh'}"
-            name = queue.submit(prompt, recipe, preset, int(seed or 0), "", _lines(overrides), upload=_path(upload))
+            name = queue.submit(prompt, recipe, preset, int(seed or 0), "", _lines(overrides), upload=_path(upload),
+                                owner=owner, recipes_offered=RECONSTRUCT_RECIPES)
         except DreamcoreError as e:
             return page_job, f"**Not started:** {e}"
         finally:
@@ -179,24 +283,26 @@ def build_app(queue: JobQueue):
         return name, (f"Queued `{name}`: the mesh is reconstructed with the closed-form reference prior "
                       "(no diffusion weights needed).")
 
-    def refresh(page_job, shown):
+    def refresh(page_job, shown, request):
         if not page_job:
             return progress_html(None), gr.skip(), shown, gr.skip()
         try:
-            st = queue.status(page_job)
+            st = queue.status(page_job, who(request, per_user)[1])
         except DreamcoreError as e:
             return f"<div id='job-status'>{html.escape(str(e))}</div>", gr.skip(), shown, gr.skip()
-        val = str(st["validation"]) if st["validation"] else None
+        val = served.copy(page_job, st["validation"], "validation.png") if st["validation"] else None
         done_now = st["status"] == "done" and shown != page_job
         return (progress_html(st), val if val else gr.skip(), page_job if done_now else shown,
                 page_job if done_now else gr.skip())
 
-    def show_result(page_job):
+    def show_result(page_job, request):
+        if not page_job:  # another run opened, or this one deleted: nothing shown until it is done
+            return None, None, None, None, ""
+        st = queue.status(page_job, who(request, per_user)[1])  # another user's job: refused in words
         run_dir = queue.runs_dir / page_job
-        st = queue.status(page_job)
-        glb = str(run_dir / "model.glb") if (run_dir / "model.glb").is_file() else None
-        return (glb, turntable(run_dir), {k: v for k, v in st["metrics"].items() if k != "export"},
-                result_files(run_dir), st["command"])
+        files = [served.copy(page_job, f) for f in result_files(run_dir)]
+        return (served.copy(page_job, run_dir / "model.glb"), served.copy(page_job, turntable(run_dir)),
+                {k: v for k, v in st["metrics"].items() if k != "export"}, [f for f in files if f], st["command"])
 
     def act(action, page_job, done: str) -> str:
         """Run a queue action on the page's job; its message, or the queue's refusal in words."""
@@ -206,41 +312,67 @@ def build_app(queue: JobQueue):
             return f"**{e}**"
         return done.format(job=page_job)
 
-    def cancel(page_job):
-        return act(queue.cancel, page_job, "Stopping `{job}`: its checkpoint is saved; resume it from here or the "
-                                           "gallery.")
+    def cancel(page_job, request):
+        access = who(request, per_user)[1]
+        return act(lambda job: queue.cancel(job, access), page_job,
+                   "Stopping `{job}`: its checkpoint is saved; resume it from here or the gallery.")
 
-    def resume(page_job):
-        return act(queue.resume, page_job, "Queued `{job}` again: it resumes from its checkpoint.")
+    def resume(page_job, request):
+        access = who(request, per_user)[1]
+        return act(lambda job: queue.resume(job, access), page_job,
+                   "Queued `{job}` again: it resumes from its checkpoint.")
 
-    def open_run(name):
+    def delete(page_job, request):
+        """Delete the page's job (its run folder, uploads included, and the copies the page was sent)."""
+        if not page_job:
+            return gr.skip(), "Open a run first (a job of this page, or one from the gallery).", gr.skip(), gr.skip()
+        try:
+            queue.delete(page_job, who(request, per_user)[1])
+        except DreamcoreError as e:
+            return gr.skip(), f"**{e}**", gr.skip(), gr.skip()
+        served.forget(page_job)
+        return "", f"Deleted `{page_job}` and its files.", "", ""
+
+    def open_run(name, request):
         if not name:
             return gr.skip(), "Choose a run in the gallery first.", gr.skip(), gr.skip()
+        try:
+            queue.status(name, who(request, per_user)[1])
+        except DreamcoreError as e:
+            return gr.skip(), f"**{e}**", gr.skip(), gr.skip()
         return name, f"Showing `{name}`.", "", ""
 
-    def pick_row(data, evt: gr.SelectData):
+    def pick_row(data, evt, request):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         try:
             name = data.iloc[row, 0] if hasattr(data, "iloc") else data[row][0]
         except (IndexError, KeyError, TypeError):
             name = ""
-        return open_run(str(name))
+        return open_run(str(name), request)
 
-    def pick_thumb(names, evt: gr.SelectData):
+    def pick_thumb(names, evt, request):
         i = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
-        return open_run(names[i] if names and 0 <= i < len(names) else "")
+        return open_run(names[i] if names and 0 <= i < len(names) else "", request)
 
-    def gallery_view():
-        rows = gallery_rows(queue)
-        pictures, names = gallery_thumbs(queue)
+    def gallery_view(request):
+        access = who(request, per_user)[1]
+        rows = gallery_rows(queue, access)
+        pictures, names = gallery_thumbs(queue, served, access)
         return rows, gr.update(choices=[r[0] for r in rows]), pictures, names
 
+    # How Gradio knows to pass the event and the request: by the parameter's annotation, which it reads with
+    # typing.get_type_hints (the names in this module are strings, and gr is not one of its globals: the classes
+    # themselves are set). in_words keeps them visible: functools.wraps copies __annotations__ and sets
+    # __wrapped__, which inspect.signature follows.
+    handlers = (submit, submit_mesh, refresh, show_result, cancel, resume, delete, open_run, pick_row, pick_thumb,
+                gallery_view)
+    for f in handlers:
+        f.__annotations__["request"] = gr.Request
     pick_thumb.__annotations__["evt"] = gr.SelectData
-    pick_row.__annotations__["evt"] = gr.SelectData  # how Gradio knows to pass the event (names are strings here)
+    pick_row.__annotations__["evt"] = gr.SelectData
     log = queue.runs_dir / ERROR_LOG
-    (submit, submit_mesh, refresh, show_result, cancel, resume, open_run, pick_row, pick_thumb, gallery_view) = (
-        in_words(gr, f, log) for f in (submit, submit_mesh, refresh, show_result, cancel, resume, open_run,
-                                        pick_row, pick_thumb, gallery_view))
+    (submit, submit_mesh, refresh, show_result, cancel, resume, delete, open_run, pick_row, pick_thumb,
+     gallery_view) = (in_words(gr, f, log) for f in handlers)
 
     # files Gradio staged or cached (uploads already copied into their run folders) go after a day
     with gr.Blocks(title="dreamcore studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
@@ -274,9 +406,9 @@ def build_app(queue: JobQueue):
             thumb_names = gr.State([])
             thumbs = gr.Gallery(label="Runs (a click opens one)", columns=6, height=240, allow_preview=False,
                                 elem_id="gallery-thumbs")
+            # filled by demo.load, which knows the page's user (a value computed here would list every run)
             table = gr.Dataframe(headers=["run", "prompt", "recipe", "status", "created", "GLB PSNR", "GLB IoU",
-                                          "resumable"], value=lambda: gallery_rows(queue), interactive=False,
-                                 elem_id="gallery")
+                                          "resumable"], interactive=False, elem_id="gallery")
             with gr.Row():
                 choice = gr.Dropdown([], label="Run", allow_custom_value=False, elem_id="gallery-run")
                 refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh")
@@ -286,6 +418,7 @@ def build_app(queue: JobQueue):
         with gr.Row():
             cancel_btn = gr.Button("Cancel", elem_id="cancel")
             resume_btn = gr.Button("Resume", elem_id="resume")
+            delete_btn = gr.Button("Delete", variant="stop", elem_id="delete")
         with gr.Row():
             preview = gr.Image(label="Latest validation", type="filepath", interactive=False, elem_id="preview")
             viewer = gr.Model3D(label="model.glb", clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="viewer")
@@ -304,6 +437,8 @@ def build_app(queue: JobQueue):
         finished.change(show_result, [finished], [viewer, video, metrics, files, command])
         cancel_btn.click(cancel, [page_job], [message])
         resume_btn.click(resume, [page_job], [message])
+        delete_btn.click(delete, [page_job], [page_job, message, shown, finished]).then(
+            gallery_view, None, [table, choice, thumbs, thumb_names])
         refresh_btn.click(gallery_view, None, [table, choice, thumbs, thumb_names])
         open_btn.click(open_run, [choice], [page_job, message, shown, finished])
         table.select(pick_row, [table], [page_job, message, shown, finished])  # a click on a row opens that run
@@ -326,35 +461,96 @@ def _orig_name(upload) -> str:
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
-    """``user:password``, or a file holding that on its first line."""
+    """``user:password``, or a file holding that on its first non-blank line (which keeps the password out of
+    ``ps``). An empty file, or one whose first line is not ``user:password``, is refused in words that never
+    quote the file."""
     if not text:
         return None
     if ":" not in text and Path(text).is_file():
-        text = Path(text).read_text().splitlines()[0].strip()
+        path = Path(text)
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DreamcoreError(f"--auth {path}: cannot read the file ({type(e).__name__})") from None
+        if not lines:
+            raise DreamcoreError(f"--auth {path}: the file is empty; its first line must be user:password")
+        user, sep, password = lines[0].partition(":")
+        if not sep or not user.strip() or not password:
+            raise DreamcoreError(f"--auth {path}: the file's first line is not user:password")
+        return user.strip(), password
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
         raise DreamcoreError("--auth takes user:password (or a file whose first line is user:password)")
     return user, password
 
 
+def read_limits(path: str | Path | None = None, **flags) -> StudioLimits:
+    """The server's :class:`StudioLimits`: the defaults, then ``path`` (a YAML mapping of its fields; an
+    unknown key, a value that is not a positive number, is refused naming it), then ``flags`` that are not None
+    (``max_queue=8``: the command line's ``--max-queue``)."""
+    import yaml
+
+    fields = {f.name: f for f in dataclasses.fields(StudioLimits)}
+    values: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise DreamcoreError(f"--limits {path}: cannot read the file ({e.strerror or e})") from None
+        except yaml.YAMLError as e:
+            raise DreamcoreError(f"--limits {path}: not YAML ({str(e).splitlines()[0]})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise DreamcoreError(f"--limits {path}: a mapping of limits is expected (max_steps: 4000, ...)")
+        unknown = sorted(str(k) for k in data if k not in fields)
+        if unknown:
+            raise DreamcoreError(f"--limits {path}: unknown limit(s) {', '.join(unknown)} (known: "
+                                 f"{', '.join(fields)})")
+        values.update(data)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    for key, value in values.items():
+        if key not in fields:
+            raise DreamcoreError(f"unknown studio limit {key!r}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value <= 0:
+            raise DreamcoreError(f"studio limit {key}={value!r}: a positive number is expected")
+        if fields[key].type in ("int", int):
+            if value != int(value):
+                raise DreamcoreError(f"studio limit {key}={value!r}: a whole number is expected")
+            values[key] = int(value)
+        else:
+            values[key] = float(value)
+    return StudioLimits(**values)
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, runs_dir: str = "runs/studio", auth: str | None = None,
-          slots: int = 0, threads: int = 0, upload_mb: float = DEFAULT_UPLOAD_LIMIT / 2**20, block: bool = True):
-    """Start the app (and its queue); returns (queue, demo) when ``block`` is False."""
+          slots: int = 0, threads: int = 0, upload_mb: float | None = None, block: bool = True,
+          limits: StudioLimits | None = None, cache_dir: str | Path | None = None):
+    """Start the app (and its queue); returns (queue, demo) when ``block`` is False. ``limits`` bounds what a page
+    may ask for (``upload_mb``, when given, replaces its ``max_upload_mb``); ``cache_dir`` is Gradio's temp dir
+    (default: beside the runs folder, :func:`gradio_dir`)."""
     credentials = parse_auth(auth)
     if host not in ("127.0.0.1", "localhost", "::1") and credentials is None:
-        raise DreamcoreError(f"serving on {host} exposes the studio to the network: pass --auth user:password "
-                             "(or a file holding it)")
+        raise DreamcoreError(f"serving on {host} exposes the studio to the network: pass --auth FILE (a file whose "
+                             "first line is user:password)")
+    limits = dataclasses.replace(limits) if limits is not None else StudioLimits()
+    if upload_mb is not None:
+        limits.max_upload_mb = float(upload_mb)
     gr = _import_gradio()
-    queue = JobQueue(runs_dir, slots=slots, threads=threads, upload_limit=int(upload_mb * 2**20))
-    os.environ["GRADIO_TEMP_DIR"] = str(queue.runs_dir / UPLOADS)  # read when the Blocks and the server are made
-    demo = build_app(queue)
+    temp = gradio_dir(Path(runs_dir), cache_dir)  # refused before the queue makes anything
+    queue = JobQueue(runs_dir, slots=slots, threads=threads, limits=limits, per_user=credentials is not None)
+    os.environ["GRADIO_TEMP_DIR"] = str(temp)  # read when the Blocks and the server are made
+    demo = build_app(queue, Served(temp))
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     demo.queue(default_concurrency_limit=8)
     try:
+        # no allowed_paths: Gradio serves its temp dir (the copies Served makes) and nothing of the runs folder,
+        # which is blocked as well (GRADIO_ALLOWED_PATHS cannot open it)
         demo.launch(server_name=host, server_port=port, share=False, auth=credentials, inbrowser=False,
-                    prevent_thread_lock=True, allowed_paths=[str(queue.runs_dir)], max_file_size=int(upload_mb * 2**20),
-                    theme=theme, css=demo.dreamcore_css, quiet=True, footer_links=[], ssr_mode=False,
-                    enable_monitoring=False, mcp_server=False)
+                    prevent_thread_lock=True, allowed_paths=[], blocked_paths=[str(queue.runs_dir)],
+                    max_file_size=queue.upload_limit, theme=theme, css=demo.dreamcore_css, quiet=True,
+                    footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False)
     except Exception:
         queue.close()
         raise

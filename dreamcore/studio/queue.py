@@ -1,10 +1,21 @@
 """The studio's job queue: jobs from any number of pages run one at a time per slot (a device, or the CPU), each
 in its own process (``python -m dreamcore.batch.worker``), so a crash or an out-of-memory kill in a job never
 takes the app down and frees what the job held. Each job's state is written to its run folder
-(``studio.json``); the queue itself is only the order of the jobs not yet started."""
+(``studio.json``); the queue itself is only the order of the jobs not yet started.
+
+Owners: each job records the ``owner`` that submitted it (the user name when the studio runs with ``--auth``,
+else the Gradio session of the page). The queue's methods that touch one job (``status``, ``cancel``,
+``resume``, ``delete``) take the caller's ``owner`` and refuse another owner's job in words; ``owner=""``
+matches every job, which is what the page passes without ``--auth`` (one user on localhost, whose pages all see
+all runs) and what trusted callers (the CLI, tests) use. Queue lengths are counted per owner either way
+(``StudioLimits.max_per_page``), and for the whole server (``StudioLimits.max_queue``).
+
+Job processes run untrusted (:func:`dreamcore.trust.untrusted_environment`): no plugins, no files outside an
+upload's folder, the model hub offline."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -16,29 +27,39 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Callable, Sequence
 
 from dreamcore.batch.jobs import Job
 from dreamcore.batch.local import die_with_parent, visible_gpus
 from dreamcore.batch.worker import read_result, result_path
 from dreamcore.config import config_path, load_config
 from dreamcore.errors import DreamcoreError
+from dreamcore.runner.refine import stage_config
 from dreamcore.runner.rundir import prompt_slug
 from dreamcore.studio import runs
-from dreamcore.studio.recipes import preset_overrides
-from dreamcore.studio.safety import DEFAULT_UPLOAD_LIMIT, check_overrides, save_upload
+from dreamcore.studio.recipes import RECONSTRUCT_RECIPES, TEXT_RECIPES, preset_overrides
+from dreamcore.studio.safety import StudioLimits, UnsafeInput, check_limits, check_overrides, save_upload
+from dreamcore.trust import untrusted_environment
 
 WORKER_LOG = "studio-worker.txt"  # the job process's own output, in its run folder
 STOP_WAIT_S = 120.0
+STUDIO_RECIPES = (*TEXT_RECIPES, *RECONSTRUCT_RECIPES)  # what the page offers, both tabs together
 
 
 class JobQueue:
     """``submit`` checks a request and queues it; a dispatcher thread starts queued jobs when a slot is free.
-    ``slots`` jobs run at once (default: one per visible GPU, else one)."""
+    ``slots`` jobs run at once (default: one per visible GPU, else one). ``limits`` bounds what a page may ask
+    for (:class:`~dreamcore.studio.safety.StudioLimits`; ``upload_limit``, in bytes, overrides its
+    ``max_upload_mb``). ``per_user`` (the studio runs with ``--auth``): a job's override may name files only in
+    run folders of the same owner (:meth:`owns`)."""
 
     def __init__(self, runs_dir: str | Path, slots: int = 0, threads: int = 0, poll_s: float = 0.25,
-                 upload_limit: int = DEFAULT_UPLOAD_LIMIT):
+                 upload_limit: int | None = None, limits: StudioLimits | None = None, per_user: bool = False):
         self.runs_dir = Path(runs_dir).resolve()
-        self.upload_limit = upload_limit
+        self.limits = dataclasses.replace(limits) if limits is not None else StudioLimits()
+        if upload_limit is not None:
+            self.upload_limit = upload_limit
+        self.per_user = per_user
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         gpus = visible_gpus()
         self.slots = slots if slots > 0 else max(1, len(gpus))
@@ -49,21 +70,40 @@ class JobQueue:
         self.running: dict[str, tuple[subprocess.Popen, int, object]] = {}  # name -> (process, slot, log file)
         self.cancelled: set[str] = set()
         self.starting: set[str] = set()  # taken from the queue, process not yet recorded
+        self.owner_of: dict[str, str] = {}  # owner of each job queued, starting or running
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._dispatch, name="studio-queue", daemon=True)
         self.thread.start()
 
+    @property
+    def upload_limit(self) -> int:
+        """The largest upload, in bytes (``limits.max_upload_mb``)."""
+        return int(self.limits.max_upload_mb * 2**20)
+
+    @upload_limit.setter
+    def upload_limit(self, value: int) -> None:
+        self.limits.max_upload_mb = value / 2**20
+
     # -- requests -------------------------------------------------------------------------------------------
     def submit(self, prompt: str, recipe: str, preset: str = "standard", seed: int = 0, negative_prompt: str = "",
-               overrides: list[str] | None = None, upload: str | Path | None = None) -> str:
+               overrides: list[str] | None = None, upload: str | Path | None = None, *, owner: str = "",
+               recipes_offered: Sequence[str] | None = None) -> str:
         """Check the request as the CLI would (raising its message), write its run folder's ``studio.json`` and
         queue it; returns the job's name (its folder under the runs folder). ``upload``, a mesh file sent by a
-        page, is checked and unpacked into the run folder's ``input/`` and becomes the reference mesh."""
+        page, is checked and unpacked into the run folder's ``input/`` and becomes the reference mesh.
+
+        ``recipe`` must be one of ``recipes_offered`` (the page passes its tab's list: ``TEXT_RECIPES`` for a new
+        asset, ``RECONSTRUCT_RECIPES`` for an upload; default both), never a path or another config. ``owner``
+        (the page's user, or its session without ``--auth``) is recorded in ``studio.json``; the request is
+        refused while the server has ``limits.max_queue`` jobs queued or running, or that owner
+        ``limits.max_per_page``."""
+        self._check_recipe(recipe, STUDIO_RECIPES if recipes_offered is None else recipes_offered)
+        self._check_room(owner)
         prompt = (prompt or "").strip()
         if not prompt:
             raise DreamcoreError("the prompt is empty")
-        page = check_overrides(list(overrides or []), self.runs_dir)
+        page = check_overrides(list(overrides or []), self.runs_dir, self.owns(owner))
         config = str(config_path(recipe).resolve())
         try:  # the recipe as the page leaves it (its length, its export), which the preset adapts
             recipe_cfg = load_config(config, page)
@@ -74,42 +114,93 @@ class JobQueue:
             merged.append(f"negative_prompt={json.dumps(negative_prompt.strip())}")
         job = Job("", prompt, int(seed), config, merged)
         if upload is None:  # the CLI's parser: a wrong key fails here, nothing starts
-            load_config(config, job.config_overrides())
+            self._check_bounds(load_config(config, job.config_overrides()))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         job.name = f"{prompt_slug(prompt).strip('-') or 'job'}-{stamp}-{secrets.token_hex(2)}"
         job.dir = str(self.runs_dir / job.name)
         if upload is not None:
             try:
                 mesh = save_upload(upload, Path(job.dir) / "input", self.upload_limit)
-                job.overrides.append(f"prior.reference.mesh={mesh}")
-                load_config(config, job.config_overrides())
+                job.overrides.append(f"prior.reference.mesh={json.dumps(str(mesh))}")
+                self._check_bounds(load_config(config, job.config_overrides()))
             except BaseException:
                 shutil.rmtree(job.dir, ignore_errors=True)  # a refused request leaves nothing behind
                 raise
         runs.write_job(Path(job.dir), {**job.to_dict(), "recipe": recipe, "preset": preset,
                                        "negative_prompt": negative_prompt, "page_overrides": page,
-                                       "created": time.time(), "status": "queued"})
+                                       "owner": owner, "created": time.time(), "status": "queued"})
         with self.lock:
+            try:
+                self._check_room(owner, locked=True)  # again: another page may have taken the room meanwhile
+            except DreamcoreError:
+                shutil.rmtree(job.dir, ignore_errors=True)
+                raise
             self.pending.append(job.name)
+            self.owner_of[job.name] = owner
         return job.name
 
-    def resume(self, name: str) -> None:
-        """Queue an interrupted, cancelled or failed job again: it resumes from its checkpoint."""
-        rec = self._record(name)
-        if name in self.running or name in self.pending:
-            raise DreamcoreError(f"job {name} is already {'running' if name in self.running else 'queued'}")
-        if rec.get("status") == "done":
-            raise DreamcoreError(f"job {name} is done; nothing to resume")
-        self._update(name, status="queued", error=None)
+    @staticmethod
+    def _check_recipe(recipe: str, offered: Sequence[str]) -> None:
+        """Refuse a recipe the page does not offer (a path, another config of ``configs/``) in words."""
+        if not isinstance(recipe, str) or recipe not in offered:
+            shown = repr(recipe) if len(repr(recipe)) <= 80 else repr(recipe)[:77] + "..."
+            raise UnsafeInput(f"unknown recipe {shown}: the studio offers {', '.join(offered)}")
+
+    def _check_room(self, owner: str, locked: bool = False) -> None:
+        """Refuse, in words, a job that would take the server past ``limits.max_queue`` jobs queued or running,
+        or ``owner`` past ``limits.max_per_page``."""
+        if not locked:
+            with self.lock:
+                return self._check_room(owner, locked=True)
+        active = list(self.owner_of)
+        if len(active) >= self.limits.max_queue:
+            raise UnsafeInput(f"the studio is busy: {len(active)} jobs are queued or running (at most "
+                              f"{self.limits.max_queue}); try again when one has finished")
+        mine = sum(1 for n in active if self.owner_of[n] == owner)
+        if mine >= self.limits.max_per_page:
+            raise UnsafeInput(f"this page already has {mine} jobs queued or running (at most "
+                              f"{self.limits.max_per_page}); wait for one to finish or cancel one")
+
+    def owns(self, owner: str) -> Callable[[str], bool] | None:
+        """For :func:`~dreamcore.studio.safety.check_overrides`: whether the run folder of a name belongs to
+        ``owner``; None (every run folder may be named) unless the queue is ``per_user`` and ``owner`` is set."""
+        if not self.per_user or not owner:
+            return None
+
+        def owns(folder: str) -> bool:
+            rec = runs.read_job(self.runs_dir / folder)
+            return rec is not None and rec.get("owner", "") == owner
+
+        return owns
+
+    def _check_bounds(self, cfg) -> None:
+        """The job's merged config, and its refinement stage's, within the server's limits (else words)."""
+        check_limits(cfg, self.limits)
+        if cfg.refine.config:
+            check_limits(stage_config(cfg, self.runs_dir / "job"), self.limits, "the job's refinement stage")
+
+    def resume(self, name: str, owner: str = "") -> None:
+        """Queue an interrupted, cancelled or failed job again: it resumes from its checkpoint. It counts against
+        the queue's limits as a new job of its own owner would."""
+        rec = self._record(name, owner)
         with self.lock:
+            if name in self.owner_of:
+                raise DreamcoreError(f"job {name} is already {'queued' if name in self.pending else 'running'}")
+            if rec.get("status") == "done":
+                raise DreamcoreError(f"job {name} is done; nothing to resume")
+            self._check_room(rec.get("owner", ""), locked=True)
+            self._update(name, status="queued", error=None)
             self.cancelled.discard(name)
             self.pending.append(name)
+            self.owner_of[name] = rec.get("owner", "")
 
-    def cancel(self, name: str) -> None:
+    def cancel(self, name: str, owner: str = "") -> None:
         """A queued job leaves the queue; a running one saves its checkpoint and stops (resumable)."""
+        self._record(name, owner)
         with self.lock:
             if name in self.pending:
                 self.pending.remove(name)
+                self.owner_of.pop(name, None)
                 self._update(name, status="cancelled", error="cancelled before it started")
                 return
             entry = self.running.get(name)
@@ -125,9 +216,30 @@ class JobQueue:
                 return 0
             return self.pending.index(name) + 1 if name in self.pending else None
 
-    def status(self, name: str) -> dict:
+    def delete(self, name: str, owner: str = "") -> None:
+        """Remove the job's run folder (its uploads in ``input/``, checkpoints and outputs with it). Refused while
+        the job is queued or running (cancel it first) and, with ``owner``, for another owner's job."""
+        self._record(name, owner)
+        path = self.runs_dir / name
+        with self.lock:
+            if name in self.owner_of:
+                state = "queued" if name in self.pending else "running"
+                raise DreamcoreError(f"job {name} is {state}: cancel it first, then delete it")
+            # renamed first, under the lock: from here no request finds the job, and the gallery skips the folder
+            doomed = self.runs_dir / f".deleting-{name}-{secrets.token_hex(4)}"
+            try:
+                path.rename(doomed)
+            except FileNotFoundError:
+                raise DreamcoreError(f"no studio job named {name!r}") from None
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def jobs(self, owner: str = "") -> list[runs.RunSummary]:
+        """The gallery: the runs of ``owner`` (every run for ``owner=""``), newest first."""
+        return runs.list_runs(self.runs_dir, owner=owner)
+
+    def status(self, name: str, owner: str = "") -> dict:
         """The job's record with its live progress and queue position."""
-        rec = self._record(name)
+        rec = self._record(name, owner)
         path = self.runs_dir / name
         pos = self.position(name)
         if pos is None and rec.get("status") in ("queued", "running"):
@@ -171,7 +283,12 @@ class JobQueue:
                 try:
                     self._start(name, slot)
                 except Exception as e:  # noqa: BLE001 - a job that cannot start is failed, the queue goes on
-                    self._update(name, status="failed", error=f"could not start the job: {e}")
+                    with self.lock:
+                        self.owner_of.pop(name, None)
+                    try:
+                        self._update(name, status="failed", error=f"could not start the job: {e}")
+                    except DreamcoreError:
+                        pass  # its folder is gone
                 finally:
                     with self.lock:
                         self.starting.discard(name)
@@ -181,15 +298,19 @@ class JobQueue:
         rec = self._record(name)
         job = _job_of(rec)
         result_path(job).unlink(missing_ok=True)  # the record of an earlier attempt is not this one's
-        env = dict(os.environ)
+        env = untrusted_environment(dict(os.environ))  # a page asked for it: no code, no hub, its own files only
         gpu = self.gpu_of_slot[slot]
         env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else env.get("CUDA_VISIBLE_DEVICES", "")
         log_txt = Path(job.dir) / "log.txt"  # this attempt's progress is what the run logs from here on
         log_from = log_txt.stat().st_size if log_txt.is_file() else 0
         log = open(Path(job.dir) / WORKER_LOG, "a")
-        cmd = [sys.executable, "-m", "dreamcore.batch.worker", json.dumps(job.to_dict()),
+        # run in the job's own folder (a relative path the check let through names a file of this job), and
+        # with -P (Python 3.11+) that folder is not put on sys.path: no module in it can shadow dreamcore's own
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+        cmd = [sys.executable, *safe_path, "-m", "dreamcore.batch.worker", json.dumps(job.to_dict()),
                "--threads", str(self.threads)]
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, env=env, cwd=job.dir, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL,
                                 preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         self._update(name, status="running", pid=proc.pid, started=time.time(), error=None, log_from=log_from)
         with self.lock:
@@ -199,6 +320,7 @@ class JobQueue:
         log.close()
         with self.lock:
             self.running.pop(name, None)
+            self.owner_of.pop(name, None)
             cancelled = name in self.cancelled
             self.cancelled.discard(name)
         rec = self._record(name)
@@ -218,12 +340,15 @@ class JobQueue:
                          error=f"the job's process {how}; its checkpoint, if any, is kept and it can be resumed")
 
     # -- run folders --------------------------------------------------------------------------------------------
-    def _record(self, name: str) -> dict:
-        if not name or "/" in name or name.startswith("."):
+    def _record(self, name: str, owner: str = "") -> dict:
+        """The job's record; refused in words for a name that is no job, and with ``owner`` for another's job."""
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
             raise DreamcoreError(f"no studio job named {name!r}")
         rec = runs.read_job(self.runs_dir / name)
         if rec is None:
             raise DreamcoreError(f"no studio job named {name!r} in {self.runs_dir}")
+        if owner and rec.get("owner", "") != owner:
+            raise DreamcoreError(f"job {name} belongs to another user")
         return rec
 
     def _update(self, name: str, **changes) -> None:

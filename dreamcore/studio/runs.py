@@ -101,13 +101,15 @@ class RunSummary:
         return self.status in ("interrupted", "failed", "cancelled") and (self.dir / "ckpt").is_dir()
 
 
-def list_runs(runs_dir: Path) -> list[RunSummary]:
-    """Every studio run under ``runs_dir``, newest first. A run recorded as running whose process is gone (the
-    app was stopped or killed) reads as interrupted."""
+def list_runs(runs_dir: Path, owner: str = "") -> list[RunSummary]:
+    """Every studio run under ``runs_dir``, newest first; with ``owner``, only the runs whose ``studio.json``
+    names that owner (``""``: every run, the single user of a studio without ``--auth``). A run recorded as
+    running whose process is gone (the app was stopped or killed) reads as interrupted. Folders whose names
+    start with a dot (the studio's own, a run being deleted) are not runs."""
     out = []
     for d in Path(runs_dir).iterdir() if Path(runs_dir).is_dir() else []:
-        rec = read_job(d) if d.is_dir() else None
-        if rec is None:
+        rec = read_job(d) if d.is_dir() and not d.name.startswith(".") else None
+        if rec is None or (owner and rec.get("owner", "") != owner):
             continue
         status = rec.get("status", "unknown")
         if status in ("running", "queued") and not _alive(rec.get("pid")):

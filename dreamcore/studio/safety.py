@@ -5,10 +5,17 @@ size-limited, typed by their bytes (not their name) and unpacked without leaving
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import re
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import yaml
 
 from dreamcore.config import parse_overrides
 from dreamcore.errors import DreamcoreError
@@ -24,6 +31,23 @@ TEXT_KEYS = ("prompt", "negative_prompt", "views")
 PATH_SUFFIXES = (".glb", ".gltf", ".obj", ".mtl", ".ply", ".stl", ".png", ".jpg", ".jpeg", ".py", ".yaml",
                  ".yml", ".json", ".pt", ".safetensors", ".bin", ".zip")
 DEFAULT_UPLOAD_LIMIT = 200 * 1024 * 1024
+
+
+@dataclass
+class StudioLimits:
+    """What one studio server lets a page ask for (``dreamcore studio --limits FILE.yaml`` and flags). The defaults
+    let the ``high`` preset of every recipe through and refuse absurd values in words."""
+
+    max_steps: int = 50000  # run.steps of a job (its refinement stage's too), after the preset's time scale
+    max_resolution: int = 1024  # any image resolution (training, validation, evaluation, turntable)
+    max_grid: int = 512  # 3D grids: the export's marching-cubes resolution, DMTet's grid
+    max_texture_size: int = 4096
+    max_batch_size: int = 16  # views per step
+    max_views: int = 256  # evaluation views, validation views, turntable frames; the length of any list
+    max_points: int = 2_000_000  # Gaussians, sampled points, a mesh's faces
+    max_upload_mb: float = 200.0
+    max_queue: int = 64  # jobs waiting or running on this server
+    max_per_page: int = 4  # jobs waiting or running for one page (one browser session, or one user with --auth)
 
 
 class UnsafeInput(DreamcoreError):
@@ -44,28 +68,87 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def check_overrides(items: list[str], runs_dir: str | Path) -> list[str]:
-    """The page's overrides, checked: refused keys and paths outside ``runs_dir`` raise :class:`UnsafeInput`
-    naming the override; path values inside it come back as absolute paths (the engine reads paths from its
-    working folder, the page means the runs folder)."""
+MAX_OVERRIDE_CHARS = 2000  # one line from the page
+MAX_OVERRIDES = 100  # lines from the page
+MAX_NESTING = 8  # brackets inside one value
+CODE_KEYS = ("plugins", "extends")  # name code or other files: refused at any depth, with or without "+"
+NESTED_OVERRIDES = "refine.overrides"  # a list of key=value lines the refinement stage loads: checked as the page's
+
+
+def check_overrides(items: list[str], runs_dir: str | Path, owns: Callable[[str], bool] | None = None,
+                    _nested: str = "") -> list[str]:
+    """The page's overrides, checked, as lines the engine reads back to the same values. One check sees every
+    config a job will load: ``refine.overrides`` (the refinement stage's own overrides) is checked line by line
+    as the page's own, at any depth and however it is written (``refine.overrides=[...]``,
+    ``refine={overrides: [...]}``). Refused with :class:`UnsafeInput` naming the line: keys that name code or
+    storage (:data:`CODE_KEYS` anywhere in a key, :data:`REFUSED_KEYS`, :data:`REFUSED_LEAVES`), YAML anchors,
+    aliases and tags (an alias bomb grows ×10 a level), lines longer than :data:`MAX_OVERRIDE_CHARS`, values
+    nested deeper than :data:`MAX_NESTING`, and path values outside ``runs_dir``; path values inside it come
+    back as absolute paths (the engine reads paths from its working folder, the page means the runs folder).
+    A path must lie inside a run folder (not the studio's own files at the top of the runs folder), and with
+    ``owns`` (whether the page's user owns the run folder of that name) inside one of the user's own. Every value comes back serialized as JSON (which YAML reads as the same value): nothing is quoted by hand."""
     root = Path(runs_dir).resolve()
+    items = [i.strip() for i in items if i and i.strip()]
+    if len(items) > MAX_OVERRIDES:
+        raise UnsafeInput(f"{len(items)} override lines{_nested}: the studio takes at most {MAX_OVERRIDES}")
     out = []
     for item in items:
-        item = item.strip()
-        if not item:
-            continue
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise UnsafeInput(f"an override line{_nested} is {len(item)} characters long (at most "
+                              f"{MAX_OVERRIDE_CHARS}): {item[:60]}...")
+        _plain_yaml(item, _nested)
         tree = parse_overrides([item])  # the CLI's parser: a malformed override gets its message
         key = item.split("=", 1)[0].strip().lstrip("+")
         for dotted in _dotted_keys(tree):  # a mapping value (run={dir: x}) is checked key by key
+            parts = dotted.split(".")
             refused = any(dotted == k or dotted.startswith(k + ".") for k in REFUSED_KEYS)
-            if refused or dotted.split(".")[-1] in REFUSED_LEAVES:
-                raise UnsafeInput(f"override '{item}': {dotted} cannot be set from the studio")
-        if key.split(".")[0] in TEXT_KEYS:
-            out.append(item)
-            continue
+            if refused or parts[-1] in REFUSED_LEAVES or any(p in CODE_KEYS for p in parts):
+                raise UnsafeInput(f"override '{item}'{_nested}: {dotted} cannot be set from the studio")
+        own = _get(tree, "refine.own")
+        if own is not None and any(str(o) in CODE_KEYS for o in (own if isinstance(own, list) else [own])):
+            raise UnsafeInput(f"override '{item}'{_nested}: the refinement stage cannot take plugins of its own "
+                              "from the studio")
         value = _leaf(tree, key)
-        out.append(f"{key}={_checked_value(item, key, value, root)}" if _has_path(value) else item)
+        checked = _checked_tree(item, key, value, root, owns, _nested)
+        out.append(f"{key}={json.dumps(checked, ensure_ascii=False, default=str)}")
     return out
+
+
+def _plain_yaml(item: str, where: str) -> None:
+    """Refuse what plain values never need: anchors, aliases and tags, and deep nesting (read token by token,
+    linear in the line's length, before the value is built)."""
+    raw = item.split("=", 1)[1] if "=" in item else ""
+    depth = 0
+    try:
+        for token in yaml.scan(raw):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken, yaml.TagToken)):
+                raise UnsafeInput(f"override '{item[:80]}'{where}: YAML anchors, aliases and tags (&, *, !) are "
+                                  "not taken from the studio; write the value out")
+            if isinstance(token, (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken,
+                                  yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken)):
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise UnsafeInput(f"override '{item[:80]}'{where}: values nest at most {MAX_NESTING} deep")
+            elif isinstance(token, (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # not YAML: the parser keeps it as a plain string
+
+
+def _checked_tree(item: str, dotted: str, value, root: Path, owns, where: str):
+    """``value`` (set at ``dotted``) with its paths checked and nested override lines checked recursively."""
+    if isinstance(value, dict):
+        return {k: _checked_tree(item, f"{dotted}.{k}", v, root, owns, where) for k, v in value.items()}
+    if dotted == NESTED_OVERRIDES:
+        lines = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in lines):
+            raise UnsafeInput(f"override '{item}'{where}: {NESTED_OVERRIDES} is a list of key=value lines")
+        return check_overrides(lines, root, owns, f" (in {NESTED_OVERRIDES})")
+    if dotted.split(".")[0] in TEXT_KEYS:
+        return value  # words, never paths
+    if isinstance(value, list):
+        return [_checked_tree(item, dotted, v, root, owns, where) for v in value]
+    return _checked_value(item, dotted, value, root, owns)
 
 
 def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -85,38 +168,86 @@ def _leaf(tree: dict, key: str):
     return node
 
 
-def _has_path(value) -> bool:
-    if isinstance(value, str):
-        return _looks_like_path(value)
-    if isinstance(value, list):
-        return any(_has_path(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_path(v) for v in value.values())
-    return False
+def _get(tree: dict, dotted: str):
+    node = tree
+    for p in dotted.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
 
 
-def _checked_value(item: str, key: str, value, root: Path):
-    if isinstance(value, list):
-        return "[" + ", ".join(_quote(_checked_value(item, key, v, root)) for v in value) + "]"
-    if isinstance(value, dict):
-        raise UnsafeInput(f"override '{item}': give paths one key at a time (e.g. {key}.x=...)")
+def _checked_value(item: str, key: str, value, root: Path, owns=None):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnsafeInput(f"override '{item}': {key} must be a finite number")
     if not isinstance(value, str) or not _looks_like_path(value):
         return value
     if re.match(r"^[A-Za-z]:", value):
         raise UnsafeInput(f"override '{item}': {value} is a path on another machine; upload the file instead")
     leaf = key.split(".")[-1]
     if leaf in MODEL_LEAVES and HUB_ID.match(value) and not (root / value).exists():
-        return value  # a hub id, resolved from the local hub cache
+        return value  # a hub id, resolved from the local hub cache (studio jobs run with the hub offline)
     path = Path(value.replace("\\", "/")).expanduser()
     resolved = (path if path.is_absolute() else root / path).resolve()
     if not _inside(resolved, root):
         raise UnsafeInput(f"override '{item}': {value} is outside the studio's runs folder {root}; upload the "
                           "file instead")
+    inner = resolved.relative_to(root).parts
+    if len(inner) < 2 or inner[0].startswith("."):
+        raise UnsafeInput(f"override '{item}': {value} is not a file of a run in the studio's runs folder")
+    if owns is not None and not owns(inner[0]):
+        raise UnsafeInput(f"override '{item}': {value} belongs to another user's run")
     return str(resolved)
 
 
-def _quote(v) -> str:
-    return f"'{v}'" if isinstance(v, str) else str(v)
+def check_limits(cfg, limits: StudioLimits, what: str = "the job") -> None:
+    """Refuse, in words, a job config (a :class:`dreamcore.config.Config`) that asks for more than ``limits``:
+    steps, image resolutions, 3D grids, texture sizes, views per step, view and frame counts, point counts and
+    list lengths. Read from the typed config after every override and the preset's time scale, field by field
+    (a field is capped by what its name says it is), so a new recipe or part is covered without a list here."""
+    for dotted, value in _numbers(cfg):
+        cap, kind = _cap(dotted, limits)
+        if cap is not None and value > cap:
+            raise UnsafeInput(f"{what} asks for {dotted}={value}, over the studio's limit of {cap} ({kind}; "
+                              "dreamcore studio --limits raises it)")
+
+
+def _numbers(obj, prefix: str = ""):
+    """(dotted field, number) of every int/float field of a dataclass tree, and len() of every list field."""
+    for fd in dataclasses.fields(obj):
+        value = getattr(obj, fd.name)
+        dotted = f"{prefix}{fd.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            yield from _numbers(value, dotted + ".")
+        elif isinstance(value, (list, tuple)):
+            yield f"{dotted}[]", len(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield dotted, value
+
+
+def _cap(dotted: str, limits: StudioLimits) -> tuple[int | float | None, str]:
+    name = dotted.split(".")[-1]
+    section = dotted.split(".")[0]
+    if name.endswith("[]"):
+        return limits.max_views, "list length"
+    if dotted == "run.steps":
+        return limits.max_steps, "steps"
+    if dotted == "export.resolution" or (section == "representation" and name in ("resolution",
+                                                                                   "occupancy_resolution")):
+        return limits.max_grid, "3D grid size"
+    if name == "log2_table_size":
+        return 24, "hash table size (log2)"
+    if name.endswith("resolution"):
+        return (limits.max_grid * 16 if section == "representation" else limits.max_resolution), "resolution"
+    if name.endswith("texture_size"):
+        return limits.max_texture_size, "texture size"
+    if name.endswith("batch_size") or name == "batch":
+        return limits.max_batch_size, "views per step"
+    if name.endswith(("views", "frames")):
+        return limits.max_views, "views"
+    if name.endswith(("points", "faces")):
+        return limits.max_points, "points"
+    return None, ""
 
 
 # -- uploads ---------------------------------------------------------------------------------------------------
