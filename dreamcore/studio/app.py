@@ -192,7 +192,7 @@ def gallery_thumbs(queue: JobQueue, served: Served | None = None,
     thumbs, names = [], []
     for r in queue.jobs(owner):
         if r.thumbnail is not None:
-            path = served.copy(r.dir.name, r.thumbnail, "thumbnail.png") if served else str(r.thumbnail)
+            path = served.copy(r.dir.name, r.thumbnail) if served else str(r.thumbnail)
             if path:
                 thumbs.append((path, f"{r.job.get('prompt', '')} · {r.status}"))
                 names.append(r.dir.name)
@@ -290,7 +290,8 @@ def build_app(queue: JobQueue, served: Served | None = None):
             st = queue.status(page_job, who(request, per_user)[1])
         except DreamcoreError as e:
             return f"<div id='job-status'>{html.escape(str(e))}</div>", gr.skip(), shown, gr.skip()
-        val = served.copy(page_job, st["validation"], "validation.png") if st["validation"] else None
+        # each validation image keeps its own name (step-N.png): a new one is a new address, so the page redraws
+        val = served.copy(page_job, st["validation"]) if st["validation"] else None
         done_now = st["status"] == "done" and shown != page_job
         return (progress_html(st), val if val else gr.skip(), page_job if done_now else shown,
                 page_job if done_now else gr.skip())
