@@ -43,9 +43,10 @@ TINY_PRIOR_OBJECTS := --object assets/robot.glb:"a toy robot" --object assets/ca
 tiny-prior: $(STAMP)
 	$(BIN)/python tools/train_tiny_prior.py $(TINY_PRIOR_OBJECTS) --out assets/tiny-prior --seed 0 --threads 2 --steps 2000
 
-# the text-only benchmark (bench/text_to_3d.md and .png): every recipe x guidance x prior x object x 3 seeds, hours
+# the text-only benchmark (bench/text_to_3d.md and .png, and its tables in docs/benchmarks.md): every recipe x
+# guidance x prior x object x 3 seeds, hours
 bench-text: $(STAMP)
-	$(BIN)/python tools/bench_text_to_3d.py
+	$(BIN)/python tools/bench_text_to_3d.py --docs docs/benchmarks.md
 
 # the GPU check (tools/gpu_check.py). Here, with the network: fetch the wheels the bare GPU machine lacks (~19 MiB)
 gpu-wheels:

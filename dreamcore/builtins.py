@@ -61,8 +61,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "reference": "dreamcore.guidance.rewards",
     },
     "system": {
-        "dreamfusion": "systems.dreamfusion",
-        "gaussian": "systems.gaussian",
-        "mesh": "systems.mesh",
+        "dreamfusion": "dreamcore.systems.dreamfusion",
+        "gaussian": "dreamcore.systems.gaussian",
+        "mesh": "dreamcore.systems.mesh",
     },
 }

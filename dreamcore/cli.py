@@ -19,23 +19,22 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
-    from dreamcore.config import config_path, load_config
-    from dreamcore.runner.generate import generate, resume_config
+    from dreamcore.api import generate, resume
 
     words, overrides = _split(ns.args)
     if ns.resume:
-        if words:
+        if words or ns.prompt is not None or ns.negative_prompt is not None:
             raise DreamcoreError(f"--resume takes key=value overrides only, got {' '.join(words)!r}")
-        cfg = resume_config(ns.resume, overrides)
-        run = generate(cfg, resume=True)
+        run = resume(ns.resume, overrides, progress=True)
     else:
-        if words:
-            # as JSON, which the override parser (YAML) reads back as the same text: "a chair: red" stays text
-            overrides = [f"prompt={json.dumps(' '.join(words), ensure_ascii=False)}"] + overrides
-        path = config_path(ns.config) if ns.config else config_path("dreamfusion")
-        cfg = load_config(path, overrides)
-        run = generate(cfg)
-    _report(run)
+        if words and ns.prompt is not None:
+            raise DreamcoreError(f"give the prompt once: as words or with --prompt, not both ({' '.join(words)!r})")
+        # taken literally, whatever it holds ("a chair: red", "a cat # fluffy", "yes"); --prompt for one that
+        # starts with "-" or holds "="
+        prompt = ns.prompt if ns.prompt is not None else (" ".join(words) if words else None)
+        run = generate(prompt, ns.config or "dreamfusion", overrides, negative_prompt=ns.negative_prompt,
+                       progress=True)
+    _report(run.path)
     return 0
 
 
@@ -129,7 +128,16 @@ def cmd_list(ns: argparse.Namespace) -> int:  # noqa: ARG001
 
     for kind in registry.kinds():
         print(f"{kind}: {', '.join(registry.names(kind))}")
+    # the shipped recipes, each a name `generate --config` and `batch --config` take
+    print(f"recipe: {', '.join(recipe_names())}")
     return 0
+
+
+def recipe_names() -> list[str]:
+    """The shipped configs (``configs/*.yaml``) by name."""
+    from dreamcore.files import data_dir
+
+    return sorted(p.stem for p in data_dir("configs").glob("*.yaml"))
 
 
 def _report(run: Path) -> None:
@@ -146,8 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dreamcore", description="Text-to-3D score distillation.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="optimize one scene from a prompt and export it")
-    g.add_argument("--config", "-c", help="YAML config (a path, or a name from configs/)")
+    g.add_argument("--config", "-c", metavar="RECIPE|YAML",
+                   help="a recipe name from `dreamcore list` (e.g. text-nerf, reference-nerf) or the path of a YAML "
+                        "config (default: dreamfusion)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its folder")
+    g.add_argument("--prompt", "-p", default=None, help="the prompt, taken literally (for one that starts with - "
+                   "or holds =); else the words before the overrides")
+    g.add_argument("--negative-prompt", "-n", default=None, help="the negative prompt, taken literally")
     g.add_argument("args", nargs="*", help='the prompt words and/or key=value overrides (e.g. run.steps=500)')
     g.set_defaults(func=cmd_generate)
     d = sub.add_parser("demo", help="reference prior on the shipped asset: NeRF + SDS + export, on CPU")
@@ -159,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
     b = sub.add_parser("batch", help="many prompts, one run folder each (local processes or a Ray cluster)")
     b.add_argument("args", nargs="*", help="PROMPTS file (text, or JSONL with prompt/seed/overrides), then key=value")
-    b.add_argument("--config", "-c", help="YAML config of every job (a path, or a name from configs/)")
+    b.add_argument("--config", "-c", metavar="RECIPE|YAML",
+                   help="every job's config: a recipe name from `dreamcore list` or the path of a YAML config")
     b.add_argument("--out", "-o", help="the batch folder (on storage every node sees, for a cluster)")
     b.add_argument("--seeds", help="comma-separated seeds: every prompt runs once per seed")
     b.add_argument("--resume", metavar="DIR", help="continue the batch in DIR from its folder alone")

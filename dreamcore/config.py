@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Mapping, Sequence, Union
 
 from dreamcore import registry
 from dreamcore.errors import DreamcoreError
-from dreamcore.files import REPO_ROOT
+from dreamcore.files import data_dir, resolve_path
 from dreamcore.schedule import Scheduled, step_count
 from dreamcore.views import ViewPromptConfig
 
@@ -177,15 +178,18 @@ class Config:
 
 
 def config_path(name: str) -> Path:
-    """A config file as given, else from the checkout's ``configs/`` (``reference-nerf`` or ``.yaml`` names)."""
+    """A config file as given (relative to the working directory), else a shipped one: ``reference-nerf``,
+    ``reference-nerf.yaml`` or ``configs/reference-nerf.yaml`` (the installed package's ``configs``, or the
+    checkout's: :func:`dreamcore.files.data_dir`)."""
     p = Path(name)
     if p.is_file():
         return p
-    for cand in (REPO_ROOT / name, REPO_ROOT / "configs" / name, REPO_ROOT / "configs" / f"{name}.yaml"):
+    shipped = data_dir("configs")
+    for cand in (resolve_path(name), shipped / name, shipped / f"{name}.yaml"):
         if cand.is_file():
             return cand
     raise DreamcoreError(f"config file not found: {name} (configs shipped: "
-                         f"{', '.join(sorted(q.stem for q in (REPO_ROOT / 'configs').glob('*.yaml')))})")
+                         f"{', '.join(sorted(q.stem for q in shipped.glob('*.yaml')))})")
 
 
 def load_yaml_tree(path: str | Path) -> dict:
@@ -250,6 +254,64 @@ def parse_overrides(items: list[str]) -> dict:
                 raise DreamcoreError(f"override '{item}' sets a key under a non-mapping value")
         node[parts[-1]] = value
     return tree
+
+
+def override_lines(overrides: "Mapping[str, Any] | Sequence[str] | None") -> list[str]:
+    """``{"run.steps": 500, "prompt": "a: b"}`` as the override lines the config loader reads back to exactly
+    those values (each value written as JSON, which YAML reads unchanged); ``"key=value"`` strings pass as they
+    are (their values are YAML, as on the command line)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        out = []
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not key.strip():
+                raise DreamcoreError(f"an override key must be a dotted name such as 'run.steps', got {key!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise DreamcoreError(f"override {key}: {value} is not a finite number")
+            out.append(f"{key}={json.dumps(_plain(value), ensure_ascii=False)}")
+        return out
+    if isinstance(overrides, str):
+        raise DreamcoreError("overrides are a mapping {'run.steps': 500} or a list of 'key=value' strings, "
+                             f"got the string {overrides!r}")
+    return [str(o) for o in overrides]
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON can hold it (tuples as lists, paths as strings)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def prompt_line(key: str, text: str) -> str:
+    """``prompt=...`` (or ``negative_prompt=...``) for ``text`` taken literally; an empty prompt is an error."""
+    if not isinstance(text, str):
+        raise DreamcoreError(f"the {key.replace('_', ' ')} must be text, got {type(text).__name__}")
+    if key == "prompt" and not text.strip():
+        raise DreamcoreError("the prompt is empty: describe the object, e.g. \"a toy robot\"")
+    return f"{key}={json.dumps(text, ensure_ascii=False)}"
+
+
+def job_config(prompt: str | None, config: str | Path = "text-nerf",
+               overrides: "Mapping[str, Any] | Sequence[str] | None" = None, run_dir: str | Path | None = None,
+               negative_prompt: str | None = None, seed: int | None = None) -> Config:
+    """The merged config of a run: ``config`` (a shipped recipe's name or a YAML path), then ``overrides``, then
+    the prompt, negative prompt, seed and run folder given here (taken literally)."""
+    lines = override_lines(overrides)
+    if prompt is not None:
+        lines.append(prompt_line("prompt", prompt))
+    if negative_prompt is not None:
+        lines.append(prompt_line("negative_prompt", negative_prompt))
+    if seed is not None:
+        lines.append(f"run.seed={int(seed)}")
+    if run_dir is not None:
+        lines.append(f"run.dir={json.dumps(str(run_dir))}")
+    return load_config(config_path(str(config)), lines)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:

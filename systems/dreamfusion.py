@@ -14,19 +14,21 @@ import torch
 from torch import Tensor, nn
 
 from dreamcore import registry
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, sample_orbit
 from dreamcore.config import ComponentConfig
 from dreamcore.config import Config as FullConfig
+from dreamcore.config import ExportConfig
 from dreamcore.errors import DreamcoreError
+from dreamcore.export.exporters import ExportOptions, ExportSource, Splats
 from dreamcore.guidance.views import conditions
-from dreamcore.meshes.asset import SceneTransform
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.schedule import Scheduled
+from dreamcore.system import System
 from dreamcore import rng
 
 
 @registry.register("system", "dreamfusion")
-class DreamFusionSystem:
+class DreamFusionSystem(System):
     @dataclass
     class Config(ComponentConfig):
         rays_per_view: int = 0  # > 0: train on that many random pixels per view (priors with pixel subsets only)
@@ -50,26 +52,20 @@ class DreamFusionSystem:
         self.guidance.setup(self.prior, full.run.steps)
         self.embeddings = self.prior.encode_prompt(full.prompt, full.negative_prompt, full.views)
 
-    def initialize_from(self, source) -> None:
-        """Start from an earlier run's system (``init.from_run``): its field (and background, when of the same
-        kind) become this run's starting point, e.g. an SDS coarse stage refined with VSD. A representation that
-        converts from other kinds (DMTet from a NeRF's density) does so in its ``init_from_system``; its report
-        (a dict) is returned."""
-        convert = getattr(self.representation, "init_from_system", None)
-        if convert is not None:
-            return convert(source)
-        src = source.representation
-        if type(src) is not type(self.representation):
-            raise DreamcoreError(f"init.from_run: representation '{self.full.representation.name}' cannot start "
-                                 f"from a run with representation '{source.full.representation.name}'")
-        try:
-            self.representation.load_state_dict(src.state_dict())
-            if type(source.background) is type(self.background):
+    def initialize_from(self, source: System) -> dict:
+        """Start from an earlier run's system (``init.from_run``): its field (and background, when both are of
+        the same kinds) become this run's starting point, e.g. an SDS coarse stage refined with VSD. A
+        representation that converts from other kinds (DMTet from a NeRF's density) does so in its
+        ``init_from_system``; its report (a dict) is returned."""
+        report = self.representation.init_from_system(source)
+        same = type(source.representation) is type(self.representation)
+        if same and type(source.background) is type(self.background):
+            try:
                 self.background.load_state_dict(source.background.state_dict())
-        except RuntimeError as e:
-            raise DreamcoreError(f"init.from_run: the earlier run's {self.full.representation.name} has other "
-                                 f"sizes than this config's (keep representation.* equal): {e}") from None
-        return {}
+            except RuntimeError as e:
+                raise DreamcoreError(f"init.from_run: the earlier run's background has other sizes than this "
+                                     f"config's (keep background.* equal): {e}") from None
+        return report
 
     def _check_channels(self) -> None:
         """Field, background and prior agree on the number of colour channels (latent fields: 4), at start."""
@@ -78,7 +74,7 @@ class DreamFusionSystem:
         if bg is not None and len(bg) != c:
             raise DreamcoreError(f"background.color has {len(bg)} values but the field renders {c} channels: "
                                  f"give it {c} (e.g. {[0.5] * c} for latents)")
-        latent = bool(getattr(getattr(self.prior, "cfg", None), "latent_mode", False))
+        latent = self.prior.latent_mode
         if latent and c != self.prior.channels:
             raise DreamcoreError(f"prior.latent_mode renders latents directly: set representation.color_channels="
                                  f"{self.prior.channels} (now {c})")
@@ -100,10 +96,6 @@ class DreamFusionSystem:
     def parameter_groups(self) -> list[dict]:
         groups = self.representation.parameter_groups() + self.background.parameter_groups()
         return groups + self.guidance.parameter_groups()
-
-    @property
-    def scene_transform(self) -> SceneTransform:
-        return getattr(self.prior, "scene_transform", SceneTransform())
 
     # -- the step ------------------------------------------------------------------------------------------------
     def render_training(self, cameras: Cameras, generator: torch.Generator) -> RenderOutput:
@@ -156,18 +148,48 @@ class DreamFusionSystem:
 
     @property
     def color_channels(self) -> int:
-        return getattr(self.representation, "color_channels", 3)
+        return self.representation.color_channels
 
     def display(self, values: Tensor) -> Tensor:
         """[..., C] field channels → [..., 3] colours (Latent-NeRF: the prior's latent → RGB map)."""
-        to_rgb = getattr(self.prior, "latents_to_rgb", None)
-        if to_rgb is None:
-            raise DreamcoreError(f"a {self.color_channels}-channel field needs a prior that shows its channels as "
-                                 f"colours (a latent prior with prior.latent_mode=true); '{self.full.prior.name}' has none")
-        return to_rgb(values)
+        return self.prior.latents_to_rgb(values)
 
-    def density(self, points: Tensor) -> Tensor:
-        return self.representation.export_density(points)
+    def export_source(self, export: ExportConfig) -> ExportSource:
+        """A mesh by marching cubes of :meth:`density`, coloured by :meth:`surface_color`
+        (:func:`dreamcore.export.field_mesh`); Gaussians also give themselves (``model.ply``)."""
+        from dreamcore.export import field_mesh
+
+        rep, transform = self.representation, self.scene_transform
+        options = ExportOptions(export.turntable_frames, export.turntable_resolution, export.turntable_format)
+
+        def mesh():
+            agreement = self.silhouette_agreement(export) if export.isosurface_search else None
+            return field_mesh(self.density, self.surface_color, rep.bound, export, transform, agreement)
+
+        params = rep.splat_parameters()
+        splats = None if params is None else (lambda: Splats(**params, transform=transform))
+        return ExportSource(rep.kind, options, mesh=mesh, splats=splats)
+
+    @torch.no_grad()
+    def silhouette_agreement(self, export: ExportConfig):
+        """``export.isosurface_search``'s score of a candidate mesh (verts, faces): the silhouette IoU between
+        the mesh and the scene's own renders (alpha > ½) at ``export.isosurface_views`` views of the run's camera
+        ranges (their own seed, not the held-out views)."""
+        from dreamcore.meshes.asset import MeshAsset
+        from dreamcore.meshes.render import render_mesh
+        from dreamcore.metrics import silhouette_iou
+
+        cam, r = self.full.camera, 64
+        cams = sample_orbit(export.isosurface_views, torch.Generator().manual_seed(2024), cam.elevation_range,
+                            (-180.0, 180.0), cam.distance_range, cam.fov_range)
+        device = next(self.representation.parameters()).device
+        field_alpha = self.render_views(cams.to(device), r, r, torch.ones(len(cams), 3, device=device)).alpha.cpu()
+
+        def agreement(verts, faces) -> float:
+            mesh = MeshAsset(torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.int64))
+            return silhouette_iou(render_mesh(mesh, cams, r, r, supersample=2).alpha, field_alpha)
+
+        return agreement
 
 
 def opaque_penalty(alpha: Tensor) -> Tensor:

@@ -7,7 +7,6 @@ schedules, the active SH degree, and adaptive density control (Kerbl et al. 2023
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -19,7 +18,7 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.representations import densify
 from dreamcore.representations.gaussians import Gaussians
-from systems.dreamfusion import DreamFusionSystem
+from dreamcore.systems.dreamfusion import DreamFusionSystem
 
 
 @registry.register("system", "gaussian")
@@ -35,20 +34,16 @@ class GaussianSystem(DreamFusionSystem):
                                  f"got '{full.representation.name}'")
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._render: Optional[RenderOutput] = None
-        self._initialize()
 
-    def _initialize(self) -> None:
-        rep, init = self.representation, self.full.init
-        ckpt = Path(self.full.run.dir) / "ckpt"  # (the runner's checkpoint names: systems sit below the runner)
-        if self.full.run.dir and any((ckpt / n).is_file() for n in ("last.safetensors", "prev.safetensors")):
-            return  # resuming or re-exporting: the checkpoint replaces the Gaussians (and the source may be gone)
-        g = torch.Generator().manual_seed(self.full.run.seed)
-        if init.from_run:
-            return  # the trainer calls initialize_from with the earlier run (not when resuming)
+    def initialize(self) -> None:
+        """A new run's Gaussians: the representation's own ball, or points sampled on ``init_file`` (mapped
+        into the prior's scene frame)."""
+        rep = self.representation
         if rep.cfg.init == "file":
             if not rep.cfg.init_file:
                 raise DreamcoreError("representation.init=file needs representation.init_file=PATH")
-            rep.init_from_file(rep.cfg.init_file, self.scene_transform, g)
+            rep.init_from_file(rep.cfg.init_file, self.scene_transform,
+                               torch.Generator().manual_seed(self.full.run.seed))
 
     def initialize_from(self, source) -> dict:
         """``init.from_run``: an earlier run's Gaussians continued as they are; from any other representation,
@@ -58,14 +53,14 @@ class GaussianSystem(DreamFusionSystem):
             rep.copy_from(source.representation)
             return {}
         level = rep.cfg.init_density_threshold or source.full.export.isosurface
-        rep.init_from_system(source, level, torch.Generator().manual_seed(self.full.run.seed))
+        rep.init_from_density(source, level, torch.Generator().manual_seed(self.full.run.seed))
         return {}
 
     # -- runner hooks ------------------------------------------------------------------------------------------
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
 
-    def group_lr_scales(self, step: int) -> dict[str, float]:
+    def lr_scales(self, step: int) -> dict[str, float]:
         return self.representation.lr_scales(step)
 
     def render_training(self, cameras: Cameras, generator: torch.Generator) -> RenderOutput:

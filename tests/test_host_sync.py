@@ -62,7 +62,7 @@ def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch, system):
 
 def test_the_counter_sees_a_read_in_the_step(tmp_path, monkeypatch):
     """The check above would fail if a loss were read every step (as the trainer once did)."""
-    import systems.dreamfusion as dreamfusion
+    import dreamcore.systems.dreamfusion as dreamfusion
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     real = dreamfusion.DreamFusionSystem.training_step

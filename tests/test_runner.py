@@ -120,6 +120,7 @@ def test_console_script_lists_components():
     assert set(kinds["guidance"].split(", ")) >= {"sds", "sjc", "vsd", "esd", "ism", "csd", "nfsd", "sdi"}
     assert "reference" in kinds["prior"].split(", ")
     assert set(kinds["exporter"].split(", ")) >= {"glb", "obj", "turntable", "ply"}
+    assert set(kinds["recipe"].split(", ")) >= {"text-nerf", "reference-nerf", "dreamfusion", "demo"}  # --config
 
 
 def test_dreamfusion_recipe_runs_with_shading_and_learned_background(tmp_path):

@@ -5,6 +5,7 @@ gallery come from the run folders alone."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from dreamcore.config import config_path, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.studio import runs
 from dreamcore.studio.queue import JobQueue
-from dreamcore.studio.recipes import PRESETS, RECONSTRUCT_RECIPES, preset_overrides, recipes
+from dreamcore.studio.recipes import PRESETS, RECONSTRUCT_RECIPES, describe, preset_overrides, recipes
 from dreamcore.studio.safety import UnsafeInput
 
 
@@ -34,6 +35,31 @@ def test_every_recipe_with_every_preset_is_a_valid_config():
                 assert cfg.run.steps == max(plain.run.steps, min(2 * plain.run.steps, 2000))
     with pytest.raises(DreamcoreError, match="unknown quality preset 'best'"):
         preset_overrides("best", load_config(config_path("text-nerf")))
+
+
+def test_every_offered_recipe_is_described_in_whole_sentences():
+    """The recipe dropdowns show the sentence each config opens with: whole (a comment wraps it over lines), never
+    cut at a line's end or a length, and short enough for a dropdown."""
+    for r in recipes() + recipes(RECONSTRUCT_RECIPES):
+        d = r.description
+        assert d.endswith((".", "!", "?")) and d[0].isupper(), (r.name, d)
+        assert not re.search(r"\b(al|e\.g|i\.e|Sec)\.$", d), (r.name, d)  # an abbreviation ends no sentence
+        assert d.count("(") == d.count(")") and d.count('"') % 2 == 0 and d.count("`") % 2 == 0, (r.name, d)
+        opening = " ".join(line.lstrip("#").strip() for line in r.path.read_text(encoding="utf-8").splitlines()
+                           if line.startswith("#"))
+        assert opening.startswith(d), (r.name, d)  # the file's own words, from its first one
+        assert len(d) <= 200, (r.name, len(d), d)
+
+
+def test_a_description_is_the_first_whole_sentence_however_it_wraps(tmp_path):
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("# Thing-like text-to-3D (Doe et al. 2024, Sec. 3.1): a NeRF with SDS, e.g. at ω = 7.5,\n"
+                   "# \"front view\" prompts (t ∈ [0.02, 0.98]. really) and 1e-3. Defaults from the paper.\n"
+                   "#   dreamcore generate --config x.yaml\nprompt: a\n", encoding="utf-8")
+    assert describe(cfg) == ("Thing-like text-to-3D (Doe et al. 2024, Sec. 3.1): a NeRF with SDS, e.g. at ω = 7.5, "
+                             "\"front view\" prompts (t ∈ [0.02, 0.98]. really) and 1e-3.")
+    cfg.write_text("# One sentence only!\n# dreamcore generate --config x.yaml. Ignored.\nprompt: a\n")
+    assert describe(cfg) == "One sentence only!"
 
 
 def test_draft_shortens_the_schedules_with_the_run():

@@ -180,7 +180,7 @@ def test_a_missing_scored_mesh_fails_before_any_work(tmp_path, capsys):
 
 
 def test_the_opaque_penalty_drives_opacity_to_empty_or_solid():
-    from systems.dreamfusion import opaque_penalty
+    from dreamcore.systems.dreamfusion import opaque_penalty
 
     assert float(opaque_penalty(torch.full((4, 4), 0.5))) == pytest.approx(math.log(2.0), rel=1e-5)
     assert float(opaque_penalty(torch.tensor([0.0, 1.0]))) < 1e-3

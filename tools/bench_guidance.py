@@ -1,6 +1,7 @@
 """Guidance benchmark: every registered guidance × the NeRF representation on reference-prior scenes.
 
-Two experiments, one markdown table each, written to ``--out`` (default ``bench/guidance.md``):
+Two experiments, one markdown table each, written to ``--out`` (default ``bench/guidance.md``) and, with
+``--docs docs/benchmarks.md``, into that page's marked ``bench_guidance`` section (``tools/docs_section.py``):
 
 1. Reconstruction — ``configs/reference-nerf.yaml`` on ``--mesh`` (camera-conditioned reference prior) for
    ``--steps`` steps per method, exported to GLB: held-out PSNR / silhouette IoU of the field and of the GLB,
@@ -14,7 +15,7 @@ Two experiments, one markdown table each, written to ``--out`` (default ``bench/
 CFG-bearing methods run at ω = 1: with the conditional reference prior the conditional denoiser is exact and
 extrapolating it only over-saturates. Everything else keeps the method's official defaults.
 
-    .venv/bin/python tools/bench_guidance.py                 # the table in the README (≈ 30 min on 2 cores)
+    .venv/bin/python tools/bench_guidance.py --docs docs/benchmarks.md   # + its tables there (≈ 30 min on 2 cores)
     .venv/bin/python tools/bench_guidance.py --quick         # a smoke run of the tool itself
 """
 
@@ -191,6 +192,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the tool, not the methods")
     ap.add_argument("--work", default="bench/guidance-runs")
     ap.add_argument("--out", default="bench/guidance.md")
+    ap.add_argument("--docs", default=None, metavar="PAGE",
+                    help="also rewrite this page's bench_guidance section (docs/benchmarks.md) with the tables")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.seeds, args.diversity_steps = 20, 2, 10
@@ -206,6 +209,11 @@ def main() -> None:
     text = markdown(recon, div, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
+    if args.docs:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from docs_section import replace_section  # tools/, beside this script
+
+        replace_section(args.docs, "bench_guidance", text)
     print(text)
 
 

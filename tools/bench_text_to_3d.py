@@ -17,9 +17,10 @@ and, across seeds, the diversity (mean pairwise RMS difference of the seeds' GLB
 The table reports medians over seeds; timings are measured in this one run on whatever machine runs it.
 
 Writes ``--out`` (default ``bench/text_to_3d.md``) and a picture beside it (``.png``: one row per method, the
-turntable frames of each object and seed, the true object on top).
+turntable frames of each object and seed, the true object on top); with ``--docs docs/benchmarks.md`` the same
+tables replace that page's marked ``bench_text_to_3d`` section (``tools/docs_section.py``).
 
-    .venv/bin/python tools/bench_text_to_3d.py                       # the README's table (hours on 2 cores)
+    .venv/bin/python tools/bench_text_to_3d.py --docs docs/benchmarks.md   # + its tables there (hours on 2 cores)
     .venv/bin/python tools/bench_text_to_3d.py --guidances sds --seeds 1
     .venv/bin/python tools/bench_text_to_3d.py --quick               # a smoke run of the tool itself
 """
@@ -269,6 +270,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="bench/text-to-3d-runs", help="run folders (kept: a rerun reuses them)")
     ap.add_argument("--out", default="bench/text_to_3d.md")
+    ap.add_argument("--docs", default=None, metavar="PAGE",
+                    help="also rewrite this page's bench_text_to_3d section (docs/benchmarks.md) with the tables")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 object, 1 seed, sds, a few steps")
     ap.add_argument("overrides", nargs="*", help="key=value for every run")
     args = ap.parse_args(argv)
@@ -308,6 +311,11 @@ def main(argv=None) -> int:
     out.write_text(report)
     (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "runs": results}, indent=1, default=str))
     picture(out.with_suffix(".png"), results, objects, args.seeds)
+    if args.docs:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from docs_section import replace_section  # tools/, beside this script
+
+        replace_section(args.docs, "bench_text_to_3d", report)
     print(report)
     return 0 if all("error" not in r for r in results) else 1
 

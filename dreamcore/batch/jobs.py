@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dreamcore.config import Config, config_path, load_config, to_tree
+from dreamcore.config import Config, config_path, load_config, prompt_line, to_tree
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.rundir import prompt_slug
 
@@ -41,8 +41,8 @@ class Job:
         return cfg
 
     def config_overrides(self) -> list[str]:
-        # the prompt as JSON, which YAML reads back as the same string: taken literally ("a chair: red", "#1")
-        return [*self.overrides, f"prompt={json.dumps(self.prompt, ensure_ascii=False)}", f"run.seed={self.seed}"]
+        # the prompt taken literally ("a chair: red", "#1", "yes"): never read as YAML
+        return [*self.overrides, prompt_line("prompt", self.prompt), f"run.seed={self.seed}"]
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
+from dreamcore.export.exporters import Exporter, ExportSource
 from dreamcore.files import atomic_write_bytes
 from dreamcore.meshes.asset import SceneTransform
 from dreamcore.registry import register
@@ -91,19 +92,16 @@ def read_ply(path: str | Path, transform: Optional[SceneTransform] = None) -> di
 
 
 @register("exporter", "ply")
-class PLYExporter:
+class PLYExporter(Exporter):
     """``model.ply``: the Gaussians themselves (3DGS layout), written from the representation, not a mesh."""
 
-    needs_mesh = False
+    writes_mesh = False
 
     @dataclass
     class Config(ComponentConfig):
         pass
 
-    def write_system(self, run_dir: Path, system, transform: Optional[SceneTransform]) -> dict[str, Path]:
-        rep = system.representation
-        if not all(hasattr(rep, k) for k in ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")):
-            raise DreamcoreError(f"export format 'ply' writes Gaussians; this run's representation is "
-                                 f"'{getattr(rep, 'registered_name', type(rep).__name__)}'")
-        return {"ply": write_ply(Path(run_dir) / "model.ply", rep.means, rep.log_scales, rep.quats,
-                                 rep.opacity_logits, rep.sh_dc, rep.sh_rest, transform)}
+    def write(self, run_dir: Path, source: ExportSource) -> dict[str, Path]:
+        s = source.splats()
+        return {"ply": write_ply(Path(run_dir) / "model.ply", s.means, s.log_scales, s.quats, s.opacity_logits,
+                                 s.sh_dc, s.sh_rest, s.transform)}

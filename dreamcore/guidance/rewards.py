@@ -77,14 +77,13 @@ class ReferenceReward(Reward):
     """R = −mean((x̂_0 − x_ref)²) per image, x_ref the reference prior's ground-truth view in model space."""
 
     def setup(self, prior) -> None:
-        if getattr(prior, "reference_views", None) is None:
+        if not prior.reference_assets():
             raise DreamcoreError(f"reward 'reference' needs a prior with reference views (the reference prior); "
                                  f"prior '{type(prior).__name__}' has none: use guidance.reward.model.name=clip")
 
     def __call__(self, x0: Tensor, context: RewardContext) -> Tensor:
         prior, cams = context.prior, context.cameras
-        views = getattr(prior, "reference_views", None)
-        if views is None:
+        if not prior.reference_assets():
             raise DreamcoreError(f"reward 'reference' needs a prior with reference views (the reference prior); "
                                  f"prior '{type(prior).__name__}' has none: use guidance.reward.model.name=clip")
         if cams is None:
@@ -93,7 +92,7 @@ class ReferenceReward(Reward):
         h, w = context.image_size if context.image_size is not None else x0.shape[-2:]
         bg = cams.background if cams.background is not None else torch.ones(b, 3, device=cams.device)
         with torch.no_grad():
-            rgb, _ = views(cams, h, w, bg)  # [B, H, W, 3] in [0, 1]
+            rgb, _ = prior.reference_views(cams, h, w, bg)  # [B, H, W, 3] in [0, 1]
             if context.pixel_index is not None:
                 flat = rgb.reshape(b, h * w, rgb.shape[-1])
                 idx = context.pixel_index.to(flat.device)[..., None].expand(-1, -1, flat.shape[-1])

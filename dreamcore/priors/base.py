@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from dreamcore.cameras import Cameras
+from dreamcore.errors import DreamcoreError
+from dreamcore.meshes.asset import SceneTransform
 
 
 @dataclass
@@ -72,12 +74,38 @@ class PromptEmbeddings:
 
 
 class Prior(nn.Module):
-    """Base class of priors. Subclasses set ``schedule`` and implement the three methods."""
+    """Base class of priors. Subclasses set ``schedule`` and implement the three methods
+    (:meth:`encode_prompt`, :meth:`to_model_space`, :meth:`predict_noise`); the other hooks have defaults that
+    fit a plain text-to-image model, and the runner and systems call them without probing."""
 
     schedule: NoiseSchedule
     channels: int = 3  # channels of the model space x (4 for latent priors)
     supports_pixel_subsets: bool = False
     view_dependent: bool = True
+    # the frame of the object the prior knows (the reference prior's mesh file); identity for a text prior
+    scene_transform: SceneTransform = SceneTransform()
+
+    @property
+    def latent_mode(self) -> bool:
+        """True when the scene renders the model's latents directly (Latent-NeRF: no VAE between)."""
+        return False
+
+    def latents_to_rgb(self, values: Tensor) -> Tensor:
+        """Display colours [..., 3] of rendered latents [..., C] (latent-mode priors only)."""
+        raise DreamcoreError(f"a {values.shape[-1]}-channel field needs a prior that shows its channels as colours "
+                             f"(a latent prior with prior.latent_mode=true); '{type(self).__name__}' has none")
+
+    def reference_assets(self) -> list:
+        """The objects this prior was built from (:class:`~dreamcore.meshes.asset.MeshAsset`, scene frame): the
+        reference prior's mesh and its extra objects. Runs are scored against them and validation images show
+        them (:meth:`reference_views`); [] for a prior that only knows words."""
+        return []
+
+    def reference_views(self, cameras: Cameras, h: int, w: int, background: Tensor,
+                        obj: int = 0) -> tuple[Tensor, Tensor]:
+        """Ground-truth images [B, H, W, 3] over ``background`` [B, 3] and alpha [B, H, W, 1] of object ``obj`` of
+        :meth:`reference_assets`; only for priors that have some."""
+        raise DreamcoreError(f"prior '{type(self).__name__}' has no reference views (it knows no object)")
 
     @classmethod
     def preflight(cls, cfg) -> None:

@@ -227,6 +227,9 @@ class ReferencePrior(Prior):
         rgb, alpha = out.rgb.permute(0, 3, 1, 2).contiguous(), out.alpha.permute(0, 3, 1, 2).contiguous()
         return rgb.to(device), alpha.to(device)
 
+    def reference_assets(self) -> list:
+        return [self.asset] + list(self.extra_assets)
+
     def reference_views(self, cameras: Cameras, h: int, w: int, background: Tensor,
                         obj: int = 0) -> tuple[Tensor, Tensor]:
         """Ground-truth images [B, H, W, 3] over ``background`` [B, 3] and alpha [B, H, W, 1] (for metrics)."""

@@ -83,6 +83,10 @@ class LatentDiffusionPrior(DiffusersPrior):
     def unet_kwargs(self, embeddings: Tensor) -> dict:
         return {"encoder_hidden_states": embeddings.to(self.device, self.dtype)}
 
+    @property
+    def latent_mode(self) -> bool:
+        return bool(self.cfg.latent_mode)
+
     @torch.no_grad()
     def latents_to_rgb(self, values: Tensor, probes: int = 64) -> Tensor:
         """Display colours [..., 3] of latent-mode render values [..., C] (z = 2·value − 1, as in

@@ -29,11 +29,12 @@ from dreamcore.meshes.regularizers import laplacian_loss, normal_consistency_los
 from dreamcore.meshes.surface import Surface
 from dreamcore.meshes.tets import grid_edges, marching_tets, tet_grid
 from dreamcore.registry import register
+from dreamcore.representations.base import SurfaceRepresentation
 from dreamcore.representations.texture import FieldTexture, FieldTextureConfig
 
 
 @register("representation", "dmtet")
-class DMTet(nn.Module):
+class DMTet(SurfaceRepresentation):
     decimate_on_export = True  # marching tetrahedra over-tessellates: export.target_faces applies
 
     @dataclass

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
+from dreamcore.representations.base import Representation
 from dreamcore.representations.gaussian_shape import covariance, quat_to_rotmat  # noqa: F401 (re-exported)
 from dreamcore.schedule import Scheduled, step_count
 
@@ -69,7 +70,7 @@ def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
 
 
 @register("representation", "gaussians")
-class Gaussians(nn.Module):
+class Gaussians(Representation):
     @dataclass
     class Config(ComponentConfig):
         bound: float = 1.0  # scene box half-size (mesh export grid; points are kept inside it)
@@ -223,6 +224,9 @@ class Gaussians(nn.Module):
         return [{"params": [p], "lr_scale": self.lr_scales(0)[f"gaussians.{name}"], "name": f"gaussians.{name}"}
                 for name, p in self.parameters_by_name().items()]
 
+    def splat_parameters(self) -> dict[str, Tensor]:
+        return self.parameters_by_name()
+
     def lr_scales(self, step: int) -> dict[str, float]:
         c = self.cfg
         lrs = {"means": c.lr_means, "log_scales": c.lr_scales, "quats": c.lr_quats, "opacity_logits": c.lr_opacity,
@@ -321,7 +325,7 @@ class Gaussians(nn.Module):
         self.reset_stats()
 
     @torch.no_grad()
-    def init_from_system(self, system, threshold: float, generator: torch.Generator, resolution: int = 64) -> None:
+    def init_from_density(self, system, threshold: float, generator: torch.Generator, resolution: int = 64) -> None:
         """Points where an earlier run's ``density`` exceeds ``threshold`` (jittered grid cells, up to
         ``init_points``), coloured by its ``surface_color`` with normals from the density gradient."""
         b = self.bound

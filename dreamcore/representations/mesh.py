@@ -29,6 +29,7 @@ from dreamcore.meshes.diffraster import interpolate_at
 from dreamcore.meshes.regularizers import laplacian_loss, normal_consistency_loss
 from dreamcore.meshes.surface import Surface
 from dreamcore.registry import register
+from dreamcore.representations.base import SurfaceRepresentation
 from dreamcore.representations.texture import FieldTexture, FieldTextureConfig, UVTexture
 
 
@@ -39,7 +40,7 @@ def weld(vertices: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @register("representation", "mesh")
-class MeshRepresentation(nn.Module):
+class MeshRepresentation(SurfaceRepresentation):
     @dataclass
     class Config(FieldTextureConfig, ComponentConfig):
         path: str = ""  # GLB / OBJ / PLY file (``mesh=...`` at the top level of configs/texture.yaml)
@@ -142,7 +143,17 @@ class MeshRepresentation(nn.Module):
     def after_step(self, step: int, generator: torch.Generator, render_step: float) -> None:  # noqa: ARG002
         return None
 
+    def init_from_system(self, source) -> dict:  # noqa: ARG002
+        raise DreamcoreError("representation 'mesh' cannot start from an earlier run (init.from_run): it starts "
+                             "from its own file (representation.path)")
+
     # -- export -------------------------------------------------------------------------------------------------------
+    def uv_mesh(self, texture_size: int) -> Optional[tuple]:
+        if self.cfg.texture != "uv":
+            return None
+        verts, faces, uvs, texture, _ = self.export_arrays(texture_size)
+        return verts, faces, uvs, texture
+
     @torch.no_grad()
     def export_arrays(self, texture_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """(verts [V', 3], faces [F, 3], uvs [V', 2], texture [S, S, 3], in_original_frame) of a UV-textured

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
+from dreamcore.representations.base import Representation
 from dreamcore.representations.hashgrid import HashGridEncoding
 from dreamcore.representations.occupancy import OccupancyGrid
 from dreamcore.precision import no_autocast
@@ -40,7 +41,7 @@ def trunc_exp(x: Tensor) -> Tensor:
 
 
 @register("representation", "nerf")
-class NeRFField(nn.Module):
+class NeRFField(Representation):
     @dataclass
     class Config(ComponentConfig):
         bound: float = 1.0

@@ -14,88 +14,34 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.files import resolve_path
 from dreamcore.meshes.io import check_mesh_file, load_mesh, normalize
 from dreamcore.meshes.render import render_mesh
+from dreamcore.system import System
 from dreamcore.metrics import (depth_error, janus_score, psnr, silhouette_iou, surface_depth_error,
                                visible_surface_chamfer, watertight_report)
 
 
-def export_run(system, cfg: Config, run_dir: Path) -> dict:
-    """Write model.glb / model.obj+mtl+png / turntable into ``run_dir``; returns paths and timings."""
-    from dreamcore.export import export_textured_mesh
-    from dreamcore.export.extract import mesh_from_grid, sample_grid, taubin_smooth
-    from dreamcore.registry import lookup
+def export_run(system: System, cfg: Config, run_dir: Path) -> dict:
+    """Write every format of ``cfg.export.formats`` (model.glb, model.obj+mtl+png, model.ply, turntable) into
+    ``run_dir`` from the system's :meth:`~dreamcore.system.System.export_source`; returns the paths, how the mesh
+    was made (when a format asked for one) and the timings."""
+    from dreamcore.export.exporters import write_formats
 
-    own_export = getattr(system, "export_mesh", None)
-    if own_export is not None:  # surface representations write themselves (no marching cubes)
-        return own_export(run_dir, cfg)
-    e = cfg.export
     t0 = time.perf_counter()
-    # exporters that write the representation itself (Gaussians' model.ply) need no mesh
-    direct = [n for n in e.formats if not getattr(lookup("exporter", n), "needs_mesh", True)]
-    files = {}
-    for name in direct:
-        files.update(lookup("exporter", name)().write_system(run_dir, system, system.scene_transform))
-    formats = tuple(n for n in e.formats if n not in direct)
-    if not formats:
-        return {"files": {k: str(v) for k, v in files.items()}}
-    bound = system.representation.bound
-    grid = sample_grid(system.density, e.resolution, bound)
-    options = dict(fill_cavities=e.fill_cavities, keep_components=e.keep_components,
-                   min_component_ratio=e.min_component_ratio, target_faces=e.target_faces)
-    if e.isosurface_search:
-        level, search, (verts, faces) = match_isosurface(system, cfg, grid, bound, options)
-    else:
-        level, search = e.isosurface, {}
-        verts, faces = mesh_from_grid(grid, level, bound, **options)
-    verts = taubin_smooth(verts, faces, e.smooth_iterations)
-    t1 = time.perf_counter()
-    paths = export_textured_mesh(
-        run_dir, verts, faces, system.surface_color, system.scene_transform, formats=formats,
-        texture_size=e.texture_size, turntable_frames=e.turntable_frames,
-        turntable_resolution=e.turntable_resolution, turntable_format=e.turntable_format,
-    )
-    t2 = time.perf_counter()
-    return {
-        "files": {k: str(v) for k, v in {**files, **paths}.items()},
-        "faces": int(len(faces)),
-        "vertices": int(len(verts)),
-        "isosurface": level,
-        **({"isosurface_silhouette_iou": search} if search else {}),
-        "extract_seconds": round(t1 - t0, 2),
-        "write_seconds": round(t2 - t1, 2),
-    }
+    source = system.export_source(cfg.export)
+    paths = write_formats(run_dir, source, cfg.export.formats)
+    report = dict(source.report)
+    if not report:  # no mesh was made (model.ply only)
+        return {"files": {k: str(v) for k, v in paths.items()}}
+    extract = report.get("extract_seconds", 0.0)
+    return {"files": {k: str(v) for k, v in paths.items()}, **report,
+            "write_seconds": round(time.perf_counter() - t0 - extract, 2)}
 
 
-@torch.no_grad()
-def match_isosurface(system, cfg: Config, grid, bound: float, options: dict) -> tuple[float, dict, tuple]:
-    """``export.isosurface_search``: the level whose mesh's silhouettes agree best (IoU) with the field's own
-    renders (alpha > ½) at ``export.isosurface_views`` views of the run's camera ranges (their own seed, not the
-    held-out views), each level's IoU, and that level's mesh (verts, faces)."""
-    from dreamcore.export.extract import best_isosurface
-    from dreamcore.meshes.asset import MeshAsset
-
-    e, cam, r = cfg.export, cfg.camera, 64
-    cams = sample_orbit(e.isosurface_views, torch.Generator().manual_seed(2024), cam.elevation_range,
-                        (-180.0, 180.0), cam.distance_range, cam.fov_range)
-    device = next(system.representation.parameters()).device
-    field_alpha = system.render_views(cams.to(device), r, r, torch.ones(len(cams), 3, device=device)).alpha.cpu()
-
-    def agreement(verts, faces) -> float:
-        mesh = MeshAsset(torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.int64))
-        return silhouette_iou(render_mesh(mesh, cams, r, r, supersample=2).alpha, field_alpha)
-
-    level, scores, mesh = best_isosurface(grid, e.isosurface_search, bound, agreement, **options)
-    return level, {str(k): round(v, 4) for k, v in scores.items()}, mesh
-
-
-def scoring_targets(system, cfg: Config) -> list:
+def scoring_targets(system: System, cfg: Config) -> list:
     """The objects held-out views are scored against, in the scene frame: ``eval.mesh`` (normalized like the
     reference prior's mesh), else the reference prior's mesh and its extra objects; [] when there is none."""
     if cfg.eval.mesh:
         return [normalize(load_mesh(resolve_path(cfg.eval.mesh)), cfg.eval.radius)[0]]
-    prior = system.prior
-    if not hasattr(prior, "reference_views"):
-        return []
-    return [prior.asset] + list(getattr(prior, "extra_assets", []))
+    return system.prior.reference_assets()
 
 
 def check_scoring_target(cfg: Config) -> None:
@@ -108,7 +54,7 @@ def check_scoring_target(cfg: Config) -> None:
 
 
 @torch.no_grad()
-def evaluate_run(system, cfg: Config, run_dir: Path, score_glb: bool = True) -> dict:
+def evaluate_run(system: System, cfg: Config, run_dir: Path, score_glb: bool = True) -> dict:
     """Held-out views (a seed of their own) scored against the target object (:func:`scoring_targets`): PSNR and
     silhouette IoU of the optimized scene and of the exported GLB as written to disk, and for the GLB its depth
     error and visible-surface Chamfer distance (fractions of the target's bounding-box diagonal) and its Janus

@@ -17,9 +17,19 @@ from dreamcore.config import load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner import checkpoint
 from dreamcore.runner.rundir import RunDir
+from dreamcore.system import System
 
 
-def load_run_system(run_dir: str | Path, device: torch.device | str = "cpu"):
+def build_system(cfg) -> System:
+    """The system of ``cfg`` (``system.name``), checked against the contract the runner depends on."""
+    system = registry.build("system", cfg.system, full=cfg)
+    if not isinstance(system, System):
+        raise DreamcoreError(f"system '{cfg.system.name}' ({type(system).__module__}.{type(system).__name__}) does "
+                             "not subclass dreamcore.system.System, the contract the runner calls")
+    return system
+
+
+def load_run_system(run_dir: str | Path, device: torch.device | str = "cpu") -> System:
     """The system of run folder ``run_dir`` with its last checkpoint loaded, in eval mode, without gradients."""
     run = RunDir(Path(run_dir))
     if not (run.path / "config.yaml").is_file():
@@ -27,7 +37,7 @@ def load_run_system(run_dir: str | Path, device: torch.device | str = "cpu"):
     if not run.has_checkpoint():
         raise DreamcoreError(f"init.from_run={run_dir}: the run has no checkpoint yet (ckpt/last.safetensors)")
     cfg = load_config(run.path / "config.yaml", [])
-    system = registry.build("system", cfg.system, full=cfg)
+    system = build_system(cfg)
     modules = system.trainable_modules()
     checkpoint.load_checkpoint(run.ckpt_dir, modules, None, None)
     for mod in modules.values():

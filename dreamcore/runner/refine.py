@@ -25,9 +25,9 @@ INHERITED_RUN = ("seed", "device", "threads", "progress")
 
 def mesh_formats(formats: list[str]) -> list[str]:
     """The export formats written from a mesh (GLB, OBJ, turntable), as opposed to the representation itself."""
-    from dreamcore.registry import lookup
+    from dreamcore.export.exporters import exporter_class
 
-    return [f for f in formats if getattr(lookup("exporter", f), "needs_mesh", True)]
+    return [f for f in formats if exporter_class(f).writes_mesh]
 
 
 def stage_formats(cfg: Config, stage_representation: str) -> list[str]:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from dreamcore import registry
 from dreamcore.cameras import Cameras, sample_orbit, turntable_cameras
 from dreamcore.config import Config
 from dreamcore.rng import RunGenerator, integers
 from dreamcore.runner import checkpoint
+from dreamcore.runner.init import build_system
 from dreamcore.runner.rundir import RunDir
 
 
@@ -37,9 +37,12 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         self.device = pick_device(cfg.run.device)
         torch.manual_seed(cfg.run.seed)  # parameter initialization only; training draws from self.generator
-        self.system = registry.build("system", cfg.system, full=cfg)
-        if cfg.init.from_run and not resume:  # a resumed run has its own state in its checkpoint
-            self._initialize_from(cfg.init.from_run)
+        self.system = build_system(cfg)
+        if not resume:  # a resumed run has its own state in its checkpoint
+            if cfg.init.from_run:
+                self._initialize_from(cfg.init.from_run)
+            else:
+                self.system.initialize()
         for mod in self.system.trainable_modules().values():
             mod.to(self.device)
         groups = [g for g in self.system.parameter_groups() if g["params"]]
@@ -48,9 +51,7 @@ class Trainer:
         fused = {"fused": True} if cfg.run.precision == "fp16" and self.device.type == "cuda" else {}
         self.optimizer = torch.optim.Adam(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
                                           **fused)
-        attach = getattr(self.system, "attach_optimizer", None)
-        if attach is not None:  # systems that edit the optimizer's state (Gaussian densification)
-            attach(self.optimizer)
+        self.system.attach_optimizer(self.optimizer)  # systems that edit its state (Gaussian densification)
         self.generator = RunGenerator(self.device, cfg.run.seed)
         self.view_set = self._view_set()
         self.precision = Precision(cfg.run.precision, self.device)
@@ -68,13 +69,9 @@ class Trainer:
         self.seconds = 0.0
 
     def _initialize_from(self, run_dir: str) -> None:
-        from dreamcore.errors import DreamcoreError
         from dreamcore.runner.init import load_run_system
 
-        start = getattr(self.system, "initialize_from", None)
-        if start is None:
-            raise DreamcoreError(f"system '{self.cfg.system.name}' cannot start from another run (init.from_run)")
-        start(load_run_system(run_dir))
+        self.system.initialize_from(load_run_system(run_dir))
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -136,8 +133,7 @@ class Trainer:
         c = self.cfg.camera
         n = c.views
         if n < 0:
-            prior = getattr(self.system, "prior", None)
-            n = prior.training_views() if prior is not None and hasattr(prior, "training_views") else 0
+            n = self.system.prior.training_views()
         if n == 0:
             return None
         g = torch.Generator().manual_seed(self.cfg.run.seed + 7919)
@@ -157,8 +153,7 @@ class Trainer:
     # -- bookkeeping --------------------------------------------------------------------------------------------
     def _set_learning_rate(self, step: int) -> None:
         lr = self.cfg.optimizer.lr(step)
-        scheduled = getattr(self.system, "group_lr_scales", None)  # per-group schedules, by group name
-        scales = scheduled(step) if scheduled is not None else {}
+        scales = self.system.lr_scales(step)  # per-group schedules, by group name
         for g in self.optimizer.param_groups:
             g["lr"] = lr * scales.get(g.get("name"), g.get("lr_scale", 1.0))
 
@@ -203,8 +198,7 @@ class Trainer:
         self._saved_step = self.step
 
     def _extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        extra = getattr(self.system, "extra_optimizers", None)
-        return extra() if extra is not None else {}
+        return self.system.extra_optimizers()
 
     @torch.no_grad()
     def validate(self) -> Path:
@@ -220,7 +214,7 @@ class Trainer:
         out = self.system.render_views(cams, res, res, white)
         rows = [out.rgb, out.alpha.expand(-1, -1, -1, 3)]
         prior = self.system.prior
-        if hasattr(prior, "reference_views"):
+        if prior.reference_assets():
             rows.insert(0, prior.reference_views(cams, res, res, white)[0])
         return save_grid(self.run.path / "val" / f"step-{self.step:06d}.png", rows)
 

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 from dreamcore.batch.jobs import Job
 from dreamcore.batch.local import die_with_parent, visible_gpus
 from dreamcore.batch.worker import read_result, result_path
-from dreamcore.config import config_path, load_config
+from dreamcore.config import config_path, load_config, prompt_line
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.refine import stage_config
 from dreamcore.runner.rundir import prompt_slug
@@ -111,7 +111,7 @@ class JobQueue:
             recipe_cfg = load_config(config)  # the page's own mistake is reported below, with its job
         merged = [*preset_overrides(preset, recipe_cfg), *page]
         if negative_prompt.strip():
-            merged.append(f"negative_prompt={json.dumps(negative_prompt.strip())}")
+            merged.append(prompt_line("negative_prompt", negative_prompt.strip()))
         job = Job("", prompt, int(seed), config, merged)
         if upload is None:  # the CLI's parser: a wrong key fails here, nothing starts
             self._check_bounds(load_config(config, job.config_overrides()))

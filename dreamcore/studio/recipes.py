@@ -1,8 +1,9 @@
-"""The studio's choices: the text-to-3D recipes of ``configs/`` (each with the one-line description its file
-opens with) and the quality presets, which are plain overrides laid under the page's own."""
+"""The studio's choices: the text-to-3D recipes of ``configs/`` (each described by the sentence its file opens
+with) and the quality presets, which are plain overrides laid under the page's own."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,16 +43,47 @@ class Recipe:
     path: Path
 
 
+# words whose full stop ends no sentence ("Wang et al. 2023", "e.g. prior.name=...")
+_ABBREVIATIONS = {"al", "e.g", "i.e", "cf", "vs", "etc", "sec", "fig", "eq"}
+
+
+def _first_sentence(text: str) -> str:
+    """``text`` up to and including its first sentence's end: a ``.``, ``!`` or ``?`` followed by a space or the
+    end, outside brackets, quotes and backticks and not after an abbreviation; all of ``text`` when it has none."""
+    depth, quote, tick = 0, False, False
+    for i, ch in enumerate(text):
+        if ch == "`":
+            tick = not tick
+        elif tick:
+            continue
+        elif ch == '"':
+            quote = not quote
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif ch in ".!?" and not depth and not quote and (i + 1 == len(text) or text[i + 1].isspace()):
+            word = re.split(r"[\s(]", text[:i])[-1].lower()
+            if ch == "." and word in _ABBREVIATIONS:
+                continue
+            return text[: i + 1]
+    return text
+
+
 def describe(path: Path) -> str:
-    """The first comment line of a config file (its one-line description)."""
+    """The first sentence of a config file's opening comment, whole however many lines it spans (the comment's
+    command lines, ``# dreamcore ...`` or indented, end it)."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            text = line.lstrip("#").strip()
-            if text:
-                return text
-        elif line.strip():
+        if not line.startswith("#"):
             break
-    return ""
+        text = line[1:]
+        if not text.strip() or text.startswith((" " * 2, "\t")) or text.strip().startswith("dreamcore "):
+            if lines:
+                break
+            continue
+        lines.append(text.strip())
+    return _first_sentence(" ".join(lines))
 
 
 def recipes(names: tuple[str, ...] = TEXT_RECIPES) -> list[Recipe]:
