@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from dreamcore import registry
 from dreamcore.cli import main
+from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from test_runner import TINY
 
@@ -44,39 +46,36 @@ def test_dreamfusion_probes_only_the_background_config():
         ["getattr(self.full.background, 'color', None)"]
 
 
-def test_a_system_outside_the_contract_is_refused_by_name(tmp_path):
-    from dreamcore.config import ComponentConfig, config_path, load_config
+def register_loose(kind: str, name: str) -> None:
+    """Register (once per process) a part of ``kind`` that takes no base class: built from its config like any
+    part (``__init__(cfg, **kwargs)``), but outside the kind's contract."""
+    if name in registry.names(kind):
+        return
+
+    @registry.register(kind, name)
+    class Loose:
+        @dataclass
+        class Config(ComponentConfig):
+            pass
+
+        def __init__(self, cfg=None, **kwargs):
+            pass
+
+
+def test_a_system_outside_the_contract_is_refused_by_name():
+    from dreamcore.config import config_path, load_config
     from dreamcore.runner.init import build_system
-    from dataclasses import dataclass
 
-    if "not-a-system" not in registry.names("system"):
-        @registry.register("system", "not-a-system")
-        class Loose:
-            @dataclass
-            class Config(ComponentConfig):
-                pass
-
-            def __init__(self, cfg, full):
-                pass
-
+    register_loose("system", "not-a-system")
     cfg = load_config(config_path("reference-nerf"), ["system.name=not-a-system"])
     with pytest.raises(DreamcoreError, match="not-a-system.*does not subclass dreamcore.system.System"):
         build_system(cfg)
 
 
 def test_an_exporter_outside_the_contract_is_refused_by_name():
-    from dataclasses import dataclass
-
-    from dreamcore.config import ComponentConfig
     from dreamcore.export.exporters import exporters_for
 
-    if "loose-format" not in registry.names("exporter"):
-        @registry.register("exporter", "loose-format")
-        class Loose:
-            @dataclass
-            class Config(ComponentConfig):
-                pass
-
+    register_loose("exporter", "loose-format")
     with pytest.raises(DreamcoreError, match="exporter 'loose-format'.*does not subclass"):
         exporters_for(["glb", "loose-format"])
 
