@@ -125,19 +125,13 @@ def cmd_studio(ns: argparse.Namespace) -> int:
 
 def cmd_list(ns: argparse.Namespace) -> int:  # noqa: ARG001
     from dreamcore import registry
+    from dreamcore.config import shipped_configs
 
     for kind in registry.kinds():
         print(f"{kind}: {', '.join(registry.names(kind))}")
     # the shipped recipes, each a name `generate --config` and `batch --config` take
-    print(f"recipe: {', '.join(recipe_names())}")
+    print(f"recipe: {', '.join(shipped_configs())}")
     return 0
-
-
-def recipe_names() -> list[str]:
-    """The shipped configs (``configs/*.yaml``) by name."""
-    from dreamcore.files import data_dir
-
-    return sorted(p.stem for p in data_dir("configs").glob("*.yaml"))
 
 
 def _report(run: Path) -> None:

@@ -188,8 +188,12 @@ def config_path(name: str) -> Path:
     for cand in (resolve_path(name), shipped / name, shipped / f"{name}.yaml"):
         if cand.is_file():
             return cand
-    raise DreamcoreError(f"config file not found: {name} (configs shipped: "
-                         f"{', '.join(sorted(q.stem for q in shipped.glob('*.yaml')))})")
+    raise DreamcoreError(f"config file not found: {name} (configs shipped: {', '.join(shipped_configs())})")
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped configs (``configs/*.yaml``): what ``--config NAME`` finds anywhere."""
+    return sorted(q.stem for q in data_dir("configs").glob("*.yaml"))
 
 
 def load_yaml_tree(path: str | Path) -> dict:
