@@ -39,6 +39,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "prior": {
         "deepfloyd-if": "dreamcore.priors.deepfloyd",
         "pixel-diffusion": "dreamcore.priors.pixel",
+        "multiview": "dreamcore.priors.multiview",
         "reference": "dreamcore.priors.reference",
         "sdxl": "dreamcore.priors.sdxl",
         "stable-diffusion": "dreamcore.priors.stable_diffusion",

@@ -199,3 +199,20 @@ def turntable_cameras(
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
     return orbit_cameras(full(elevation_deg), az, full(distance), full(fov_deg))
 
+
+
+def view_groups(anchors: Cameras, views: int) -> Cameras:
+    """``views`` cameras around the object for each anchor camera, as multi-view priors see one object (MVDream,
+    Shi et al. 2023: one elevation, distance and fov, azimuths 360°/``views`` apart): [A·views] cameras, the
+    views of one anchor contiguous ((a v) order) and the first of each group the anchor itself. Backgrounds, if
+    any, are shared within a group."""
+    if views == 1:
+        return anchors
+    rep = lambda v: v.repeat_interleave(views, 0)  # noqa: E731
+    step = torch.arange(views, dtype=torch.float32, device=anchors.device) * (360.0 / views)
+    az = torch.rad2deg(anchors.azimuth.double()).float()[:, None] + step[None]
+    az = ((az + 180.0) % 360.0 - 180.0).reshape(-1)
+    bg = None if anchors.background is None else rep(anchors.background)
+    cams = orbit_cameras(torch.rad2deg(rep(anchors.elevation).double()).float(), az, rep(anchors.distance),
+                         torch.rad2deg(rep(anchors.fov_y).double()).float(), bg)
+    return cams.to(anchors.device)

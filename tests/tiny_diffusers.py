@@ -123,3 +123,36 @@ def save_deepfloyd_if(folder: Path) -> Path:
                       feature_extractor=None, watermarker=None, requires_safety_checker=False)
     pipe.save_pretrained(str(folder))
     return Path(folder)
+
+
+def multiview_unet(in_channels=4, out_channels=4, context_dim=16, image_size=8, seed=0):
+    """A tiny MVDream-layout multi-view UNet (widths 8/16, attention at both levels, camera MLP)."""
+    from dreamcore.priors.mv_unet import MultiViewUNet
+
+    torch.manual_seed(seed)
+    return MultiViewUNet(image_size=image_size, in_channels=in_channels, out_channels=out_channels, model_channels=8,
+                         num_res_blocks=1, attention_resolutions=(1, 2), channel_mult=(1, 2), num_head_channels=4,
+                         context_dim=context_dim, camera_dim=16, norm_groups=4).eval()
+
+
+def save_multiview(folder: Path, latent: bool = True, prediction_type: str = "epsilon") -> Path:
+    """A tiny multi-view pipeline in the community MVDream diffusers layout (``model_index.json`` naming the
+    ``MVDreamPipeline`` parts; ``unet/`` in LDM parameter names). ``latent``: with a VAE (latents 8², images 16²),
+    as the real MVDream; else pixel space (images 8², no VAE), as dreamcore's tiny multi-view prior."""
+    import json
+
+    folder = Path(folder)
+    tok = clip_tokenizer()
+    parts = {"unet": multiview_unet(4 if latent else 3, 4 if latent else 3), "text_encoder": clip_text_encoder(len(tok)),
+             "tokenizer": tok, "scheduler": sd_scheduler(prediction_type)}
+    if latent:
+        parts["vae"] = vae()
+    for name, part in parts.items():
+        part.save_pretrained(str(folder / name))
+    index = {"_class_name": "MVDreamPipeline", "_diffusers_version": "0.25.0",
+             "unet": ["mv_unet", "MultiViewUNetModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
+             "vae": ["diffusers", "AutoencoderKL"] if latent else [None, None],
+             "feature_extractor": [None, None], "image_encoder": [None, None]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

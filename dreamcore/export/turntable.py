@@ -11,6 +11,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from dreamcore.errors import DreamcoreError
 from dreamcore.cameras import turntable_cameras
 from dreamcore.meshes.asset import MeshAsset
 
@@ -80,6 +81,9 @@ def write_turntable(path: PathLike, asset: MeshAsset, frames: int = 48, resoluti
     """Render ``frames`` views around ``asset`` (lambertian, 2× supersampled, camera distance fitted to the
     bounding sphere) and write them as ``.mp4`` or ``.gif`` by the suffix of ``path``. An odd ``resolution``
     is rounded up to even."""
+    if frames < 1:
+        raise DreamcoreError(f"export.turntable_frames={frames}: a turntable needs at least 1 frame (to skip it, "
+                             "leave 'turntable' out of export.formats)")
     resolution = int(resolution) + int(resolution) % 2
     video = render_turntable(asset, frames, resolution, elevation)
     return write_video(path, video, fps)

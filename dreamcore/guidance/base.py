@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from dreamcore.cameras import Cameras
 from dreamcore.config import ComponentConfig
+from dreamcore.errors import DreamcoreError
 from dreamcore.guidance import common
 from dreamcore.guidance.timesteps import DreamTimeConfig, ScheduleKind, TimestepSampler
 from dreamcore.guidance.views import ViewConditions
@@ -69,9 +70,15 @@ class Guidance(nn.Module):
         return self._omega(step)
 
     def sample_t(self, batch: int, step: int, prior, generator: torch.Generator) -> Tensor:
+        """t [batch]: one draw per group of views the prior denoises jointly (``prior.views_per_sample``;
+        MVDream shares t within a group), repeated over the group's views."""
         c = self.cfg
-        return self.timesteps(batch, step, self.total_steps, prior.schedule.alphas_cumprod, c.t_min(step),
-                              c.t_max(step), generator)
+        group = prior.views_per_sample if batch > 1 else 1
+        if batch % group:
+            raise DreamcoreError(f"a batch of {batch} views is not a whole number of the prior's {group}-view groups")
+        t = self.timesteps(batch // group, step, self.total_steps, prior.schedule.alphas_cumprod, c.t_min(step),
+                           c.t_max(step), generator)
+        return t.repeat_interleave(group) if group > 1 else t
 
     def weights(self, prior, t: Tensor) -> Tensor:
         a, s = prior.schedule.alpha_sigma(t)

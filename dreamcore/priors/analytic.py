@@ -16,6 +16,16 @@ Both follow the prior contract (:class:`~dreamcore.priors.base.Prior`) with x_t 
 
   (a memorizing prior: mode-seeking vs. sampling experiments, guidance.md §16.4).
 
+* :class:`JointGaussianPrior` — a multi-view prior (``views_per_sample`` = F): the F views of one object are
+  jointly Gaussian, x ~ N(μ, s²[(1 − ρ) I_F + ρ 11ᵀ] ⊗ I) (each element correlated with the same element of the
+  other views by ρ). Σ has the eigenvalues λ₁ = s²(1 + (F − 1)ρ) on the views' mean and λ₀ = s²(1 − ρ) on
+  deviations from it, so with d = x_t − α_t μ and d̄ its mean over the group's views
+
+      ε*(x_t, t) = σ_t [ d̄ / (α_t² λ₁ + σ_t²) + (d − d̄) / (α_t² λ₀ + σ_t²) ],
+
+  and SDS's expected update at x is α_t σ_t [ δ̄ / (α_t² λ₁ + σ_t²) + (δ − δ̄) / (α_t² λ₀ + σ_t²) ], δ = x − μ:
+  zero at μ, and a change of one view pulls the others (ρ > 0) where a 2D prior (ρ = 0) leaves them alone.
+
 Model space is the render itself: :meth:`to_model_space` only permutes the colours ``rgb`` [B, H, W, C] to
 [B, C, H, W] (no rescaling), so a test can optimize x directly (g(θ) = θ) by holding ``x.permute(0, 2, 3, 1)`` as
 the render. The default schedule is Stable Diffusion's scaled-linear table kept in float64
@@ -216,3 +226,43 @@ class ReferenceSetPrior(_AnalyticPrior):
                         pixel_index: Optional[Tensor] = None) -> Tensor:
         a, s = self._alpha_sigma(t, x_t)
         return (x_t - a * self.optimal_x0(x_t, t, embeddings, pixel_index)) / s
+
+
+class JointGaussianPrior(_AnalyticPrior):
+    """F views of one object jointly Gaussian with cross-view correlation ρ (see the module docstring): ``mean``
+    [F, C, H, W] (the object's views in group order), scale ``std`` s, ``correlation`` ρ ∈ (−1/(F−1), 1).
+    Batches are whole groups of F views (contiguous); one condition (embeddings are ignored), cameras ignored."""
+
+    def __init__(self, mean: Tensor, std: float = 1.0, correlation: float = 0.5,
+                 schedule: Optional[NoiseSchedule] = None, prediction_type: PredictionType = "epsilon") -> None:
+        super().__init__(schedule, prediction_type)
+        if mean.dim() != 4:
+            raise ValueError(f"mean must be [F, C, H, W], got {tuple(mean.shape)}")
+        f = mean.shape[0]
+        if not (f == 1 or -1.0 / (f - 1) < correlation < 1.0) or std <= 0:
+            raise ValueError(f"need std > 0 and -1/(F-1) < correlation < 1, got {std}, {correlation} for F = {f}")
+        self.register_buffer("mean", mean.clone())
+        self.views_per_sample = f
+        self.channels = mean.shape[1]
+        self.std, self.correlation = float(std), float(correlation)
+
+    def eigenvalues(self) -> tuple[float, float]:
+        """(λ₁, λ₀): Σ's eigenvalue on the views' mean and on deviations from it."""
+        f, s2, r = self.views_per_sample, self.std**2, self.correlation
+        return s2 * (1 + (f - 1) * r), s2 * (1 - r)
+
+    def encode_prompt(self, prompt: str = "", negative_prompt: str = "", views=None) -> PromptEmbeddings:
+        one = torch.zeros(1, 1)
+        return PromptEmbeddings({"default": one}, one, prompt, null=one)
+
+    def optimal_epsilon(self, x_t: Tensor, t: Tensor, embeddings: Tensor,
+                        pixel_index: Optional[Tensor] = None) -> Tensor:
+        f = self.views_per_sample
+        if x_t.shape[0] % f:
+            raise ValueError(f"a batch of {x_t.shape[0]} is not a whole number of {f}-view groups")
+        a, s = self._alpha_sigma(t, x_t)
+        mu = self.mean.to(x_t).repeat(x_t.shape[0] // f, 1, 1, 1)
+        d = x_t - a * mu
+        d_mean = d.reshape(-1, f, *d.shape[1:]).mean(1, keepdim=True).expand(-1, f, *d.shape[1:]).reshape(d.shape)
+        lam1, lam0 = self.eigenvalues()
+        return s * (d_mean / (a**2 * lam1 + s**2) + (d - d_mean) / (a**2 * lam0 + s**2))

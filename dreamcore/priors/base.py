@@ -15,7 +15,7 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, view_groups
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.asset import SceneTransform
 
@@ -84,6 +84,9 @@ class Prior(nn.Module):
     view_dependent: bool = True
     # the frame of the object the prior knows (the reference prior's mesh file); identity for a text prior
     scene_transform: SceneTransform = SceneTransform()
+    # how many views of one object the model denoises jointly (MVDream: 4); 1 for a 2D image prior. Batches the
+    # prior sees are whole groups of these views, contiguous, sharing one timestep (see :meth:`view_group`)
+    views_per_sample: int = 1
 
     @property
     def latent_mode(self) -> bool:
@@ -116,6 +119,12 @@ class Prior(nn.Module):
         """How many fixed training views this prior asks for when ``camera.views`` is -1 (0: fresh random
         views each step)."""
         return 0
+
+    def view_group(self, anchors: Cameras) -> Cameras:
+        """The cameras the prior wants rendered for each anchor camera: the anchor itself for a 2D prior;
+        :attr:`views_per_sample` views around the object (:func:`dreamcore.cameras.view_groups`) for a
+        multi-view prior, each group contiguous."""
+        return view_groups(anchors, self.views_per_sample)
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None) -> PromptEmbeddings:
         """Conditions for ``prompt`` (and its per-view variants, :func:`dreamcore.views.view_prompts`,

@@ -152,11 +152,7 @@ class DiffusersPrior(Prior):
         unet = getattr(self, "unet", None)
         vae = getattr(self, "vae", None)
         if unet is not None:
-            from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-            unet.set_attn_processor(AttnProcessor2_0() if c.attention == "sdpa" else AttnProcessor())
-            if c.attention_slicing:
-                unet.set_attention_slice("auto")
+            self.configure_attention(unet)
             if c.channels_last:
                 unet.to(memory_format=torch.channels_last)
         if vae is not None:
@@ -171,6 +167,14 @@ class DiffusersPrior(Prior):
         # not a registered submodule (the UNet is already one): the callable used for noise prediction
         forward = torch.compile(unet, backend=c.compile_backend) if (c.compile and unet is not None) else unet
         object.__setattr__(self, "_unet_forward", forward)
+
+    def configure_attention(self, unet: nn.Module) -> None:
+        """``prior.attention`` and ``prior.attention_slicing`` on a diffusers UNet's attention processors."""
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        unet.set_attn_processor(AttnProcessor2_0() if self.cfg.attention == "sdpa" else AttnProcessor())
+        if self.cfg.attention_slicing:
+            unet.set_attention_slice("auto")
 
     @contextlib.contextmanager
     def on_device(self, module: nn.Module):

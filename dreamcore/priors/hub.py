@@ -67,6 +67,33 @@ def check_available(model: str, revision: str = "", local_files_only: bool = Fal
         raise DreamcoreError(f"prior.model={model!r} is not in the local cache (offline mode). {how_to_get(model)}")
 
 
+def model_index(model: str, revision: str = "", local_files_only: bool = False) -> dict:
+    """The pipeline's ``model_index.json`` (which parts it has: ``{"vae": ["diffusers", "AutoencoderKL"], ...}``,
+    a part of ``[null, null]`` absent), from the folder or the hub (the cache only when offline)."""
+    folder = local_folder(model)
+    if folder is not None:
+        path = folder / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(model, "model_index.json", revision=revision or None,
+                                        local_files_only=local_files_only or offline()))
+        except Exception as e:  # noqa: BLE001 - every way the hub can fail
+            raise DreamcoreError(f"prior.model={model!r}: could not read its model_index.json ({e}). "
+                                 f"{how_to_get(model)}") from e
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DreamcoreError(f"prior.model={model!r}: unreadable model_index.json ({e})") from e
+
+
+def has_part(index: dict, part: str) -> bool:
+    """Whether a ``model_index.json`` lists ``part`` with a class (not absent, not ``[null, null]``)."""
+    entry = index.get(part)
+    return isinstance(entry, (list, tuple)) and any(v is not None for v in entry)
+
+
 def load_part(cls: Any, model: str, subfolder: str, *, revision: str = "", variant: str = "",
               local_files_only: bool = False, dtype: Optional[torch.dtype] = None, **kwargs: Any) -> Any:
     """``cls.from_pretrained(model, subfolder=...)`` with dreamcore's offline handling and error messages.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dreamcore.errors import DreamcoreError
 from dreamcore.cameras import Cameras, sample_orbit, turntable_cameras
 from dreamcore.config import Config
 from dreamcore.rng import RunGenerator, integers
@@ -38,6 +39,11 @@ class Trainer:
         self.device = pick_device(cfg.run.device)
         torch.manual_seed(cfg.run.seed)  # parameter initialization only; training draws from self.generator
         self.system = build_system(cfg)
+        self.group = self.system.prior.views_per_sample  # views of one object the prior denoises jointly
+        if cfg.camera.batch_size % self.group:
+            raise DreamcoreError(f"camera.batch_size={cfg.camera.batch_size}: the prior denoises groups of "
+                                 f"{self.group} views of one object, so the batch must be a multiple of "
+                                 f"{self.group} (e.g. camera.batch_size={self.group})")
         if not resume:  # a resumed run has its own state in its checkpoint
             if cfg.init.from_run:
                 self._initialize_from(cfg.init.from_run)
@@ -141,14 +147,17 @@ class Trainer:
                             c.uniform_sphere).to(self.device)
 
     def sample_cameras(self) -> Cameras:
+        """The step's cameras: ``camera.batch_size`` random views, or for a multi-view prior batch_size/F random
+        anchors each expanded to the F views the prior asks for (:meth:`Prior.view_group`, background shared)."""
         c = self.cfg.camera
+        n = c.batch_size // self.group
         if self.view_set is not None:
-            cams = self.view_set[integers(0, len(self.view_set), (c.batch_size,), self.generator)]
+            cams = self.view_set[integers(0, len(self.view_set), (n,), self.generator)]
         else:
-            cams = sample_orbit(c.batch_size, self.generator, c.elevation_range, c.azimuth_range,
+            cams = sample_orbit(n, self.generator, c.elevation_range, c.azimuth_range,
                                 c.distance_range, c.fov_range, c.uniform_sphere)
-        cams = cams.with_background(self.system.background.sample_training(c.batch_size, self.generator))
-        return cams.to(self.device)
+        cams = cams.with_background(self.system.background.sample_training(n, self.generator))
+        return self.system.prior.view_group(cams.to(self.device))
 
     # -- bookkeeping --------------------------------------------------------------------------------------------
     def _set_learning_rate(self, step: int) -> None:
@@ -183,7 +192,6 @@ class Trainer:
         bad = int(self._first_bad)
         if bad < 0:
             return
-        from dreamcore.errors import DreamcoreError
 
         shown = {k: float(v) for k, v in (losses or {}).items()}
         self.run.log(f"step {bad}: non-finite loss (seen at step {self.step}, latest terms {shown}); "

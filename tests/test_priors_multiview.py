@@ -1,0 +1,317 @@
+"""Multi-view priors (``prior.name: multiview``): the camera numbers against MVDream's own formula, the view
+groups, cross-view attention confined to one object, loading tiny random pipelines in MVDream's diffusers layout
+(latent and pixel), the full-size architecture from its published config, one timestep per group, SDS's
+x̂₀-reconstruction form and its rescale, a closed-form joint prior's stationary point and pull between views,
+and ``dreamcore generate`` on the multi-view recipes."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+import tiny_diffusers  # noqa: E402
+from dreamcore.cameras import orbit_cameras, sample_orbit, view_groups  # noqa: E402
+from dreamcore.cli import main  # noqa: E402
+from dreamcore.errors import DreamcoreError  # noqa: E402
+from dreamcore.guidance.sds import SDSGuidance, rescaled_x0  # noqa: E402
+from dreamcore.guidance.views import conditions  # noqa: E402
+from dreamcore.priors.analytic import JointGaussianPrior  # noqa: E402
+from dreamcore.priors.multiview import MultiViewPrior  # noqa: E402
+from dreamcore.priors.mv_cameras import camera_condition  # noqa: E402
+from dreamcore.priors.mv_unet import MultiViewUNet  # noqa: E402
+from dreamcore.renderers.output import RenderOutput  # noqa: E402
+from dreamcore.schedule import Scheduled  # noqa: E402
+from dreamcore.views import ViewPromptConfig  # noqa: E402
+
+# MVDream's unet/config.json as published with the community diffusers conversion (ashawkey/mvdream-sd2.1-diffusers)
+MVDREAM_UNET_CONFIG = {
+    "_class_name": "MultiViewUNetModel", "_diffusers_version": "0.25.0", "attention_resolutions": [4, 2, 1],
+    "camera_dim": 16, "channel_mult": [1, 2, 4, 4], "context_dim": 1024, "image_size": 32, "in_channels": 4,
+    "model_channels": 320, "num_head_channels": 64, "num_res_blocks": 2, "out_channels": 4, "transformer_depth": 1,
+}
+
+
+def mvdream_pose(elevation: float, azimuth: float) -> np.ndarray:
+    """MVDream's camera (bytedance/MVDream, mvdream/camera_utils.py), written out from its formula: a look-at
+    pose on the unit sphere of a y-up world at (cos e sin a, sin e, cos e cos a), columns (right, up, −forward),
+    then the world turned to z-up by (x, y, z) → (x, −z, y); translation normalized; flattened row-major."""
+    e, a = math.radians(elevation), math.radians(azimuth)
+    pos = np.array([math.cos(e) * math.sin(a), math.sin(e), math.cos(e) * math.cos(a)])
+    forward = -pos / np.linalg.norm(pos)
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([right, up, -forward], axis=1)
+    pose[:3, 3] = pos
+    pose = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]]) @ pose
+    pose[:3, 3] /= np.linalg.norm(pose[:3, 3])
+    return pose.reshape(16)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-mv")
+    return {"latent": tiny_diffusers.save_multiview(root / "latent", latent=True),
+            "pixel": tiny_diffusers.save_multiview(root / "pixel", latent=False)}
+
+
+def make_prior(folder, tmp_path, **kw) -> MultiViewPrior:
+    return MultiViewPrior(MultiViewPrior.Config(name="multiview", model=str(folder), cache_dir=str(tmp_path / "c"),
+                                                **kw))
+
+
+# -- cameras -----------------------------------------------------------------------------------------------------
+def test_camera_numbers_are_mvdreams_formula_with_dreamcores_front_at_its_azimuth_90():
+    el = [15.0, 0.0, -10.0, 40.0, 75.0]
+    az = [0.0, 90.0, -135.0, 33.0, 180.0]
+    cams = orbit_cameras(torch.tensor(el), torch.tensor(az), torch.tensor([3.0, 2.5, 3.3, 1.0, 4.0]),
+                         torch.full((5,), 40.0))
+    ours = camera_condition(cams).double().numpy()
+    for i in range(5):
+        np.testing.assert_allclose(ours[i], mvdream_pose(el[i], az[i] + 90.0), atol=1e-6)
+    # front_azimuth moves where dreamcore's front lands (0: MVDream's own azimuth 0)
+    zero = camera_condition(cams, front_azimuth=0.0).double().numpy()
+    np.testing.assert_allclose(zero[2], mvdream_pose(el[2], az[2]), atol=1e-6)
+    # distance is not encoded: the translation has unit length
+    assert np.allclose(np.linalg.norm(ours.reshape(5, 4, 4)[:, :3, 3], axis=1), 1.0, atol=1e-6)
+
+
+def test_view_groups_share_elevation_distance_fov_and_background_with_azimuths_90_degrees_apart():
+    anchors = sample_orbit(3, torch.Generator().manual_seed(0))
+    anchors = anchors.with_background(torch.rand(3, 3, generator=torch.Generator().manual_seed(1)))
+    cams = view_groups(anchors, 4)
+    assert len(cams) == 12
+    for name in ("elevation", "distance", "fov_y"):
+        assert torch.allclose(getattr(cams, name), getattr(anchors, name).repeat_interleave(4), atol=1e-6)
+    assert torch.equal(cams.background, anchors.background.repeat_interleave(4, 0))
+    az = torch.rad2deg(cams.azimuth).reshape(3, 4)
+    steps = (az - az[:, :1]) % 360.0
+    assert torch.allclose(steps, torch.tensor([0.0, 90.0, 180.0, 270.0]).expand(3, 4), atol=1e-3)
+    assert torch.allclose(cams.c2w[::4], anchors.c2w, atol=1e-5)  # each group starts at its anchor
+    assert view_groups(anchors, 1) is anchors
+
+
+# -- the UNet ------------------------------------------------------------------------------------------------------
+def test_self_attention_spans_the_views_of_one_object_and_no_other():
+    unet = tiny_diffusers.multiview_unet(3, 3, image_size=8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 8, 8, generator=g)
+    ctx = torch.randn(8, 5, 16, generator=g)
+    cam = camera_condition(view_groups(sample_orbit(2, g), 4))
+    t = torch.full((8,), 300)
+    with torch.no_grad():
+        base = unet(x, t, ctx, cam, num_frames=4)
+        x2 = x.clone()
+        x2[2] += 1.0  # a change in view 2 of the first object
+        out = unet(x2, t, ctx, cam, num_frames=4)
+        alone = unet(x, t, ctx, cam, num_frames=1)
+        alone2 = unet(x2, t, ctx, cam, num_frames=1)
+        other_cam = cam.clone()
+        other_cam[0] = camera_condition(orbit_cameras(*(torch.tensor([50.0]), torch.tensor([10.0]),
+                                                        torch.tensor([3.0]), torch.tensor([40.0]))))[0]
+        moved = unet(x, t, ctx, other_cam, num_frames=4)
+    diff = (out - base).abs().flatten(1).amax(1)
+    assert all(diff[i] > 1e-4 for i in (0, 1, 3))  # the object's other views see it
+    assert torch.allclose(out[4:], base[4:], atol=1e-6)  # the second object does not
+    assert torch.allclose(alone2[[0, 1, 3]], alone[[0, 1, 3]], atol=1e-6)  # one frame: views independent
+    assert (moved[0] - base[0]).abs().max() > 1e-4  # the camera conditions the prediction
+
+
+def test_full_size_architecture_from_the_published_config_has_mvdreams_parameters():
+    """867.57 M parameters = SD 2.1-base's UNet (865.91 M) + the camera MLP (16→1280→1280); LDM names."""
+    config = {k: v for k, v in MVDREAM_UNET_CONFIG.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        unet = MultiViewUNet(**config)
+    n = sum(p.numel() for p in unet.parameters())
+    camera = sum(p.numel() for p in unet.camera_embed.parameters())
+    assert camera == 16 * 1280 + 1280 + 1280 * 1280 + 1280
+    assert n - camera == 865_910_724  # SD 2.1-base UNet
+    keys = set(unet.state_dict())
+    for name in ("time_embed.0.weight", "camera_embed.2.bias", "input_blocks.0.0.weight",
+                 "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight", "input_blocks.3.0.op.weight",
+                 "middle_block.1.proj_in.weight", "output_blocks.2.1.conv.weight", "output_blocks.5.2.conv.weight",
+                 "output_blocks.11.1.transformer_blocks.0.ff.net.0.proj.weight", "out.2.weight"):
+        assert name in keys, name
+    assert not any(k.endswith("to_q.bias") or k.endswith("to_k.bias") for k in keys)
+
+
+def test_saved_unet_reloads_identically_and_a_missing_weight_is_an_error(tmp_path):
+    unet = tiny_diffusers.multiview_unet()
+    unet.save_pretrained(str(tmp_path / "unet"))
+    back = MultiViewUNet.from_pretrained(str(tmp_path / "unet"))
+    x, ctx = torch.randn(4, 4, 8, 8), torch.randn(4, 3, 16)
+    cam = camera_condition(view_groups(sample_orbit(1, torch.Generator().manual_seed(2)), 4))
+    with torch.no_grad():
+        assert torch.equal(unet(x, torch.full((4,), 10), ctx, cam, 4), back(x, torch.full((4,), 10), ctx, cam, 4))
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(path))
+    del sd["camera_embed.0.weight"]
+    save_file(sd, str(path))
+    with pytest.raises(Exception, match="camera_embed.0.weight"):
+        MultiViewUNet.from_pretrained(str(tmp_path / "unet"))
+
+
+# -- the prior -----------------------------------------------------------------------------------------------------
+def test_latent_and_pixel_folders_load_through_the_same_prior(folders, tmp_path):
+    lat = make_prior(folders["latent"], tmp_path)
+    assert (lat.channels, lat.resolution, lat.latent_resolution, lat.views_per_sample) == (4, 16, 8, 4)
+    pix = make_prior(folders["pixel"], tmp_path)
+    assert (pix.channels, pix.resolution, pix.vae) == (3, 8, None)
+    assert not lat.view_dependent
+    rgb = torch.rand(4, 20, 20, 3, requires_grad=True)
+    for prior in (lat, pix):
+        cams = prior.view_group(sample_orbit(1, torch.Generator().manual_seed(0)))
+        x = prior.to_model_space(rgb)
+        emb = prior.encode_prompt("a chair").cond["default"].expand(4, -1, -1)
+        eps = prior.predict_noise(x.detach(), torch.full((4,), 400), emb, cameras=cams)
+        assert eps.shape == x.shape and torch.isfinite(eps).all()
+        x.sum().backward()  # the render gets gradients through the model space
+        assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+        rgb.grad = None
+        with pytest.raises(DreamcoreError, match="camera"):
+            prior.predict_noise(x.detach(), torch.full((4,), 400), emb)
+        with pytest.raises(DreamcoreError, match="groups of 4"):
+            prior.predict_noise(x.detach()[:3], torch.full((3,), 400), emb[:3], cameras=cams[:3])
+
+
+def test_an_imagedream_folder_is_refused_by_name(folders, tmp_path):
+    import shutil
+
+    folder = tmp_path / "imagedream"
+    shutil.copytree(folders["pixel"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DreamcoreError, match="ImageDream"):
+        make_prior(folder, tmp_path)
+
+
+# -- guidance ------------------------------------------------------------------------------------------------------
+def joint_prior(correlation=0.6, f=4, seed=0) -> JointGaussianPrior:
+    mean = torch.randn(f, 3, 2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return JointGaussianPrior(mean, std=0.5, correlation=correlation)
+
+
+def render_of(x):
+    rgb = x.detach().permute(0, 2, 3, 1).clone().requires_grad_(True)
+    b, h, w = rgb.shape[:3]
+    return RenderOutput(rgb=rgb, alpha=torch.ones(b, h, w, 1, dtype=x.dtype), depth=torch.zeros(b, h, w, 1, dtype=x.dtype))
+
+
+def sds(**kw) -> SDSGuidance:
+    cfg = SDSGuidance.Config(name="sds", guidance_scale=Scheduled.constant(1.0), **kw)
+    return SDSGuidance(cfg)
+
+
+def test_one_timestep_per_group_of_views():
+    prior = joint_prior()
+    g = sds()
+    t = g.sample_t(12, 0, prior, torch.Generator().manual_seed(0))
+    groups = t.reshape(3, 4)
+    assert (groups == groups[:, :1]).all() and len(set(groups[:, 0].tolist())) > 1
+    with pytest.raises(DreamcoreError, match="4-view groups"):
+        g.sample_t(6, 0, prior, torch.Generator().manual_seed(0))
+
+
+def test_joint_prior_sds_is_stationary_at_the_mean_and_pulls_the_other_views_as_predicted():
+    """E_ε[g] = ασ[δ̄/(α²λ₁+σ²) + (δ−δ̄)/(α²λ₀+σ²)] for δ = x − μ (analytic.py): moving view 0 alone by a makes
+    the update of every other view ασ·a/F·[1/(α²λ₁+σ²) − 1/(α²λ₀+σ²)] — negative for ρ > 0, so descent drags
+    them along; zero for a 2D prior (ρ = 0). Checked by Monte Carlo over 4096 groups at a fixed t."""
+    t_frac, groups, a_shift = 0.2, 4096, 0.5
+    for rho in (0.6, 0.0):
+        prior = joint_prior(rho)
+        x = prior.mean.repeat(groups, 1, 1, 1)
+        x[0::4] += a_shift
+        g = sds(t_min=Scheduled.constant(t_frac), t_max=Scheduled.constant(t_frac), weighting="uniform")
+        render = render_of(x)
+        views = conditions(prior.encode_prompt("p"), None, x.shape[0], ViewPromptConfig(enabled=False))
+        grad = g.gradient(x, render, None, prior, views, 0, torch.Generator().manual_seed(1))
+        mean_grad = grad.reshape(groups, 4, -1).mean((0, 2))  # per view, averaged over groups and elements
+        tt = torch.tensor([int(1000 * t_frac)])
+        al, si = (v.item() for v in prior.schedule.alpha_sigma(tt))
+        lam1, lam0 = prior.eigenvalues()
+        k1, k0 = 1 / (al**2 * lam1 + si**2), 1 / (al**2 * lam0 + si**2)
+        own = al * si * a_shift * (k1 / 4 + 0.75 * k0)
+        other = al * si * a_shift / 4 * (k1 - k0)
+        tol = 4 * si / math.sqrt(groups * 12)  # Monte Carlo error of the noise term
+        assert abs(mean_grad[0].item() - own) < tol + 0.02 * abs(own)
+        for v in (1, 2, 3):
+            assert abs(mean_grad[v].item() - other) < tol + 0.02 * abs(other) + 1e-12
+        if rho > 0:
+            assert other < -3 * tol  # a real pull, beyond the noise
+        at_mean = g.gradient(prior.mean.repeat(groups, 1, 1, 1), render, None, prior, views,
+                             0, torch.Generator().manual_seed(2))
+        assert at_mean.mean((0, 2, 3)).abs().max() < 3 * tol  # stationary at μ
+
+
+def test_x0_reconstruction_is_sds_with_weight_sigma_over_alpha_and_rescale_matches_its_formula():
+    prior = joint_prior(0.3)
+    x = prior.mean.repeat(2, 1, 1, 1) + 0.2
+    views = conditions(prior.encode_prompt("p"), None, 8, ViewPromptConfig(enabled=False))
+    common = dict(t_min=Scheduled.constant(0.2), t_max=Scheduled.constant(0.9))
+    recon = sds(x0_reconstruction=True, **common).gradient(x, render_of(x), None, prior, views, 0,
+                                                           torch.Generator().manual_seed(5))
+    plain = sds(weighting="ism", **common).gradient(x, render_of(x), None, prior, views, 0,
+                                                    torch.Generator().manual_seed(5))
+    assert torch.allclose(recon, plain, atol=1e-9)
+    x0, x0c = torch.randn(8, 3, 2, 2, dtype=torch.float64), torch.randn(8, 3, 2, 2, dtype=torch.float64) * 0.5
+    out = rescaled_x0(x0, x0c, 4, 0.5)
+    s = x0c[:4].std() / x0[:4].std()
+    assert torch.allclose(out[:4], 0.5 * s * x0[:4] + 0.5 * x0[:4])
+    with pytest.raises(DreamcoreError, match="x0_reconstruction"):
+        sds(x0_rescale=0.5)
+
+
+# -- runs ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["text-mv-nerf", "text-mv-gaussians"])
+def test_generate_runs_the_multiview_recipe_on_a_tiny_folder(folders, tmp_path, recipe):
+    out = tmp_path / "run"
+    rc = main(["generate", "a chair", "--config", f"configs/{recipe}.yaml", f"prior.model={folders['pixel']}",
+               f"prior.cache_dir={tmp_path / 'c'}", "run.steps=4", f"run.dir={out}", "run.val_every=0",
+               "export.resolution=32", "export.formats=[glb]", "eval.views=2", "camera.batch_size=8"])
+    assert rc == 0
+    assert (out / "model.glb").stat().st_size > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4
+
+
+def test_a_batch_that_is_not_whole_groups_fails_before_training(folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["generate", "a chair", "--config", "configs/text-mv-nerf.yaml", f"prior.model={folders['pixel']}",
+               f"prior.cache_dir={tmp_path / 'c'}", "run.steps=4", f"run.dir={out}", "camera.batch_size=6"])
+    assert rc != 0
+    assert "camera.batch_size=6" in capsys.readouterr().err
+    assert not (out / "ckpt").exists() or not any((out / "ckpt").iterdir())
+
+
+@pytest.mark.slow
+def test_full_size_mvdream_unet_with_random_weights_runs_one_guidance_step(folders, tmp_path):
+    """The published architecture (867 M parameters, random weights) inside the prior: one SDS step with CFG on
+    one 4-view group of 32² latents (MVDream's 256² renders), as on a real checkpoint."""
+    prior = make_prior(folders["latent"], tmp_path)
+    config = {k: v for k, v in MVDREAM_UNET_CONFIG.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    unet = MultiViewUNet(**config).eval().requires_grad_(False)
+    prior.unet = unet
+    object.__setattr__(prior, "_unet_forward", unet)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, 32, 32, generator=g)
+    cams = prior.view_group(sample_orbit(1, g))
+    emb = prior.encode_prompt("a chair")
+    ctx = torch.randn(1, 77, 1024, generator=g)  # SD 2.1's text states (the tiny folder's encoder is 16 wide)
+    views = conditions(type(emb)({"default": ctx}, torch.zeros_like(ctx), "a chair", null=torch.zeros_like(ctx)),
+                       cams, 4, ViewPromptConfig(enabled=False), view_dependent=False)
+    guidance = SDSGuidance(SDSGuidance.Config(name="sds", guidance_scale=Scheduled.constant(50.0),
+                                              x0_reconstruction=True, x0_rescale=0.5))
+    render = RenderOutput(rgb=torch.rand(4, 8, 8, 3), alpha=torch.ones(4, 8, 8, 1), depth=torch.zeros(4, 8, 8, 1))
+    with torch.no_grad():
+        grad = guidance.gradient(x, render, cams, prior, views, 0, g)
+    assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().mean() > 0
