@@ -191,3 +191,154 @@ def test_eval_only_rescores_a_saved_folder(runs):
     after = json.loads((out / "dreamcore_prior.json").read_text())
     assert after["evaluation"]["samples"] == 8 and before["evaluation"]["samples"] == 16
     assert after["settings"] == before["settings"]
+
+
+# ------------------------------------------------------------------------------------------------ --views N
+MV_WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def mv_runs(runs, tmp_path_factory):
+    """Two --views 4 --quick runs with the same seed, scored against the 2D run's folder as the baseline."""
+    tmp = tmp_path_factory.mktemp("tiny_mv_prior")
+    two_d, _, meshes = runs
+    threads = torch.get_num_threads()
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        for name in ("a", "b"):
+            assert ttp.main(_argv(meshes, tmp / name) + ["--views", "4", "--baseline-2d", str(two_d)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+    return tmp / "a", tmp / "b", meshes
+
+
+def test_multi_view_folder_layout_and_unet_loads(mv_runs, monkeypatch):
+    from dreamcore.cameras import orbit_cameras, view_groups
+    from dreamcore.priors.mv_cameras import camera_condition
+    from dreamcore.priors.mv_unet import MultiViewUNet
+
+    out, _, _ = mv_runs
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "DreamcoreTinyMultiViewPipeline"
+    assert index["unet"] == ["dreamcore", "MultiViewUNet"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"] and "vae" not in index
+    for rel in ("unet/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json", "data_mean.safetensors",
+                "scheduler/scheduler_config.json", "dreamcore_prior.json", "report.md", "samples.png",
+                *MV_WEIGHT_FILES):
+        assert (out / rel).is_file(), rel
+    assert ttp.folder_mb(out) < 30.0
+    unet = MultiViewUNet.from_pretrained(out / "unet")
+    cfg = unet.config
+    assert (cfg.image_size, cfg.in_channels, cfg.out_channels, cfg.camera_dim) == (16, 3, 3, 16)
+    assert tuple(cfg.channel_mult) == (1, 2, 2) and cfg.model_channels == 8
+    assert tuple(cfg.attention_resolutions) == (2, 4) and cfg.num_heads == 4
+    cams = view_groups(orbit_cameras(torch.tensor([20.0]), torch.tensor([0.0]), torch.tensor([3.2]),
+                                     torch.tensor([40.0])), 4)
+    with torch.no_grad():
+        pred = unet(torch.zeros(4, 3, 16, 16), torch.full((4,), 500), torch.zeros(4, 16, cfg.context_dim),
+                    camera=camera_condition(cams), num_frames=4)
+    assert pred.shape == (4, 3, 16, 16) and torch.isfinite(pred).all()
+
+
+def test_multi_view_report_holds_the_evaluation(mv_runs):
+    out, _, meshes = mv_runs
+    meta = json.loads((out / "dreamcore_prior.json").read_text())
+    assert meta["views"] == 4 and meta["front_azimuth"] == 90.0
+    assert meta["captions"] == list(PROMPTS)  # plain prompts: the camera carries the view
+    assert meta["settings"]["views"] == 4 and meta["settings"]["attention_resolutions"] == [2, 4]
+    assert [o["sha256"] for o in meta["objects"]] == [ttp.sha256_file(p) for p in meshes]
+    ev = meta["evaluation"]
+    assert ev["views"] == 4 and ev["groups_per_object"] == 2 and ev["groups"] == 4 and ev["samples"] == 16
+    assert 0.0 <= ev["prompt_accuracy"] <= 1.0
+    assert np.isfinite(ev["consistency_psnr"]) and np.isfinite(ev["psnr_other"])
+    base = ev["baseline_2d"]  # the 2D quick run knows the same prompts at the same resolution
+    assert 0.0 <= base["prompt_accuracy"] <= 1.0 and np.isfinite(base["consistency_psnr"])
+    assert base["unknown_words"] == 0
+    assert [r["prompt"] for r in ev["per_object"]] == list(PROMPTS)
+    for row in ev["per_object"]:
+        assert row["groups"] == 2 and 0.0 <= row["prompt_accuracy"] <= 1.0
+        assert np.isfinite(row["consistency_psnr"]) and np.isfinite(row["baseline_2d_consistency_psnr"])
+    assert set(ev["x0_mse"]) == {"20", "400", "950"}
+    assert meta["timings"]["train_s_per_step"] > 0
+    report = (out / "report.md").read_text()
+    assert "consistency PSNR" in report and "2D baseline" in report
+
+
+def test_multi_view_same_seed_gives_identical_weights(mv_runs):
+    from safetensors.torch import load_file
+
+    a, b, _ = mv_runs
+    for rel in MV_WEIGHT_FILES:
+        wa, wb = load_file(str(a / rel)), load_file(str(b / rel))
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), rel
+
+
+def test_multi_view_eval_only_rescores_a_saved_folder(mv_runs):
+    _, out, _ = mv_runs
+    before = json.loads((out / "dreamcore_prior.json").read_text())
+    threads = torch.get_num_threads()
+    try:
+        assert ttp.main(["--eval-only", str(out), "--threads", "1", "--eval-samples", "1", "--ddim-steps", "2",
+                         "--no-baseline"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    after = json.loads((out / "dreamcore_prior.json").read_text())
+    assert after["evaluation"]["groups"] == 2 and before["evaluation"]["groups"] == 4
+    assert after["evaluation"]["baseline_2d"]["note"].startswith("skipped")
+    assert after["settings"] == before["settings"] and after["views"] == 4
+
+
+def test_batch_must_hold_whole_view_groups():
+    with pytest.raises(SystemExit, match="--batch 6 is not a multiple of --views 4"):
+        ttp.main(["--object", "nowhere.glb:a thing", "--out", "unused", "--views", "4", "--batch", "6", "--quick"])
+
+
+def test_multi_view_step_shares_timestep_and_keeps_groups_together():
+    """One timestep per group, each view with its own camera, the views of a group contiguous."""
+    g = torch.Generator().manual_seed(0)
+    n, groups = 4, 5
+    data = ttp.GroupSet(torch.rand(groups * n, 3, 8, 8, generator=g), torch.rand(groups * n, 1, 8, 8, generator=g),
+                        torch.randn(groups * n, 16, generator=g), torch.zeros(groups * n), torch.zeros(groups * n),
+                        torch.arange(groups) % 2, n)
+    seen = {}
+
+    def unet(x, t, context, camera=None, num_frames=1):
+        seen.update(x=x, t=t, context=context, camera=camera, num_frames=num_frames)
+        return torch.zeros_like(x)
+
+    s = ttp.Settings(batch=12, views=4, caption_dropout=0.0)
+    cond_ids = torch.arange(3)[:, None].expand(3, 5)  # object 0, object 1, empty prompt
+    loss = ttp.train_step_mv(unet, lambda ids: (ids[:, :, None].float().expand(-1, -1, 6),),
+                             ttp.ddpm_scheduler("epsilon"), data, cond_ids, s, g)
+    assert torch.isfinite(loss) and seen["num_frames"] == 4 and seen["x"].shape == (12, 3, 8, 8)
+    t = seen["t"].view(3, 4)
+    assert (t == t[:, :1]).all()
+    rows = [int(torch.nonzero((data.camera == c).all(1))[0]) for c in seen["camera"]]
+    group = torch.tensor(rows).view(3, 4)
+    assert (group // n == group[:, :1] // n).all() and (group % n == torch.arange(n)).all()
+    caption = seen["context"][:, 0, 0].view(3, 4)
+    assert torch.equal(caption, data.obj[group[:, 0] // n].float()[:, None].expand(3, 4))
+
+
+def test_group_scoring_finds_the_object():
+    """A group made of one object's renders on one solid background is scored as that object (background fitted
+    over the group's views)."""
+    g = torch.Generator().manual_seed(1)
+    n_obj, groups, n = 3, 6, 4
+    alpha = (torch.rand(n_obj, groups * n, 1, 8, 8, generator=g) > 0.4).float()
+    color = torch.rand(n_obj, groups * n, 3, 8, 8, generator=g) * alpha
+    group_obj = torch.arange(groups) % n_obj
+    bg = torch.rand(groups, 3, generator=g)
+    view_obj = group_obj.repeat_interleave(n)
+    k = torch.arange(groups * n)
+    samples = ttp.composite(color[view_obj, k], alpha[view_obj, k], bg.repeat_interleave(n, 0))
+    sc = ttp.score_groups(samples, group_obj, color, alpha, n)
+    assert sc["prompt_hit"].eq(1).all() and (sc["psnr_named"] > 60).all() and (sc["psnr_other"] < 30).all()
+    assert torch.allclose(sc["bg"][torch.arange(groups), group_obj], bg, atol=1e-4)

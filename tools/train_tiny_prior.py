@@ -3,8 +3,15 @@
     python tools/train_tiny_prior.py --object assets/robot.glb:"a toy robot" --object car.glb:"a toy car" \\
         --out runs/tiny-prior [--seed 0] [--resolution 32] [--steps 2000] [--batch 32] [--threads 1] \\
         [--views-per-object 3000] [--prediction-type epsilon|v_prediction] [--eval-samples 8] [--quick]
-    python tools/train_tiny_prior.py --eval-only runs/tiny-prior      # re-score a saved folder
-    python tools/train_tiny_prior.py --bench                          # s/step at 32/64 px, 1/2 threads
+    python tools/train_tiny_prior.py --views 4 --object ... --out runs/tiny-mv-prior   # multi-view prior
+        [--attention-resolutions 2,4] [--baseline-2d assets/tiny-prior | --no-baseline]
+    python tools/train_tiny_prior.py --eval-only runs/tiny-prior      # re-score a saved folder (2D or multi-view)
+    python tools/train_tiny_prior.py --bench [--views 4]              # s/step at 32/64 px, 1/2 threads
+
+Two kinds of prior come out of it. With ``--views 1`` (the default) a 2D text-to-image prior whose captions name
+the view ("a toy robot, side view"), as described first below; with ``--views N`` > 1 a multi-view prior of the
+MVDream kind (Shi et al. 2023) that denoises N views of one object together, each tagged with its camera (the
+section "Multi-view mode" says what changes).
 
 Method (the feasibility study ``shared/reference/tiny-prior.md``; DDPM, Ho et al. 2020; DDIM, Song et al. 2021;
 classifier-free guidance, Ho & Salimans 2022; v-prediction, Salimans & Ho 2022):
@@ -37,12 +44,53 @@ classifier-free guidance, Ho & Salimans 2022; v-prediction, Salimans & Ho 2022):
   accuracy (the nearest render over all objects is of the named object), view accuracy (the nearest render of
   the named object carries the caption's view word), and the x̂0 MSE ([0, 1] scale) at t = 20, 400, 950.
 
+Multi-view mode (``--views N`` > 1; everything not named here is as above):
+
+* Data. Images come in groups of N views of one object: an anchor camera from ``sample_orbit`` in the same ranges,
+  turned by ``dreamcore.cameras.view_groups`` into N cameras at its elevation, distance and fov with azimuths
+  360°/N apart. ``--views-per-object`` still counts images, so each object gets ``views-per-object // N`` groups
+  (held-out groups come from their own seeded stream). Each view keeps the 16 numbers of its camera,
+  ``dreamcore.priors.mv_cameras.camera_condition`` with the default front azimuth of 90° (the value the
+  ``multiview`` prior uses when it loads the folder). All views of a group share one background and one caption;
+  the caption is the plain prompt (the camera, not a view word, says where the view is from) and is dropped to ""
+  for 10 % of the groups.
+* Model. ``dreamcore.priors.mv_unet.MultiViewUNet`` in pixel space: widths ``--unet-channels`` (model_channels =
+  the first, channel_mult = the widths over it), one ResBlock per level, a transformer block (self-attention over
+  the tokens of all N views of the object, then cross-attention to the text) at the downsampling factors
+  ``--attention-resolutions`` (default 2,4: R/2 and R/4) and in the middle, ``--attention-heads`` heads at every
+  attention level (so the head width is the level's width over the head count, as in the 2D model), the camera
+  numbers embedded by an MLP and added to the timestep embedding. 4.15 M parameters at the default widths and
+  32 px (3.88 M with attention at R/4 and the middle only), plus the same tiny text encoder, trained jointly.
+* Training. ``--batch`` counts images and must be a multiple of N (batch/N groups per step); one timestep per
+  group, shared by its views, independent noise per view, the same loss, optimizer, schedule and EMA.
+* Evaluation. For each prompt, ``--eval-samples`` groups (default 8): anchor cameras from a seeded stream in the
+  training ranges, expanded by ``view_groups``, and the N views sampled jointly with the 2D sampler (DDIM 50
+  steps, CFG 5 with the cameras in both passes; ε starts every view from the forward-diffused data mean, v from
+  noise). Every object is rendered at exactly those cameras; for each group and object one solid background is
+  fitted in closed form over the group's views (the same least squares as above, pooled over the views) and the
+  PSNR is taken over the N views together. Reported per prompt and overall: prompt accuracy (the best-scoring
+  object is the named one), multi-view consistency (PSNR to the named object's renders at the group's cameras;
+  also with a background fitted per view), and the same two figures for a 2D baseline: N independent samples of a
+  2D tiny prior folder (``--baseline-2d``, by default ``assets/tiny-prior``; skipped with a note for
+  ``--no-baseline``, ``--quick`` without ``--baseline-2d``, a missing folder or another resolution), each asked
+  for the view word of its camera (``view_prompts(prompt, ViewPromptConfig())[label]``, labelled as the 2D data)
+  and sampled with that folder's own prediction type, data mean and scheduler. Also the x̂0 MSE at t = 20, 400,
+  950 on held-out groups (with their cameras). The samples of one group meet the renders' background fit as one
+  image, so a 2D baseline whose views pick different backgrounds loses there; the per-view-background figure
+  separates that from the object's shape and colour.
+* Output. The same folder layout, with ``model_index.json`` naming ``DreamcoreTinyMultiViewPipeline`` and
+  ``"unet": ["dreamcore", "MultiViewUNet"]`` (``unet/`` written by ``save_pretrained``, loaded by
+  ``MultiViewUNet.from_pretrained``); ``dreamcore_prior.json`` records ``"views": N`` and
+  ``"front_azimuth": 90.0`` besides the settings, timings and evaluation; ``samples.png`` has one row per sample
+  group: its N views, the named object's N renders at the same cameras, and the 2D baseline's N samples.
+  ``--eval-only`` reads the view count from ``dreamcore_prior.json``.
+
 Determinism: every random draw (cameras, batches, timesteps, noise, backgrounds, caption dropout, samples) comes
 from an explicit ``torch.Generator`` seeded from ``--seed``; the networks' initialisation, which torch modules draw
 from the global generator, runs inside ``torch.random.fork_rng`` seeded from ``--seed`` (the caller's global state
 is restored). Training length is a number of steps, so the same command and thread count give the same folder.
 
-Output folder (diffusers format, fp32 safetensors, ≈ 17 MB at the default size):
+Output folder of the 2D mode (diffusers format, fp32 safetensors, ≈ 17 MB at the default size):
 ``model_index.json``, ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (DDPMScheduler),
 ``data_mean.safetensors`` (the data mean image in [−1, 1], for the ε sampler's start), ``dreamcore_prior.json``
 (objects with sha256, settings, timings, evaluation), ``report.md`` and ``samples.png`` (one row per caption: N
@@ -72,7 +120,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamcore.cameras import sample_orbit  # noqa: E402
+from dreamcore.cameras import Cameras, sample_orbit, view_groups  # noqa: E402
 from dreamcore.files import resolve_path, sha256_file  # noqa: E402
 from dreamcore.meshes.io import load_mesh, normalize  # noqa: E402
 from dreamcore.meshes.render import render_mesh  # noqa: E402
@@ -80,12 +128,16 @@ from dreamcore.meshes.render import render_mesh  # noqa: E402
 from dreamcore.views import LABELS, ViewPromptConfig, label_views, view_prompts  # noqa: E402
 
 PIPELINE_CLASS = "DreamcoreTinyPipeline"
+MV_PIPELINE_CLASS = "DreamcoreTinyMultiViewPipeline"
+FRONT_AZIMUTH = 90.0  # camera_condition's default, which the multiview prior that loads the folder uses too
 META_FILE = "dreamcore_prior.json"
 MESH_SUFFIXES = ("glb", "gltf", "obj", "ply")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")  # ids 0..3
 MSE_TIMESTEPS = (20, 400, 950)
 FLOORS = {"prompt_accuracy": 0.90, "view_accuracy": 0.70}
 MAX_FOLDER_MB = 25.0
+MAX_MV_FOLDER_MB = 30.0
+DEFAULT_BASELINE_2D = ROOT / "assets" / "tiny-prior"
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -121,6 +173,12 @@ class Settings:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # multi-view mode (recorded only when views > 1; see settings_json)
+    views: int = 1  # views denoised jointly; 1 = the 2D prior
+    attention_resolutions: tuple[int, ...] = (2, 4)  # MultiViewUNet: downsampling factors with attention
+
+
+MV_ONLY_SETTINGS = ("views", "attention_resolutions")
 
 
 @dataclass
@@ -218,13 +276,20 @@ def render_views(asset, n: int, gen: torch.Generator, s: Settings,
     """``n`` renders of one normalized asset over black from random orbit cameras, in chunks: colour [n, 3, H, W]
     (premultiplied), alpha [n, 1, H, W], elevation and azimuth [n] in degrees."""
     cams = sample_orbit(n, gen, s.elevation_range, s.azimuth_range, s.distance_range, s.fov_range, s.uniform_sphere)
+    color, alpha = render_cameras(asset, cams, s, chunk)
+    return color, alpha, torch.rad2deg(cams.elevation), torch.rad2deg(cams.azimuth)
+
+
+def render_cameras(asset, cams: Cameras, s: Settings, chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """Renders of one normalized asset over black from the given cameras, in chunks: premultiplied colour
+    [n, 3, H, W] and alpha [n, 1, H, W] (albedo shading, ``s.supersample``, ``s.resolution`` px)."""
     colors, alphas = [], []
-    for start in range(0, n, chunk):
+    for start in range(0, len(cams), chunk):
         out = render_mesh(asset, cams[start:start + chunk], s.resolution, s.resolution, supersample=s.supersample,
                           shading="albedo", background=torch.zeros(3))
         colors.append(out.rgb.permute(0, 3, 1, 2).contiguous())
         alphas.append(out.alpha.permute(0, 3, 1, 2).contiguous())
-    return torch.cat(colors), torch.cat(alphas), torch.rad2deg(cams.elevation), torch.rad2deg(cams.azimuth)
+    return torch.cat(colors), torch.cat(alphas)
 
 
 def load_assets(objects: list[ObjectSpec], radius: float) -> list:
@@ -256,6 +321,58 @@ def build_views(assets: list, n_per_object: int, s: Settings, stream: str) -> tu
         parts.append((color, alpha, obj, label, obj * len(LABELS) + label, el, az))
     seconds = time.perf_counter() - t0
     return ViewSet(*(torch.cat(p) for p in zip(*parts))), seconds
+
+
+@dataclass
+class GroupSet:
+    """Multi-view renders: G groups of ``views`` views of one object each, the views of a group contiguous
+    ((g v) order, image i belongs to group i // views): premultiplied colour ``color`` [G·views, 3, H, W],
+    coverage ``alpha`` [G·views, 1, H, W], the cameras' condition ``camera`` [G·views, 16]
+    (``camera_condition`` with the front azimuth 90°), elevation/azimuth in degrees [G·views], and the object
+    index of each group ``obj`` [G]."""
+
+    color: Tensor
+    alpha: Tensor
+    camera: Tensor
+    elevation: Tensor
+    azimuth: Tensor
+    obj: Tensor
+    views: int
+
+    @property
+    def groups(self) -> int:
+        return int(self.obj.shape[0])
+
+    def __len__(self) -> int:
+        return self.color.shape[0]
+
+    def image_index(self, group_index: Tensor) -> Tensor:
+        """The image indices [len(group_index)·views] of the given groups, each group's views contiguous."""
+        return (group_index[:, None] * self.views + torch.arange(self.views)[None]).reshape(-1)
+
+
+def group_cameras(n_groups: int, views: int, gen: torch.Generator, s: Settings) -> Cameras:
+    """``n_groups`` anchor cameras from ``sample_orbit`` in the Settings' ranges, each expanded by
+    ``view_groups`` into ``views`` cameras 360°/views apart in azimuth: [n_groups·views] cameras."""
+    anchors = sample_orbit(n_groups, gen, s.elevation_range, s.azimuth_range, s.distance_range, s.fov_range,
+                           s.uniform_sphere)
+    return view_groups(anchors, views)
+
+
+def build_groups(assets: list, groups_per_object: int, s: Settings, stream: str) -> tuple[GroupSet, float]:
+    """Render ``groups_per_object`` groups of ``s.views`` views of each asset, the cameras of asset i from the
+    seeded stream ``stream/<i>``; returns the set and the rendering time in seconds."""
+    from dreamcore.priors.mv_cameras import camera_condition
+
+    parts = []
+    t0 = time.perf_counter()
+    for i, asset in enumerate(assets):
+        cams = group_cameras(groups_per_object, s.views, generator(s.seed, f"{stream}/{i}"), s)
+        color, alpha = render_cameras(asset, cams, s)
+        parts.append((color, alpha, camera_condition(cams), torch.rad2deg(cams.elevation),
+                      torch.rad2deg(cams.azimuth), torch.full((groups_per_object,), i, dtype=torch.long)))
+    seconds = time.perf_counter() - t0
+    return GroupSet(*(torch.cat(p) for p in zip(*parts)), views=s.views), seconds
 
 
 def random_backgrounds(n: int, gen: torch.Generator, white_fraction: float) -> Tensor:
@@ -326,7 +443,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> Tensor:
 def build_models(s: Settings, vocab_size: int):
     """Fresh UNet2DConditionModel and CLIPTextModel (initialised from the seeded ``init`` stream)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     ch = tuple(int(c) for c in s.unet_channels)
     if len(ch) != 3:
@@ -338,10 +455,54 @@ def build_models(s: Settings, vocab_size: int):
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=s.text_width, attention_head_dim=s.attention_heads, norm_num_groups=norm_groups(ch))
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=vocab_size, hidden_size=s.text_width, intermediate_size=2 * s.text_width,
-            num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads, max_position_embeddings=s.max_length,
-            pad_token_id=0, bos_token_id=2, eos_token_id=3, projection_dim=s.text_width))
+        text = CLIPTextModel(text_encoder_config(s, vocab_size))
+    return unet, text
+
+
+def text_encoder_config(s: Settings, vocab_size: int):
+    """The tiny CLIPTextModel's config (width ``text_width``, ``text_layers`` layers, ``max_length`` positions)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=s.text_width, intermediate_size=2 * s.text_width,
+        num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads, max_position_embeddings=s.max_length,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, projection_dim=s.text_width)
+
+
+def mv_unet_config(s: Settings) -> dict:
+    """The MultiViewUNet config of the multi-view mode: widths ``unet_channels`` = model_channels·channel_mult,
+    one ResBlock per level, transformers (multi-view self-attention + text cross-attention) at the downsampling
+    factors ``attention_resolutions`` and in the middle, ``attention_heads`` heads at every attention level
+    (num_heads, so the head width is width/heads: 16 and 32 at the default widths, the split of the 2D model)."""
+    ch = tuple(int(c) for c in s.unet_channels)
+    if len(ch) != 3:
+        raise SystemExit(f"--unet-channels needs 3 widths, got {ch}")
+    if any(c % ch[0] for c in ch):
+        raise SystemExit(f"--unet-channels {ch}: with --views every width must be a multiple of the first")
+    if any(c % s.attention_heads for c in ch):
+        raise SystemExit(f"--unet-channels {ch}: every width must be a multiple of --attention-heads "
+                         f"{s.attention_heads}")
+    levels = tuple(2 ** k for k in range(len(ch)))
+    if not s.attention_resolutions or any(r not in levels for r in s.attention_resolutions):
+        raise SystemExit(f"--attention-resolutions {tuple(s.attention_resolutions)}: give downsampling factors "
+                         f"among {levels}")
+    return dict(image_size=s.resolution, in_channels=3, out_channels=3, model_channels=ch[0], num_res_blocks=1,
+                attention_resolutions=tuple(int(r) for r in s.attention_resolutions),
+                channel_mult=tuple(c // ch[0] for c in ch), num_head_channels=-1, num_heads=s.attention_heads,
+                context_dim=s.text_width, transformer_depth=1, camera_dim=16, norm_groups=norm_groups(ch), ip_dim=0)
+
+
+def build_mv_models(s: Settings, vocab_size: int):
+    """Fresh MultiViewUNet and CLIPTextModel (initialised from the seeded ``init`` stream, as build_models)."""
+    from transformers import CLIPTextModel
+
+    from dreamcore.priors.mv_unet import MultiViewUNet
+
+    cfg = mv_unet_config(s)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(subseed(s.seed, "init"))
+        unet = MultiViewUNet(**cfg)
+        text = CLIPTextModel(text_encoder_config(s, vocab_size))
     return unet, text
 
 
@@ -440,37 +601,8 @@ def train(objects: list[ObjectSpec], out: Path, s: Settings, ev: EvalSettings, l
     print(f"UNet {n_unet / 1e6:.3f} M params, text encoder {n_text / 1e6:.3f} M, vocabulary {len(tokenizer)}, "
           f"{len(captions)} captions", flush=True)
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, s))
-    ema = EMA(params, s.ema_decay)
-    gen = generator(s.seed, "train")
-    unet.train()
-    text_encoder.train()
-    losses: list[tuple[int, float]] = []
-    window: list[float] = []
-    t0 = time.perf_counter()
-    for step in range(s.steps):
-        loss = train_step(unet, text_encoder, sched, views, cond_ids, s, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-        opt.step()
-        lr_sched.step()
-        ema.update()
-        window.append(float(loss.detach()))
-        if (step + 1) % log_every == 0 or step + 1 == s.steps:
-            el = time.perf_counter() - t0
-            rate = el / (step + 1)
-            mean_loss = sum(window) / len(window)
-            losses.append((step + 1, mean_loss))
-            window = []
-            print(f"step {step + 1}/{s.steps}  loss {mean_loss:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
-                  f"{rate:.2f} s/step  ETA {fmt_s(rate * (s.steps - step - 1))}", flush=True)
-    t_training = time.perf_counter() - t0
-    ema.copy_to_params()
-    unet.eval()
-    text_encoder.eval()
+    losses, t_training = optimize(
+        unet, text_encoder, lambda gen: train_step(unet, text_encoder, sched, views, cond_ids, s, gen), s, log_every)
 
     mean_img = data_mean(views, s.white_fraction)
     save_folder(out, unet, text_encoder, tokenizer, sched, mean_img)
@@ -478,7 +610,7 @@ def train(objects: list[ObjectSpec], out: Path, s: Settings, ev: EvalSettings, l
         "format": "dreamcore tiny pixel-space prior",
         "objects": [asdict(o) for o in objects],
         "captions": captions,
-        "settings": _jsonable(asdict(s)),
+        "settings": settings_json(s),
         "label_fractions": {LABELS[k]: float((views.label == k).float().mean()) for k in range(len(LABELS))},
         "parameters": {"unet": n_unet, "text_encoder": n_text},
         "vocabulary": tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))),
@@ -498,9 +630,157 @@ def train(objects: list[ObjectSpec], out: Path, s: Settings, ev: EvalSettings, l
     return meta
 
 
+def train_step_mv(unet, text_encoder, sched, data: GroupSet, cond_ids: Tensor, s: Settings,
+                  gen: torch.Generator) -> Tensor:
+    """One multi-view diffusion loss: ``s.batch // views`` random groups, one background, one caption (the plain
+    prompt, dropped to the last row of ``cond_ids``, the empty prompt, per group) and one timestep per group,
+    independent noise per view; the UNet sees each view's camera and the group's views jointly."""
+    n = data.views
+    g = s.batch // n
+    gi = torch.randint(data.groups, (g,), generator=gen)
+    idx = data.image_index(gi)
+    bg = random_backgrounds(g, gen, s.white_fraction).repeat_interleave(n, 0)
+    x0 = composite(data.color[idx], data.alpha[idx], bg) * 2.0 - 1.0
+    drop = torch.rand(g, generator=gen) < s.caption_dropout
+    cap = torch.where(drop, torch.full_like(data.obj[gi], cond_ids.shape[0] - 1), data.obj[gi]).repeat_interleave(n)
+    t = torch.randint(0, sched.config.num_train_timesteps, (g,), generator=gen).repeat_interleave(n)
+    noise = torch.randn(x0.shape, generator=gen)
+    x_t = sched.add_noise(x0, noise, t)
+    emb = encode(text_encoder, cond_ids)[cap]
+    pred = unet(x_t, t, emb, camera=data.camera[idx], num_frames=n)
+    return F.mse_loss(pred, training_target(sched, x0, noise, t))
+
+
+def check_views(s: Settings) -> None:
+    """The multi-view mode's requirements on the batch and the data sizes (clear errors before any work)."""
+    if s.views < 1:
+        raise SystemExit(f"--views {s.views}: need at least 1 view")
+    if s.views == 1:
+        return
+    if s.batch % s.views:
+        raise SystemExit(f"--batch {s.batch} is not a multiple of --views {s.views}: a batch holds whole groups of "
+                         f"{s.views} views (e.g. --batch {max(1, s.batch // s.views) * s.views} or "
+                         f"{(s.batch // s.views + 1) * s.views})")
+    for flag, n in (("--views-per-object", s.views_per_object), ("--eval-views-per-object", s.eval_views_per_object)):
+        if n < s.views:
+            raise SystemExit(f"{flag} {n} is less than one group of --views {s.views}")
+
+
+def train_mv(objects: list[ObjectSpec], out: Path, s: Settings, ev: EvalSettings, log_every: int = 25,
+             baseline_2d: Optional[Path] = None) -> dict:
+    """The multi-view mode (``s.views`` > 1): render groups, train the MultiViewUNet and the text encoder, save
+    and evaluate; returns the metadata written to ``dreamcore_prior.json``."""
+    check_views(s)
+    t_start = time.perf_counter()
+    prompts = [o.prompt for o in objects]
+    if len(set(prompts)) != len(prompts):
+        raise SystemExit("two --object entries have the same prompt")
+    n = s.views
+    g_train, g_eval = s.views_per_object // n, s.eval_views_per_object // n
+    assets = load_assets(objects, s.radius)
+    print(f"rendering {g_train} training + {g_eval} held-out groups of {n} views of {len(objects)} objects at "
+          f"{s.resolution}px ...", flush=True)
+    data, t_train = build_groups(assets, g_train, s, "train-groups")
+    held_out, t_eval = build_groups(assets, g_eval, s, "eval-groups")
+    n_img = len(data) + len(held_out)
+    render_rate = n_img / max(t_train + t_eval, 1e-9)
+    print(f"  {n_img} images in {t_train + t_eval:.1f}s ({render_rate:.0f} img/s)", flush=True)
+
+    tokenizer = build_tokenizer(prompts + [""], s.max_length)
+    cond_ids = tokenize(tokenizer, prompts + [""], s.max_length)
+    unet, text_encoder = build_mv_models(s, len(tokenizer))
+    sched = ddpm_scheduler(s.prediction_type)
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text_encoder.parameters())
+    print(f"MultiViewUNet {n_unet / 1e6:.3f} M params ({n} views, attention at R/"
+          f"{', R/'.join(str(r) for r in s.attention_resolutions)} + middle), text encoder {n_text / 1e6:.3f} M, "
+          f"vocabulary {len(tokenizer)}, {len(prompts)} prompts", flush=True)
+
+    losses, t_training = optimize(
+        unet, text_encoder, lambda gen: train_step_mv(unet, text_encoder, sched, data, cond_ids, s, gen), s,
+        log_every)
+
+    mean_img = data_mean(data, s.white_fraction)
+    save_folder(out, unet, text_encoder, tokenizer, sched, mean_img, pipeline_class=MV_PIPELINE_CLASS,
+                unet_entry=("dreamcore", "MultiViewUNet"))
+    meta = {
+        "format": "dreamcore tiny pixel-space multi-view prior",
+        "views": n,
+        "front_azimuth": FRONT_AZIMUTH,
+        "objects": [asdict(o) for o in objects],
+        "captions": prompts,
+        "settings": settings_json(s),
+        "parameters": {"unet": n_unet, "text_encoder": n_text},
+        "vocabulary": tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))),
+        "loss": losses,
+        "timings": {
+            "render_s": round(t_train + t_eval, 2), "render_images_per_s": round(render_rate, 1),
+            "train_s": round(t_training, 1), "train_s_per_step": round(t_training / max(1, s.steps), 3),
+            "threads": torch.get_num_threads(),
+        },
+        "integration": integration_notes_mv(s),
+    }
+    evaluation = evaluate_mv(out, ev, objects=objects, settings=s, assets=assets, held_out=held_out,
+                             baseline_2d=baseline_2d)
+    meta["evaluation"] = evaluation
+    meta["timings"]["evaluate_s"] = evaluation.pop("seconds")
+    meta["timings"]["total_s"] = round(time.perf_counter() - t_start, 1)
+    finish(out, meta)
+    return meta
+
+
+def optimize(unet, text_encoder, step_loss, s: Settings, log_every: int) -> tuple[list[tuple[int, float]], float]:
+    """The training loop shared by both modes: ``s.steps`` steps of AdamW on ``step_loss(gen)`` (the batch's
+    loss, drawn from the seeded ``train`` stream) with gradient clipping, warm-up + cosine lr and EMA; at the end
+    the EMA weights are copied into the models, which are left in eval mode. Returns the logged window-mean
+    losses and the training time in seconds."""
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, s))
+    ema = EMA(params, s.ema_decay)
+    gen = generator(s.seed, "train")
+    unet.train()
+    text_encoder.train()
+    losses: list[tuple[int, float]] = []
+    window: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(s.steps):
+        loss = step_loss(gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+        opt.step()
+        lr_sched.step()
+        ema.update()
+        window.append(float(loss.detach()))
+        if (step + 1) % log_every == 0 or step + 1 == s.steps:
+            el = time.perf_counter() - t0
+            rate = el / (step + 1)
+            mean_loss = sum(window) / len(window)
+            losses.append((step + 1, mean_loss))
+            window = []
+            print(f"step {step + 1}/{s.steps}  loss {mean_loss:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
+                  f"{rate:.2f} s/step  ETA {fmt_s(rate * (s.steps - step - 1))}", flush=True)
+    t_training = time.perf_counter() - t0
+    ema.copy_to_params()
+    unet.eval()
+    text_encoder.eval()
+    return losses, t_training
+
+
 def _jsonable(d):
     """Tuples -> lists, recursively (JSON round trip)."""
     return json.loads(json.dumps(d))
+
+
+def settings_json(s: Settings) -> dict:
+    """The Settings as recorded in dreamcore_prior.json: the multi-view keys only in the multi-view mode (a 2D
+    folder records exactly what it did before the mode existed)."""
+    d = _jsonable(asdict(s))
+    if s.views == 1:
+        for k in MV_ONLY_SETTINGS:
+            d.pop(k)
+    return d
 
 
 def integration_notes(s: Settings) -> dict:
@@ -521,8 +801,36 @@ def integration_notes(s: Settings) -> dict:
     }
 
 
-def save_folder(out: Path, unet, text_encoder, tokenizer, sched, mean_img: Tensor) -> None:
-    """Write the diffusers-format parts (safetensors) and model_index.json."""
+def integration_notes_mv(s: Settings) -> dict:
+    """What the multiview prior needs to use a multi-view folder (also in report.md)."""
+    n = s.views
+    return {
+        "model_space": f"pixels x = 2*rgb - 1 in [-1, 1], [(B*{n}), 3, {s.resolution}, {s.resolution}] (no VAE)",
+        "unet": f"dreamcore.priors.mv_unet.MultiViewUNet (unet/): unet(x, t, context, camera, num_frames={n}), "
+                f"the {n} views of one object contiguous in the batch",
+        "condition": f"text_encoder(input_ids)[0] of the plain prompt (no view words; last_hidden_state, no "
+                     f"attention mask): [1, {s.max_length}, {s.text_width}] float32, repeated per view",
+        "camera": f"dreamcore.priors.mv_cameras.camera_condition(cameras, front_azimuth={FRONT_AZIMUTH}) "
+                  "[(B*F), 16] per view; the unconditional pass gets the same cameras",
+        "views": f"groups of {n} cameras from dreamcore.cameras.view_groups (one elevation, distance and fov, "
+                 f"azimuths 360/{n} = {360 / n:g} degrees apart), one timestep and one background per group",
+        "tokenizer": f"AutoTokenizer, padding='max_length', max_length={s.max_length} (= model_max_length), "
+                     "truncation=True; lower-cases itself; unknown words -> [UNK]",
+        "uncond": "the empty prompt '' ([BOS] [EOS] [PAD]...), trained with 10% caption dropout per group",
+        "prediction_type": s.prediction_type,
+        "schedule": "Stable Diffusion's: scaled_linear beta 0.00085..0.012, 1000 steps (scheduler/)",
+        "backgrounds": f"trained on solid backgrounds shared by a group's views: white with p={s.white_fraction:.3g}, "
+                       "else uniform random",
+        "sampling_start": "epsilon models: start DDIM from sqrt(abar_T)*data_mean + sqrt(1-abar_T)*noise "
+                          "(data_mean.safetensors, every view); v_prediction: pure noise",
+    }
+
+
+def save_folder(out: Path, unet, text_encoder, tokenizer, sched, mean_img: Tensor,
+                pipeline_class: str = PIPELINE_CLASS,
+                unet_entry: tuple[str, str] = ("diffusers", "UNet2DConditionModel")) -> None:
+    """Write the diffusers-format parts (safetensors) and model_index.json (the multi-view mode names its
+    pipeline and the UNet's library/class through ``pipeline_class`` and ``unet_entry``)."""
     import diffusers
     import transformers
     from safetensors.torch import save_file
@@ -540,9 +848,9 @@ def save_folder(out: Path, unet, text_encoder, tokenizer, sched, mean_img: Tenso
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     sched.save_pretrained(out / "scheduler")
     save_file({"mean": mean_img.contiguous()}, str(out / "data_mean.safetensors"))
-    index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__,
+    index = {"_class_name": pipeline_class, "_diffusers_version": diffusers.__version__,
              "_transformers_version": transformers.__version__,
-             "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "unet": list(unet_entry), "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "scheduler": ["diffusers", "DDPMScheduler"]}
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -551,19 +859,22 @@ def finish(out: Path, meta: dict) -> None:
     """Write dreamcore_prior.json and report.md (after samples.png, so the size counts everything) and make the
     files readable as the umask allows (safetensors writes its files owner-only)."""
     meta.setdefault("timings", {})
+    multi_view = int(meta.get("views", 1)) > 1
+    report = render_report_mv if multi_view else render_report
+    limit = MAX_MV_FOLDER_MB if multi_view else MAX_FOLDER_MB
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "report.md").write_text(render_report(meta))
+    (out / "report.md").write_text(report(meta))
     size = folder_mb(out)
     meta["folder_mb"] = round(size, 2)
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "report.md").write_text(render_report(meta))
+    (out / "report.md").write_text(report(meta))
     umask = os.umask(0)
     os.umask(umask)
     for f in out.rglob("*"):
         if f.is_file():
             f.chmod(0o666 & ~umask)
-    if size > MAX_FOLDER_MB:
-        print(f"warning: the folder is {size:.1f} MB (> {MAX_FOLDER_MB} MB): use narrower --unet-channels",
+    if size > limit:
+        print(f"warning: the folder is {size:.1f} MB (> {limit} MB): use narrower --unet-channels",
               file=sys.stderr)
 
 
@@ -586,6 +897,27 @@ def load_folder(folder: Path):
     return unet, text, tok, sched, mean
 
 
+def load_mv_folder(folder: Path):
+    """(MultiViewUNet, text_encoder, tokenizer, scheduler, data mean or None) from a multi-view folder, offline,
+    in eval mode."""
+    from diffusers import DDPMScheduler
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from dreamcore.priors.mv_unet import MultiViewUNet
+
+    folder = Path(folder)
+    unet = MultiViewUNet.from_pretrained(str(folder / "unet"), local_files_only=True).eval()
+    text = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    sched = DDPMScheduler.from_pretrained(str(folder / "scheduler"), local_files_only=True)
+    mean = None
+    if (folder / "data_mean.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        mean = load_file(str(folder / "data_mean.safetensors"))["mean"]
+    return unet, text, tok, sched, mean
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 def to_x0(pred: Tensor, x_t: Tensor, abar: Tensor, kind: str) -> Tensor:
     """x̂0 from the network output (ε or v) at ᾱ [B]."""
@@ -596,18 +928,24 @@ def to_x0(pred: Tensor, x_t: Tensor, abar: Tensor, kind: str) -> Tensor:
     return a * x_t - s * pred
 
 
-@torch.no_grad()
-def ddim_sample(unet, cond: Tensor, uncond: Tensor, sched, ev: EvalSettings, mean_img: Optional[Tensor],
-                gen: torch.Generator) -> Tensor:
-    """DDIM (η = 0, "trailing" spacing) with CFG ε_u + ω(ε_c − ε_u) (applied to the output, ε or v) for the
-    conditions ``cond`` [S, L, D]; returns samples [S, 3, H, W] in [−1, 1] (clamped)."""
+def ddim_scheduler(sched, steps: int):
+    """The evaluation's DDIM sampler (η = 0, "trailing" spacing) over the training schedule ``sched``."""
     from diffusers import DDIMScheduler
 
     ddim = DDIMScheduler(num_train_timesteps=sched.config.num_train_timesteps, beta_start=sched.config.beta_start,
                          beta_end=sched.config.beta_end, beta_schedule=sched.config.beta_schedule,
                          prediction_type=sched.config.prediction_type, clip_sample=False, set_alpha_to_one=False,
                          timestep_spacing="trailing")
-    ddim.set_timesteps(ev.ddim_steps)
+    ddim.set_timesteps(steps)
+    return ddim
+
+
+@torch.no_grad()
+def ddim_sample(unet, cond: Tensor, uncond: Tensor, sched, ev: EvalSettings, mean_img: Optional[Tensor],
+                gen: torch.Generator) -> Tensor:
+    """DDIM (η = 0, "trailing" spacing) with CFG ε_u + ω(ε_c − ε_u) (applied to the output, ε or v) for the
+    conditions ``cond`` [S, L, D]; returns samples [S, 3, H, W] in [−1, 1] (clamped)."""
+    ddim = ddim_scheduler(sched, ev.ddim_steps)
     n = cond.shape[0]
     res = int(unet.config.sample_size)
     noise = torch.randn(n, 3, res, res, generator=gen)
@@ -873,6 +1211,385 @@ def render_report(meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------------------ multi-view evaluation
+@torch.no_grad()
+def ddim_sample_mv(unet, cond: Tensor, uncond: Tensor, camera: Tensor, views: int, sched, ev: EvalSettings,
+                   mean_img: Optional[Tensor], gen: torch.Generator) -> Tensor:
+    """The 2D sampler (DDIM η = 0, trailing spacing, CFG on the output) for groups of ``views`` views denoised
+    jointly: conditions ``cond`` [G·views, L, D], the empty prompt ``uncond`` [1, L, D], cameras ``camera``
+    [G·views, 16] (both passes get them); independent noise per view, ε-models start every view from the
+    forward-diffused data mean. Returns [G·views, 3, H, W] in [−1, 1] (clamped)."""
+    ddim = ddim_scheduler(sched, ev.ddim_steps)
+    n = cond.shape[0]
+    res = int(unet.config.image_size)
+    noise = torch.randn(n, 3, res, res, generator=gen)
+    t_first = int(ddim.timesteps[0])
+    if sched.config.prediction_type == "epsilon" and mean_img is not None:
+        abar = ddim.alphas_cumprod[t_first]
+        x = abar.sqrt() * mean_img[None] + (1.0 - abar).sqrt() * noise
+    else:
+        x = noise
+    chunk = max(1, ev.batch // views) * views  # whole groups per forward pass
+    out = []
+    for start in range(0, n, chunk):
+        xb = x[start:start + chunk]
+        cb = cond[start:start + chunk]
+        camb = camera[start:start + chunk]
+        ub = uncond.expand(cb.shape[0], -1, -1)
+        for t in ddim.timesteps:
+            tt = torch.full((2 * xb.shape[0],), int(t), dtype=torch.long)
+            pred = unet(torch.cat([xb, xb]), tt, torch.cat([ub, cb]), camera=torch.cat([camb, camb]),
+                        num_frames=views)
+            pu, pc = pred.chunk(2)
+            xb = ddim.step(pu + ev.cfg * (pc - pu), t, xb).prev_sample
+        out.append(xb)
+    return torch.cat(out).clamp(-1.0, 1.0)
+
+
+def side_by_side(x: Tensor, views: int) -> Tensor:
+    """[G·views, C, H, W] -> [G, C, H, views·W]: a group's views next to each other, as one image."""
+    gv, c, h, w = x.shape
+    return x.reshape(gv // views, views, c, h, w).permute(0, 2, 3, 1, 4).reshape(gv // views, c, h, views * w)
+
+
+def paired_fitted_mse(samples: Tensor, color: Tensor, alpha: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """``fitted_mse`` of sample i against render i only: MSE [S] and fitted backgrounds [S, 3]."""
+    mse, bg = [], []
+    for i in range(0, samples.shape[0], chunk):
+        m, b = fitted_mse(samples[i:i + chunk], color[i:i + chunk], alpha[i:i + chunk])
+        k = torch.arange(m.shape[0])
+        mse.append(m[k, k])
+        bg.append(b[k, k])
+    return torch.cat(mse), torch.cat(bg)
+
+
+def score_groups(samples01: Tensor, group_obj: Tensor, color: Tensor, alpha: Tensor, views: int) -> dict:
+    """Score sample groups [G·views, 3, H, W] (in [0, 1]) against every object's renders at the groups' cameras
+    (``color`` [O, G·views, 3, H, W], ``alpha`` [O, G·views, 1, H, W]). Per group and object one solid
+    background is fitted over the group's views (the training data share it) and the PSNR is taken over the
+    views together: ``psnr`` [G, O], ``bg`` [G, O, 3]; ``psnr_named`` [G] (the multi-view consistency of the
+    group), ``psnr_other`` [G] (best other object), ``prompt_hit`` [G] (the best object is the named one);
+    ``psnr_named_view_bg`` [G]: the same with a background fitted per view (the mean MSE over the views)."""
+    n_obj = color.shape[0]
+    g = group_obj.shape[0]
+    wide = side_by_side(samples01, views)
+    mse, bg = zip(*(paired_fitted_mse(wide, side_by_side(color[o], views), side_by_side(alpha[o], views))
+                    for o in range(n_obj)))
+    p = psnr(torch.stack(mse, 1))  # [G, O]
+    bg = torch.stack(bg, 1)  # [G, O, 3]
+    rows = torch.arange(g)
+    named = p[rows, group_obj]
+    same = torch.arange(n_obj)[None] == group_obj[:, None]
+    other = (torch.where(same, torch.tensor(float("-inf")), p).max(1).values if n_obj > 1
+             else torch.full_like(named, float("nan")))
+    view_obj = group_obj.repeat_interleave(views)
+    per_view, _ = paired_fitted_mse(samples01, color[view_obj, torch.arange(view_obj.shape[0])],
+                                    alpha[view_obj, torch.arange(view_obj.shape[0])])
+    return {"psnr": p, "bg": bg, "psnr_named": named, "psnr_other": other,
+            "prompt_hit": (p.argmax(1) == group_obj).float(),
+            "psnr_named_view_bg": psnr(per_view.reshape(g, views).mean(1))}
+
+
+def mse_groups(ev: EvalSettings, held: GroupSet) -> int:
+    """How many held-out groups the x̂0 MSE uses: ``ev.mse_images`` images in whole groups (at least one)."""
+    return max(1, min(ev.mse_images // held.views, held.groups))
+
+
+@torch.no_grad()
+def x0_mse_mv(unet, text_encoder, sched, cond_ids: Tensor, held: GroupSet, s: Settings, ev: EvalSettings) -> dict:
+    """x̂0 MSE ([0, 1] scale) on held-out groups (prompt and empty prompt, with the cameras) at t in
+    MSE_TIMESTEPS; about ``ev.mse_images`` images in whole groups, one background per group."""
+    gen = generator(ev.seed, "eval-mse")
+    n = held.views
+    k = mse_groups(ev, held)
+    gi = torch.randperm(held.groups, generator=gen)[:k]
+    idx = held.image_index(gi)
+    bg = random_backgrounds(k, gen, s.white_fraction).repeat_interleave(n, 0)
+    x0 = composite(held.color[idx], held.alpha[idx], bg) * 2.0 - 1.0
+    emb_all = encode(text_encoder, cond_ids)
+    cond = emb_all[held.obj[gi].repeat_interleave(n)]
+    uncond = emb_all[-1:].expand_as(cond)
+    cam = held.camera[idx]
+    chunk = max(1, ev.batch // n) * n
+    out = {}
+    for t_val in MSE_TIMESTEPS:
+        t = torch.full((x0.shape[0],), t_val, dtype=torch.long)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = sched.add_noise(x0, noise, t)
+        abar = sched.alphas_cumprod[t]
+        row = {}
+        for name, emb in (("cond", cond), ("uncond", uncond)):
+            pred = torch.cat([unet(x_t[i:i + chunk], t[i:i + chunk], emb[i:i + chunk], camera=cam[i:i + chunk],
+                                   num_frames=n) for i in range(0, x0.shape[0], chunk)])
+            x0_hat = to_x0(pred, x_t, abar, sched.config.prediction_type)
+            row[name] = float(((x0_hat - x0) / 2.0).pow(2).mean())
+        out[str(t_val)] = row
+    return out
+
+
+@torch.no_grad()
+def baseline_2d_samples(folder: Optional[Path], objects: list[ObjectSpec], cams: Cameras, group_obj: Tensor,
+                        views: int, ev: EvalSettings, s: Settings) -> dict:
+    """The 2D baseline of the multi-view evaluation: for every view of every sample group, an independent sample
+    of the 2D tiny prior in ``folder`` asked for the view word of that camera (the engine's
+    ``view_prompts(prompt, ViewPromptConfig())[label]``, labelled by ``label_views`` as the 2D data), sampled
+    with the folder's own prediction type, data mean and scheduler and the same DDIM/CFG settings. Returns
+    {"note", "folder", and when it ran: "samples01" [G·views, 3, H, W], "captions", "unknown_words",
+    "sampling_s"}; skipped (with the reason in "note") without a folder, for another resolution or a folder that
+    is not a 2D prior."""
+    if folder is None:
+        return {"folder": None, "note": "skipped (--no-baseline, or --quick without --baseline-2d)"}
+    folder = Path(folder)
+    cfg_path = folder / "unet" / "config.json"
+    if not cfg_path.is_file():
+        return {"folder": str(folder), "note": f"skipped: no 2D prior folder at {folder}"}
+    unet_cfg = json.loads(cfg_path.read_text())
+    if "sample_size" not in unet_cfg or "image_size" in unet_cfg:
+        return {"folder": str(folder), "note": f"skipped: {folder} is not a 2D tiny prior (UNet2DConditionModel)"}
+    if int(unet_cfg["sample_size"]) != s.resolution:
+        return {"folder": str(folder), "note": f"skipped: {folder} samples {unet_cfg['sample_size']} px, this "
+                                               f"prior {s.resolution} px"}
+    unet, text_encoder, tokenizer, sched, mean_img = load_folder(folder)
+    view_cfg = ViewPromptConfig()
+    labels = label_views(torch.rad2deg(cams.elevation), torch.rad2deg(cams.azimuth), view_cfg)
+    view_obj = group_obj.repeat_interleave(views).tolist()
+    texts = [view_prompts(objects[o].prompt, view_cfg)[lab] for o, lab in zip(view_obj, labels)]
+    distinct = list(dict.fromkeys(texts))
+    length = int(text_encoder.config.max_position_embeddings)
+    ids = tokenize(tokenizer, distinct + [""], length)
+    unknown = int((ids[:-1] == tokenizer.unk_token_id).sum()) if tokenizer.unk_token_id is not None else 0
+    emb = encode(text_encoder, ids)
+    cap = torch.tensor([distinct.index(t) for t in texts], dtype=torch.long)
+    print(f"2D baseline {folder}: {len(texts)} independent samples ({len(distinct)} view captions) ...", flush=True)
+    t0 = time.perf_counter()
+    samples = ddim_sample(unet, emb[cap], emb[-1:], sched, ev, mean_img, generator(ev.seed, "eval-mv-baseline"))
+    note = f"{folder} ({sched.config.prediction_type})"
+    if unknown:
+        note += f"; {unknown} caption words unknown to its tokenizer (other prompts than it was trained on)"
+    return {"folder": str(folder), "note": note, "samples01": (samples + 1.0) / 2.0, "captions": distinct,
+            "unknown_words": unknown, "sampling_s": round(time.perf_counter() - t0, 1)}
+
+
+@torch.no_grad()
+def evaluate_mv(folder: Path, ev: EvalSettings, objects: Optional[list[ObjectSpec]] = None,
+                settings: Optional[Settings] = None, assets: Optional[list] = None,
+                held_out: Optional[GroupSet] = None, baseline_2d: Optional[Path] = None) -> dict:
+    """Score a saved multi-view folder (loaded with from_pretrained): ``ev.samples_per_caption`` sample groups per
+    object at seeded anchor cameras (expanded by view_groups), each scored against every object's renders at
+    exactly those cameras (prompt accuracy, multi-view consistency PSNR), the same for the 2D baseline, the x̂0
+    MSE on held-out groups; writes samples.png and returns the figures."""
+    from dreamcore.priors.mv_cameras import camera_condition
+
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    if settings is None or objects is None:
+        meta = json.loads((folder / META_FILE).read_text())
+        settings = settings or settings_from_json(meta["settings"])
+        objects = objects or [ObjectSpec(**o) for o in meta["objects"]]
+    s = settings
+    n = s.views
+    if assets is None:
+        assets = load_assets(objects, s.radius)
+    if held_out is None:  # the same held-out groups as at training time (same seed and count)
+        held_out, _ = build_groups(assets, s.eval_views_per_object // n, s, "eval-groups")
+    unet, text_encoder, tokenizer, sched, mean_img = load_mv_folder(folder)
+    prompts = [o.prompt for o in objects]
+    cond_ids = tokenize(tokenizer, prompts + [""], s.max_length)
+    emb = encode(text_encoder, cond_ids)
+    per = ev.samples_per_caption
+    group_obj = torch.arange(len(objects)).repeat_interleave(per)
+    g = group_obj.shape[0]
+    cams = group_cameras(g, n, generator(ev.seed, "eval-mv-cameras"), s)
+    print(f"evaluating: {len(objects)} prompts x {per} groups of {n} views ({ev.ddim_steps} DDIM steps, CFG "
+          f"{ev.cfg}) against every object's renders at the groups' cameras ...", flush=True)
+    t_s = time.perf_counter()
+    samples = ddim_sample_mv(unet, emb[group_obj.repeat_interleave(n)], emb[-1:], camera_condition(cams), n, sched,
+                             ev, mean_img, generator(ev.seed, "eval-mv-samples"))
+    t_sampling = time.perf_counter() - t_s
+    samples01 = (samples + 1.0) / 2.0
+    renders = [render_cameras(a, cams, s) for a in assets]
+    color = torch.stack([r[0] for r in renders])
+    alpha = torch.stack([r[1] for r in renders])
+    sc = score_groups(samples01, group_obj, color, alpha, n)
+    base = baseline_2d_samples(baseline_2d, objects, cams, group_obj, n, ev, s)
+    bsc = score_groups(base["samples01"], group_obj, color, alpha, n) if "samples01" in base else None
+    mean01 = ((mean_img if mean_img is not None else torch.zeros(3, s.resolution, s.resolution)) + 1.0) / 2.0
+    msc = score_groups(mean01[None].expand(g * n, -1, -1, -1), group_obj, color, alpha, n)
+    multi = len(objects) > 1
+    rows = []
+    for k, prompt in enumerate(prompts):
+        sel = group_obj == k
+        rows.append({
+            "prompt": prompt, "object": k, "groups": int(sel.sum()),
+            "prompt_accuracy": float(sc["prompt_hit"][sel].mean()),
+            "consistency_psnr": float(sc["psnr_named"][sel].mean()),
+            "psnr_other": float(sc["psnr_other"][sel].mean()) if multi else None,
+            "baseline_2d_prompt_accuracy": float(bsc["prompt_hit"][sel].mean()) if bsc else None,
+            "baseline_2d_consistency_psnr": float(bsc["psnr_named"][sel].mean()) if bsc else None,
+        })
+    b = {"folder": base["folder"], "note": base["note"]}
+    if bsc is not None:
+        b.update({"prompt_accuracy": float(bsc["prompt_hit"].mean()),
+                  "consistency_psnr": float(bsc["psnr_named"].mean()),
+                  "consistency_psnr_view_bg": float(bsc["psnr_named_view_bg"].mean()),
+                  "psnr_other": float(bsc["psnr_other"].mean()) if multi else None,
+                  "unknown_words": base["unknown_words"], "sampling_s": base["sampling_s"]})
+    result = {
+        "settings": asdict(ev),
+        "views": n,
+        "groups_per_object": per,
+        "groups": g,
+        "samples": g * n,
+        "prompt_accuracy": float(sc["prompt_hit"].mean()),
+        "consistency_psnr": float(sc["psnr_named"].mean()),
+        "consistency_psnr_view_bg": float(sc["psnr_named_view_bg"].mean()),
+        "psnr_other": float(sc["psnr_other"].mean()) if multi else None,
+        "baseline_2d": b,
+        "consistency_gain_db": (float(sc["psnr_named"].mean()) - b["consistency_psnr"]) if bsc else None,
+        "data_mean_psnr": float(msc["psnr_named"].mean()),
+        "per_object": rows,
+        "held_out_groups": held_out.groups,
+        "x0_mse_groups": mse_groups(ev, held_out),
+        "x0_mse": x0_mse_mv(unet, text_encoder, sched, cond_ids, held_out, s, ev),
+        "sampling_s": round(t_sampling, 1),
+        "sampling_s_per_group": round(t_sampling / max(1, g), 3),
+    }
+    save_grid_mv(folder / "samples.png", samples01, group_obj, prompts, color, alpha, sc["bg"], n,
+                 base.get("samples01"))
+    print(format_table_mv(result), flush=True)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def save_grid_mv(path: Path, samples01: Tensor, group_obj: Tensor, prompts: list[str], color: Tensor,
+                 alpha: Tensor, bg: Tensor, views: int, baseline01: Optional[Tensor] = None) -> None:
+    """samples.png of the multi-view mode: one row per sample group (its prompt at the left): the group's views,
+    a gap, the named object's renders at the same cameras on the background fitted to the group, and, when the
+    2D baseline ran, a gap and its independent samples for the same cameras."""
+    from PIL import Image, ImageDraw
+
+    res = samples01.shape[-1]
+    scale = max(1, 64 // res)
+    cell = res * scale + 2
+    gap = 8
+    head = 16
+    blocks = 3 if baseline01 is not None else 2
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 12 + int(max(probe.textlength(p) for p in prompts))
+    width = label_w + blocks * (views * cell + gap)
+    g = group_obj.shape[0]
+    img = Image.new("RGB", (width, head + g * cell), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    titles = ["multi-view sample", "renders of the named object", "2D baseline (independent views)"]
+    for j in range(blocks):
+        draw.text((label_w + j * (views * cell + gap), 2), titles[j], fill=(0, 0, 0))
+
+    def paste(t: Tensor, x: int, y: int) -> None:
+        arr = (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")
+        img.paste(Image.fromarray(arr).resize((res * scale, res * scale), Image.NEAREST), (x, y))
+
+    for k in range(g):
+        o = int(group_obj[k])
+        y = head + k * cell + 1
+        draw.text((4, y + cell // 2 - 6), prompts[o], fill=(0, 0, 0))
+        for v in range(views):
+            i = k * views + v
+            paste(samples01[i], label_w + v * cell, y)
+            paste(composite(color[o, i:i + 1], alpha[o, i:i + 1], bg[k, o][None])[0],
+                  label_w + views * cell + gap + v * cell, y)
+            if baseline01 is not None:
+                paste(baseline01[i], label_w + 2 * (views * cell + gap) + v * cell, y)
+    img.save(path)
+
+
+def format_table_mv(result: dict) -> str:
+    """The multi-view evaluation as a markdown table (per object, then totals and the x̂0 MSE)."""
+    def f(v, pct=False):
+        if v is None:
+            return "–"
+        return f"{100 * v:.0f} %" if pct else f"{v:.1f}"
+
+    lines = ["| prompt | groups | consistency PSNR (dB) | PSNR other (dB) | prompt acc | 2D baseline PSNR (dB) | "
+             "2D baseline prompt acc |", "|---|---|---|---|---|---|---|"]
+    for r in result["per_object"]:
+        lines.append(f"| {r['prompt']} | {r['groups']} | {f(r['consistency_psnr'])} | {f(r['psnr_other'])} | "
+                     f"{f(r['prompt_accuracy'], True)} | {f(r['baseline_2d_consistency_psnr'])} | "
+                     f"{f(r['baseline_2d_prompt_accuracy'], True)} |")
+    b = result["baseline_2d"]
+    lines.append(f"| **all ({result['groups']} groups of {result['views']})** | | "
+                 f"**{f(result['consistency_psnr'])}** | **{f(result['psnr_other'])}** | "
+                 f"**{f(result['prompt_accuracy'], True)}** | **{f(b.get('consistency_psnr'))}** | "
+                 f"**{f(b.get('prompt_accuracy'), True)}** |")
+    lines += ["", f"2D baseline: {b['note']}"]
+    if result.get("consistency_gain_db") is not None:
+        lines.append(f"multi-view minus 2D baseline consistency: {result['consistency_gain_db']:+.1f} dB; with a "
+                     f"background fitted per view instead of per group: {result['consistency_psnr_view_bg']:.1f} "
+                     f"dB vs {b['consistency_psnr_view_bg']:.1f} dB")
+    else:
+        lines.append(f"with a background fitted per view instead of per group: "
+                     f"{result['consistency_psnr_view_bg']:.1f} dB")
+    lines += [f"reference: the data mean image at every view scores {result['data_mean_psnr']:.1f} dB to the named "
+              "object", "",
+              f"x̂0 MSE on {result['x0_mse_groups']} of the {result['held_out_groups']} held-out groups:", "",
+              "| t | x̂0 MSE, prompt | x̂0 MSE, empty prompt |", "|---|---|---|"]
+    for t, row in result["x0_mse"].items():
+        lines.append(f"| {t} | {row['cond']:.5f} | {row['uncond']:.5f} |")
+    return "\n".join(lines)
+
+
+def render_report_mv(meta: dict) -> str:
+    """report.md of a multi-view folder: settings, timings, evaluation, integration notes."""
+    s = meta.get("settings", {})
+    tm = meta.get("timings", {})
+    n = meta.get("views")
+    lines = ["# Tiny pixel-space multi-view prior", "",
+             f"Trained by `tools/train_tiny_prior.py --views {n}` (seed {s.get('seed')}, {s.get('steps')} steps at "
+             f"batch {s.get('batch')} = {s.get('batch', 0) // max(1, n or 1)} groups of {n} views, "
+             f"{s.get('resolution')} px, {s.get('prediction_type')}; camera condition with front azimuth "
+             f"{meta.get('front_azimuth')}°).", "", "## Objects", "",
+             "| prompt | file | sha256 |", "|---|---|---|"]
+    lines += [f"| {o['prompt']} | {o['file']} | `{o['sha256'][:16]}…` |" for o in meta.get("objects", [])]
+    lines += ["", "## Data and model", "",
+              f"- {s.get('views_per_object', 0) // max(1, n or 1)} training + "
+              f"{s.get('eval_views_per_object', 0) // max(1, n or 1)} held-out groups of {n} views per object: "
+              f"anchor cameras with elevation {s.get('elevation_range')} "
+              f"({'area-uniform' if s.get('uniform_sphere') else 'uniform in degrees'}), azimuth "
+              f"{s.get('azimuth_range')}, distance {s.get('distance_range')}, fov {s.get('fov_range')}, each "
+              f"expanded to {n} views {360 / max(1, n or 1):g}° apart; albedo shading, supersample "
+              f"{s.get('supersample')}.",
+              f"- Captions: the plain prompt (the camera carries the view), dropped to \"\" for "
+              f"{100 * s.get('caption_dropout', 0):.0f} % of the groups.",
+              f"- Backgrounds: one per group, white with p = {s.get('white_fraction', 0):.3g}, else uniform random "
+              "colour.",
+              f"- MultiViewUNet widths {s.get('unet_channels')}, attention at downsampling factors "
+              f"{s.get('attention_resolutions')} and the middle, {s.get('attention_heads')} heads: "
+              f"{meta.get('parameters', {}).get('unet', 0) / 1e6:.3f} M params; text encoder "
+              f"{meta.get('parameters', {}).get('text_encoder', 0) / 1e6:.3f} M (width {s.get('text_width')}, "
+              f"{s.get('max_length')} positions); vocabulary {len(meta.get('vocabulary', []))}.",
+              f"- Folder size: {meta.get('folder_mb', '?')} MB.", "", "## Timings", ""]
+    lines += [f"- {k}: {v}" for k, v in tm.items()]
+    if meta.get("loss"):
+        pts = meta["loss"]
+        pick = pts[:: max(1, len(pts) // 8)] + ([pts[-1]] if pts[-1] not in pts[:: max(1, len(pts) // 8)] else [])
+        lines += ["", "Loss (window means): " + " · ".join(f"{st}: {lv:.4f}" for st, lv in pick)]
+    ev = meta.get("evaluation")
+    if ev:
+        st = ev["settings"]
+        lines += ["", "## Evaluation", "",
+                  f"{ev['groups_per_object']} sample groups of {ev['views']} views per prompt ({st['ddim_steps']} "
+                  f"DDIM steps, trailing, CFG {st['cfg']}) at seeded cameras; every object is rendered at exactly "
+                  "those cameras and, per group and object, one solid background is fitted over the views before "
+                  "the PSNR over the views is taken. Consistency = PSNR to the named object; prompt accuracy = the "
+                  "best object is the named one. The 2D baseline samples each view independently with its view "
+                  f"word. Sampling took {ev.get('sampling_s')} s ({ev.get('sampling_s_per_group')} s/group).", "",
+                  format_table_mv(ev), "", "![samples](samples.png)"]
+    notes = meta.get("integration")
+    if notes:
+        lines += ["", "## Using it as an engine prior", ""] + [f"- **{k}**: {v}" for k, v in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+
 # ------------------------------------------------------------------------------------------------ benchmark
 def bench(s: Settings, resolutions=(32, 64), threads=(1, 2), steps: int = 3) -> list[dict]:
     """s/step of one training step (forward, backward, AdamW) at batch ``s.batch`` on random data, after one
@@ -885,20 +1602,29 @@ def bench(s: Settings, resolutions=(32, 64), threads=(1, 2), steps: int = 3) -> 
         for th in threads:
             torch.set_num_threads(th)
             sr = Settings(**{**asdict(s), "resolution": res})
-            unet, text = build_models(sr, 32)
+            unet, text = build_mv_models(sr, 32) if sr.views > 1 else build_models(sr, 32)
             sched = ddpm_scheduler(sr.prediction_type)
             params = list(unet.parameters()) + list(text.parameters())
             opt = torch.optim.AdamW(params, lr=sr.lr, weight_decay=sr.weight_decay)
             gen = generator(0, "bench")
-            n = 64
-            views = ViewSet(torch.rand(n, 3, res, res, generator=gen), torch.rand(n, 1, res, res, generator=gen),
-                            torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
-                            torch.randint(0, 4, (n,), generator=gen), torch.zeros(n), torch.zeros(n))
-            ids = torch.randint(4, 32, (5, sr.max_length), generator=gen)
+            if sr.views > 1:  # random groups of views with random camera numbers
+                n = 16 * sr.views
+                data = GroupSet(torch.rand(n, 3, res, res, generator=gen), torch.rand(n, 1, res, res, generator=gen),
+                                torch.randn(n, 16, generator=gen), torch.zeros(n), torch.zeros(n),
+                                torch.randint(0, 4, (16,), generator=gen), sr.views)
+                ids = torch.randint(4, 32, (5, sr.max_length), generator=gen)
+                step_loss = lambda: train_step_mv(unet, text, sched, data, ids, sr, gen)  # noqa: E731
+            else:
+                n = 64
+                views = ViewSet(torch.rand(n, 3, res, res, generator=gen), torch.rand(n, 1, res, res, generator=gen),
+                                torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                                torch.randint(0, 4, (n,), generator=gen), torch.zeros(n), torch.zeros(n))
+                ids = torch.randint(4, 32, (5, sr.max_length), generator=gen)
+                step_loss = lambda: train_step(unet, text, sched, views, ids, sr, gen)  # noqa: E731
             times = []
             for i in range(steps + 1):
                 t0 = time.perf_counter()
-                loss = train_step(unet, text, sched, views, ids, sr, gen)
+                loss = step_loss()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, sr.grad_clip)
@@ -908,6 +1634,8 @@ def bench(s: Settings, resolutions=(32, 64), threads=(1, 2), steps: int = 3) -> 
             times.sort()
             rows.append({"resolution": res, "threads": th, "batch": sr.batch, "s_per_step": times[len(times) // 2],
                          "params_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3)})
+            if sr.views > 1:
+                rows[-1]["views"] = sr.views
             print(f"  {res}px, {th} thread(s), batch {sr.batch}: {rows[-1]['s_per_step']:.2f} s/step", flush=True)
     torch.set_num_threads(old)
     return rows
@@ -945,6 +1673,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=None, help="print every N steps (default 25; --quick 1)")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test sizes: 8 steps, batch 8, 48+24 views, widths 16,32,32, 2 samples x 10 steps")
+    mv = p.add_argument_group("multi-view mode (--views N > 1)")
+    mv.add_argument("--views", type=int, default=1,
+                    help="views denoised jointly (default 1: the 2D prior); N > 1 trains a camera-conditioned "
+                         "MultiViewUNet on groups of N views 360/N degrees apart (--batch must be a multiple of N; "
+                         "--views-per-object counts images, i.e. views-per-object // N groups; --eval-samples "
+                         "counts groups per prompt)")
+    mv.add_argument("--attention-resolutions", type=str, default=None,
+                    help="downsampling factors with (multi-view) attention, e.g. 2,4 (the default: R/2, R/4; the "
+                         "middle always has it) or 4")
+    mv.add_argument("--baseline-2d", type=Path, default=None, metavar="DIR",
+                    help=f"2D tiny prior scored as the baseline (default {DEFAULT_BASELINE_2D.relative_to(ROOT)}; "
+                         "skipped with a note if absent; --quick scores one only when named here)")
+    mv.add_argument("--no-baseline", action="store_true", help="skip the 2D baseline of the evaluation")
     return p
 
 
@@ -974,8 +1715,10 @@ def settings_from_args(a) -> tuple[Settings, EvalSettings]:
         prediction_type=a.prediction_type, white_fraction=a.white_fraction,
         uniform_sphere=a.elevation_sampling == "sphere",
         unet_channels=_pick(channels, "unet_channels", a.quick, d.unet_channels),
-        attention_heads=a.attention_heads, text_width=a.text_width, max_length=a.max_length,
+        attention_heads=a.attention_heads, text_width=a.text_width, max_length=a.max_length, views=a.views,
     )
+    if a.attention_resolutions:
+        s.attention_resolutions = tuple(int(x) for x in a.attention_resolutions.split(","))
     s.warmup_steps = min(d.warmup_steps, max(1, s.steps // 10))  # 100, or a tenth of a short run
     ev = EvalSettings(
         samples_per_caption=_pick(a.eval_samples, "samples_per_caption", a.quick, de.samples_per_caption),
@@ -989,11 +1732,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(max(1, a.threads))
     _quiet_progress_bars()
     s, ev = settings_from_args(a)
+    if a.no_baseline or (a.quick and a.baseline_2d is None):  # --quick scores a baseline only when named
+        baseline = None
+    else:
+        baseline = a.baseline_2d if a.baseline_2d is not None else DEFAULT_BASELINE_2D
     if a.bench:
+        check_views(s)
         rows = bench(s)
         table = ["| resolution | threads | batch | s/step | UNet params (M) |", "|---|---|---|---|---|"]
         table += [f"| {r['resolution']} | {r['threads']} | {r['batch']} | {r['s_per_step']:.2f} | {r['params_M']} |"
                   for r in rows]
+        if s.views > 1:
+            table[0] = f"multi-view UNet, {s.views} views per group\n" + table[0]
         print("\n".join(table))
         if a.out:
             a.out.mkdir(parents=True, exist_ok=True)
@@ -1008,7 +1758,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for o, r in zip(objects, meta["objects"]):
                 o.sha256 = r["sha256"]
         ev.seed = recorded.seed
-        result = evaluate(folder, ev, objects=objects, settings=recorded)
+        if int(meta.get("views", 1)) > 1:
+            recorded.views = int(meta["views"])
+            result = evaluate_mv(folder, ev, objects=objects, settings=recorded, baseline_2d=baseline)
+        else:
+            result = evaluate(folder, ev, objects=objects, settings=recorded)
         meta.setdefault("timings", {})["evaluate_s"] = result.pop("seconds")
         meta["evaluation"] = result
         finish(folder, meta)
@@ -1016,7 +1770,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not a.object or a.out is None:
         build_parser().error("give --object MESH:PROMPT (at least one) and --out DIR, or --eval-only DIR, or --bench")
     objects = [parse_object(o) for o in a.object]
-    meta = train(objects, a.out, s, ev, log_every=_pick(a.log_every, "log_every", a.quick, 1 if a.quick else 25))
+    log_every = _pick(a.log_every, "log_every", a.quick, 1 if a.quick else 25)
+    check_views(s)
+    if s.views > 1:
+        meta = train_mv(objects, a.out, s, ev, log_every=log_every, baseline_2d=baseline)
+    else:
+        meta = train(objects, a.out, s, ev, log_every=log_every)
     print(f"wrote {a.out} ({meta['folder_mb']} MB)")
     return 0
 
