@@ -1,33 +1,53 @@
-"""Text-only benchmark: text-to-3D recipes × guidances × priors on the objects a learned tiny prior knows.
+"""Text-only benchmark: text-to-3D recipes × guidances × priors on the objects the tiny priors were trained on.
 
-For every object prompt of the prior folder (``dreamcore_prior.json``: the objects it was trained on) and
-``--seeds`` seeds, each recipe (``--recipes``, default ``text-nerf`` and ``text-gaussians``) runs with each
-guidance (``--guidances``, default every registered one, at the recipe's own settings for its own guidance and
-at the method's defaults plus :data:`GUIDANCE_OVERRIDES` otherwise) on each prior:
+For every object of the prior folder (``dreamcore_prior.json``: the objects it was trained on) and ``--seeds``
+seeds, each recipe (``--recipes``; default the two 2D recipes ``text-nerf``, ``text-gaussians`` and the two
+multi-view ones ``text-mv-nerf``, ``text-mv-gaussians``) runs with each guidance (``--guidances``, default every
+registered one: a recipe's own guidance at the recipe's own settings, any other at the method's defaults plus
+:data:`GUIDANCE_OVERRIDES`) on each prior kind that suits it:
 
-* ``learned`` — the tiny pixel-space model (``prior.name=pixel-diffusion prior.model=<folder>``): it knows the
-  object only from 2D images and the words of its captions;
-* ``reference`` — the view-labelled reference prior of the same mesh (``prior.name=reference
+* ``learned`` (2D recipes) — the tiny pixel-space model (``prior.name=pixel-diffusion prior.model=<--prior-folder>``):
+  it knows the object only from single 2D images and the words of their captions;
+* ``reference`` (2D recipes) — the view-labelled reference prior of the same mesh (``prior.name=reference
   prior.camera_conditioned=false``): an exact, memorizing 2D prior of the object's views, with "front view" etc.
-  meaning the views so labelled, and no camera.
+  meaning the views so labelled, and no camera;
+* ``multiview`` (the recipes whose own ``prior.name`` is ``multiview``, and only those) — the tiny multi-view
+  model (``prior.name=multiview prior.model=<--mv-prior-folder>``, default ``assets/tiny-mv-prior``): it denoises
+  four views of one object together, each tagged with its camera. Left out with a note when that folder does not
+  exist, unless asked for by name (``--priors``, ``--recipes`` or ``--mv-prior-folder``).
 
 Each run is an ordinary ``dreamcore generate`` whose exported ``model.glb`` is scored against the named object
 (``eval.mesh``, read only after the run) at held-out cameras — silhouette IoU, PSNR, depth error, Janus score —
 and, across seeds, the diversity (mean pairwise RMS difference of the seeds' GLB renders on a ring of views).
-The table reports medians over seeds; timings are measured in this one run on whatever machine runs it.
 
-Writes ``--out`` (default ``bench/text_to_3d.md``) and a picture beside it (``.png``: one row per method, the
-turntable frames of each object and seed, the true object on top); with ``--docs docs/benchmarks.md`` the same
-tables replace that page's marked ``bench_text_to_3d`` section (``tools/docs_section.py``).
+Object accuracy asks whether the asset is recognisably the object it was asked for rather than one of the others:
+the GLB and every benchmark object (normalized into the scene as the runs' scoring normalizes them) are rendered
+at one fixed set of held-out cameras (:data:`ACCURACY`: 16 seeded orbit views over the recipes' eval elevations,
+64 px, white background); the score is the fraction of those cameras at which the GLB's PSNR to the named object
+beats its PSNR to each other object. It is computed here, after the runs (finished runs reused from an earlier
+invocation get it too), and kept in the run folder (``object_accuracy.json``); with one object it is undefined.
+
+The tables report medians over seeds; timings are measured in this one invocation on whatever machine runs it.
+Floors: 2D rows — IoU ≥ 0.80, PSNR ≥ 18 dB, Janus ≤ 0.20; multi-view rows — IoU ≥ 0.90, Janus 0 (≤ 0.005),
+object accuracy ≥ 0.95; both ≤ 600 s per run. Per object, the report also gives the PSNR gain of each multi-view
+recipe over its 2D counterpart on the learned prior (text-mv-nerf over text-nerf, text-mv-gaussians over
+text-gaussians; same guidance, same invocation), which should be ≥ 2 dB.
+
+Writes ``--out`` (default ``bench/text_to_3d.md``) and a picture beside it (``.png``: the true objects on the top
+row, then one row per method, labelled, with the turntable frames of each object and seed); with ``--docs
+docs/benchmarks.md`` the same tables replace that page's marked ``bench_text_to_3d`` section
+(``tools/docs_section.py``).
 
     .venv/bin/python tools/bench_text_to_3d.py --docs docs/benchmarks.md   # + its tables there (hours on 2 cores)
     .venv/bin/python tools/bench_text_to_3d.py --guidances sds --seeds 1
+    .venv/bin/python tools/bench_text_to_3d.py --recipes text-mv-nerf,text-nerf --guidances sds --seeds 1
     .venv/bin/python tools/bench_text_to_3d.py --quick               # a smoke run of the tool itself
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -45,8 +65,22 @@ if str(ROOT) not in sys.path:
 
 from dreamcore.files import resolve_path  # noqa: E402
 
-PRIORS = ("learned", "reference")
+PRIORS = ("learned", "reference", "multiview")
+PRIORS_2D = ("learned", "reference")
+RECIPES = ("text-nerf", "text-gaussians", "text-mv-nerf", "text-mv-gaussians")
+MV_FOLDER = "assets/tiny-mv-prior"
 FLOORS = {"glb_iou": 0.80, "glb_psnr": 18.0, "glb_janus": 0.20, "seconds": 600.0}
+# multi-view rows: no Janus at all (0 at the report's two decimals), a tighter silhouette, the right object
+MV_FLOORS = {"glb_iou": 0.90, "glb_janus": 0.005, "object_accuracy": 0.95, "seconds": 600.0}
+UPPER_BOUNDS = ("glb_janus", "seconds")  # floors that are ceilings
+FLOOR_NAMES = {"glb_iou": "IoU", "glb_psnr": "PSNR", "glb_janus": "Janus", "object_accuracy": "obj acc",
+               "seconds": "s/run"}
+# each multi-view recipe against its 2D counterpart (same representation) on the learned prior
+MV_BASELINES = {"text-mv-nerf": "text-nerf", "text-mv-gaussians": "text-gaussians"}
+MV_GAIN_DB = 2.0
+# object accuracy's held-out cameras: one seeded set for every run (the recipes' eval elevations, a fixed orbit)
+ACCURACY = {"views": 16, "seed": 2024, "elevation_range": [-10.0, 80.0], "distance": 3.2, "fov": 40.0,
+            "resolution": 64}
 # per-guidance settings when a recipe runs a method other than its own (the rest are the method's defaults)
 # ω = 7.5 — the recipes' own, what the tiny prior's CFG is tuned for — where a method's official ω was set for SD
 # at threestudio's 100 (stein: DreamFusion's; cds, cfd, reward: their repos' SD values)
@@ -76,6 +110,14 @@ def prior_objects(folder: Path) -> list[dict]:
     return out
 
 
+def default_objects(*folders: Path) -> list[dict]:
+    """The objects of the first of ``folders`` that lists them (the 2D prior's, else the multi-view prior's)."""
+    for folder in folders:
+        if (folder / "dreamcore_prior.json").is_file():
+            return prior_objects(folder)
+    raise SystemExit(f"no dreamcore_prior.json in {', '.join(map(str, folders))}: give the objects with --object")
+
+
 def parse_object(spec: str) -> dict:
     path, _, prompt = spec.partition(":")
     if not prompt.strip() or not resolve_path(path).is_file():
@@ -83,17 +125,43 @@ def parse_object(spec: str) -> dict:
     return {"prompt": prompt.strip(), "path": str(resolve_path(path))}
 
 
-def recipe_guidance(recipe: str) -> str:
+@functools.lru_cache(maxsize=None)
+def recipe_config(recipe: str):
     from dreamcore.config import config_path, load_config
 
-    return load_config(config_path(recipe)).guidance.name
+    return load_config(config_path(recipe))
 
 
-def run_overrides(recipe: str, guidance: str, prior: str, obj: dict, seed: int, folder: Path) -> list[str]:
+def recipe_guidance(recipe: str) -> str:
+    return recipe_config(recipe).guidance.name
+
+
+def is_multiview(recipe: str) -> bool:
+    """Whether the recipe's own prior is the multi-view one (it then runs on the ``multiview`` prior kind only)."""
+    return recipe_config(recipe).prior.name == "multiview"
+
+
+def pairs(recipe: str, prior: str) -> bool:
+    """Whether ``recipe`` runs on ``prior``: multi-view recipes on ``multiview`` only, 2D ones never on it."""
+    return (prior == "multiview") == is_multiview(recipe)
+
+
+def quick_overrides(recipe: str) -> list[str]:
+    """:data:`QUICK`, with one whole group of the prior's views per step for a multi-view recipe."""
+    if not is_multiview(recipe):
+        return list(QUICK)
+    views = int(getattr(recipe_config(recipe).prior, "views", 4))
+    return [f"camera.batch_size={views}" if o.startswith("camera.batch_size=") else o for o in QUICK]
+
+
+def run_overrides(recipe: str, guidance: str, prior: str, obj: dict, seed: int, folder: Path,
+                  mv_folder: Path | None = None) -> list[str]:
     """The ``key=value`` list of one run (prompt, prior, guidance, seed, the scored mesh)."""
     out = [f"prompt={obj['prompt']}", f"run.seed={seed}", f"eval.mesh={obj['path']}"]
     if prior == "learned":
         out += ["prior.name=pixel-diffusion", f"prior.model={folder}"]
+    elif prior == "multiview":
+        out += ["prior.name=multiview", f"prior.model={mv_folder or resolve_path(MV_FOLDER)}"]
     else:
         out += ["prior.name=reference", "prior.camera_conditioned=false", f"prior.reference.mesh={obj['path']}"]
     if guidance != recipe_guidance(recipe):
@@ -144,11 +212,23 @@ def ring_of(asset, resolution: int, elevation: float = 15.0):
     return render_mesh(asset, cams, resolution, resolution, supersample=2, background=torch.ones(RING, 3)).rgb
 
 
-def ring_frames(glb: Path, resolution: int):
-    """The ring of an exported GLB (written in the scene frame of its run)."""
-    from dreamcore.meshes.io import load_mesh
+def glb_in_scene(glb: Path, prior: str | None = None, object_path: str | None = None):
+    """An exported GLB in the scene frame of its run, where the scoring renders it: a ``reference`` run writes
+    its GLB in the frame of the reference mesh (the scene transform undone), the other priors in the scene's."""
+    from dataclasses import replace
 
-    return ring_of(load_mesh(glb), resolution)
+    from dreamcore.meshes.io import load_mesh, normalize
+
+    asset = load_mesh(glb)
+    if prior == "reference" and object_path:
+        transform = normalize(load_mesh(object_path))[1]
+        asset = replace(asset, vertices=transform.to_scene(asset.vertices))
+    return asset
+
+
+def ring_frames(glb: Path, resolution: int, prior: str | None = None, object_path: str | None = None):
+    """The ring of an exported GLB (in the scene frame of its run)."""
+    return ring_of(glb_in_scene(glb, prior, object_path), resolution)
 
 
 def target_frames(path: str, resolution: int):
@@ -158,14 +238,98 @@ def target_frames(path: str, resolution: int):
     return ring_of(normalize(load_mesh(path))[0], resolution)
 
 
+def accuracy_cameras():
+    """The held-out cameras of object accuracy (:data:`ACCURACY`): the same seeded orbit views for every run."""
+    import torch
+
+    from dreamcore.cameras import sample_orbit
+
+    a = ACCURACY
+    g = torch.Generator().manual_seed(a["seed"])
+    return sample_orbit(a["views"], g, tuple(a["elevation_range"]), (-180.0, 180.0), (a["distance"],) * 2,
+                        (a["fov"],) * 2)
+
+
+def accuracy_views(asset):
+    """[V, R, R, 3] renders of an asset (scene frame) at :func:`accuracy_cameras` over white."""
+    import torch
+
+    from dreamcore.meshes.render import render_mesh
+
+    cams, r = accuracy_cameras(), ACCURACY["resolution"]
+    return render_mesh(asset, cams, r, r, supersample=2, background=torch.ones(len(cams), 3)).rgb
+
+
+@functools.lru_cache(maxsize=None)
+def object_views(path: str):
+    """:func:`accuracy_views` of a benchmark object, normalized into the scene as the runs' scoring does."""
+    from dreamcore.meshes.io import load_mesh, normalize
+
+    return accuracy_views(normalize(load_mesh(path))[0])
+
+
+def nearest_objects(views, objects: list[str]) -> list[int]:
+    """For each view of ``views`` [V, R, R, 3], the index into ``objects`` (mesh paths) of the object whose render
+    at that camera is nearest in PSNR; -1 where the best PSNR is shared (a tie is no recognition)."""
+    from dreamcore.metrics import psnr
+
+    renders = [object_views(p) for p in objects]
+    out = []
+    for v in range(len(views)):
+        scores = [psnr(views[v], r[v]) for r in renders]
+        best = max(scores)
+        out.append(scores.index(best) if scores.count(best) == 1 else -1)
+    return out
+
+
+def object_accuracy(glb: Path, target: str, objects: list[str], prior: str | None = None,
+                    nearest: list | None = None) -> float | None:
+    """The fraction of :func:`accuracy_cameras` at which the GLB's render (in its run's scene frame, see
+    :func:`glb_in_scene`) is nearer, in PSNR, to the object at ``target`` (a mesh path) than to every other object
+    of ``objects``; None with no other object. ``nearest``: filled with each view's nearest object path (None
+    at a tie)."""
+    objects = list(dict.fromkeys([target, *objects]))
+    if len(objects) < 2:
+        return None
+    idx = nearest_objects(accuracy_views(glb_in_scene(glb, prior, target)), objects)
+    if nearest is not None:
+        nearest.extend(objects[i] if i >= 0 else None for i in idx)
+    return sum(i == 0 for i in idx) / len(idx)
+
+
+def run_object_accuracy(result: dict, objects: list[dict]) -> float | None:
+    """:func:`object_accuracy` of a finished run against ``objects``, kept in ``object_accuracy.json`` in its
+    folder (reused while the objects and :data:`ACCURACY` are the same; a rerun of the run replaces its folder)."""
+    run_dir = Path(result["dir"])
+    glb = run_dir / "model.glb"
+    if "error" in result or not glb.is_file():
+        return None
+    paths = list(dict.fromkeys([result["object_path"], *(o["path"] for o in objects)]))
+    key = {"target": result["object_path"], "objects": paths, **ACCURACY}
+    cache = run_dir / "object_accuracy.json"
+    if cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                return saved["object_accuracy"]
+        except (ValueError, KeyError, AttributeError):
+            pass  # unreadable: computed again
+    nearest: list = []
+    value = object_accuracy(glb, result["object_path"], paths, result.get("prior"), nearest)
+    prompts = {o["path"]: o["prompt"] for o in objects}
+    cache.write_text(json.dumps({"key": key, "object_accuracy": value,
+                                 "nearest": [prompts.get(p, p) if p else None for p in nearest]}, indent=1) + "\n")
+    return value
+
+
 def diversity(rows: list[dict], resolution: int = 48) -> float | None:
     """Mean pairwise RMS difference of the seeds' GLB ring renders (0: every seed made the same asset)."""
-    frames = [ring_frames(Path(r["dir"]) / "model.glb", resolution) for r in rows
-              if (Path(r["dir"]) / "model.glb").is_file()]
+    frames = [ring_frames(Path(r["dir"]) / "model.glb", resolution, r.get("prior"), r.get("object_path"))
+              for r in rows if (Path(r["dir"]) / "model.glb").is_file()]
     if len(frames) < 2:
         return None
-    pairs = [float((a - b).pow(2).mean().sqrt()) for a, b in itertools.combinations(frames, 2)]
-    return sum(pairs) / len(pairs)
+    pairs_ = [float((a - b).pow(2).mean().sqrt()) for a, b in itertools.combinations(frames, 2)]
+    return sum(pairs_) / len(pairs_)
 
 
 def median(values):
@@ -173,12 +337,51 @@ def median(values):
     return statistics.median(vals) if vals else None
 
 
+def mean(values):
+    vals = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
 def fmt(v, digits=2):
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def summarize(results: list[dict], objects: list[dict], seeds: int) -> tuple[list[dict], str]:
-    """Rows per (recipe, guidance, prior, object) with medians over seeds, and the markdown report."""
+def row_floors(row: dict) -> dict:
+    """The floors of a row: :data:`MV_FLOORS` for multi-view rows, :data:`FLOORS` for 2D ones."""
+    return MV_FLOORS if row["prior"] == "multiview" else FLOORS
+
+
+def floor_failures(row: dict) -> list[str]:
+    """The names of the floors a summary row misses (a missing figure misses its floor)."""
+    out = []
+    for key, bound in row_floors(row).items():
+        v = row.get(key)
+        if v is None or (v > bound if key in UPPER_BOUNDS else v < bound):
+            out.append(FLOOR_NAMES[key])
+    return out
+
+
+def gain_rows(rows: list[dict]) -> list[dict]:
+    """Per object and guidance: the GLB PSNR (median over seeds) of each multi-view recipe minus that of its 2D
+    counterpart (:data:`MV_BASELINES`) on the learned prior, where both were run and scored."""
+    by = {(r["recipe"], r["guidance"], r["prior"], r["object"]): r for r in rows}
+    out = []
+    for r in rows:
+        base = MV_BASELINES.get(r["recipe"])
+        b = by.get((base, r["guidance"], "learned", r["object"])) if r["prior"] == "multiview" else None
+        if b is None or r["glb_psnr"] is None or b["glb_psnr"] is None:
+            continue
+        gain = r["glb_psnr"] - b["glb_psnr"]
+        out.append({"recipe": r["recipe"], "baseline": base, "guidance": r["guidance"], "object": r["object"],
+                    "psnr": r["glb_psnr"], "baseline_psnr": b["glb_psnr"], "gain": gain, "pass": gain >= MV_GAIN_DB})
+    return out
+
+
+def summarize(results: list[dict], objects: list[dict], seeds: int,
+              scored: list[dict] | None = None) -> tuple[list[dict], str]:
+    """Rows per (recipe, guidance, prior, object) with medians over seeds, and the markdown report. ``scored``:
+    the objects object accuracy chose among (default ``objects``)."""
+    scored = objects if scored is None else scored
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["recipe"], r["guidance"], r["prior"], r["object"]), []).append(r)
@@ -187,49 +390,69 @@ def summarize(results: list[dict], objects: list[dict], seeds: int) -> tuple[lis
         ok = [r for r in rs if "error" not in r]
         row = {"recipe": recipe, "guidance": guidance, "prior": prior, "object": obj, "runs": len(rs),
                "failed": len(rs) - len(ok)}
-        for key in ("glb_iou", "glb_psnr", "glb_depth_rel", "glb_janus", "glb_chamfer_rel", "seconds"):
+        for key in ("glb_iou", "glb_psnr", "glb_depth_rel", "glb_janus", "glb_chamfer_rel", "object_accuracy",
+                    "seconds"):
             row[key] = median([r.get(key) for r in ok])
         row["diversity"] = diversity(ok)
-        row["floors"] = bool(ok) and all(row[k] is not None for k in FLOORS) and (
-            row["glb_iou"] >= FLOORS["glb_iou"] and row["glb_psnr"] >= FLOORS["glb_psnr"]
-            and row["glb_janus"] <= FLOORS["glb_janus"] and row["seconds"] <= FLOORS["seconds"])
+        row["missed"] = floor_failures(row)
+        row["floors"] = bool(ok) and not row["missed"]
         rows.append(row)
     rows.sort(key=lambda r: (r["recipe"], r["guidance"], PRIORS.index(r["prior"]), r["object"]))
+    f, mv = FLOORS, MV_FLOORS
     lines = ["# Text-only benchmark", "",
              f"Objects: {', '.join(o['prompt'] for o in objects)}; {seeds} seed(s) each. Medians over seeds of the "
              "exported GLB scored at held-out views against the named object (never seen by the run). "
-             f"Floors: IoU ≥ {FLOORS['glb_iou']}, PSNR ≥ {FLOORS['glb_psnr']} dB, Janus ≤ {FLOORS['glb_janus']}, "
-             f"≤ {FLOORS['seconds']:.0f} s per run.", "",
-             "| recipe | guidance | prior | object | IoU | PSNR (dB) | depth err | Janus | Chamfer | diversity | "
-             "s/run | floors |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Object accuracy (obj acc): the fraction of {ACCURACY['views']} fixed held-out views at which the GLB "
+             "is nearer, in PSNR, to the named object than to each of the others "
+             f"({', '.join(o['prompt'] for o in scored)}; undefined with one). "
+             f"Floors of the 2D rows: IoU ≥ {f['glb_iou']}, PSNR ≥ {f['glb_psnr']} dB, Janus ≤ {f['glb_janus']}, "
+             f"≤ {f['seconds']:.0f} s per run; of the multi-view rows: IoU ≥ {mv['glb_iou']}, Janus 0 "
+             f"(≤ {mv['glb_janus']}), obj acc ≥ {mv['object_accuracy']}, ≤ {mv['seconds']:.0f} s per run.", "",
+             "| recipe | guidance | prior | object | IoU | PSNR (dB) | depth err | Janus | Chamfer | obj acc | "
+             "diversity | s/run | floors |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         failed = f" ({r['failed']} failed)" if r["failed"] else ""
+        verdict = "pass" if r["floors"] else "FAIL" + (f": {', '.join(r['missed'])}" if r["missed"] else "")
         lines.append(f"| {r['recipe']} | {r['guidance']} | {r['prior']} | {r['object']} | {fmt(r['glb_iou'], 3)} | "
                      f"{fmt(r['glb_psnr'])} | {fmt(r['glb_depth_rel'], 4)} | {fmt(r['glb_janus'])} | "
-                     f"{fmt(r['glb_chamfer_rel'], 4)} | {fmt(r['diversity'], 3)} | {fmt(r['seconds'], 0)} | "
-                     f"{'pass' if r['floors'] else 'FAIL'}{failed} |")
+                     f"{fmt(r['glb_chamfer_rel'], 4)} | {fmt(r['object_accuracy'])} | {fmt(r['diversity'], 3)} | "
+                     f"{fmt(r['seconds'], 0)} | {verdict}{failed} |")
     per_method: dict[tuple, list[dict]] = {}
     for r in rows:
         per_method.setdefault((r["recipe"], r["guidance"], r["prior"]), []).append(r)
-    lines += ["", "Per method, over objects (mean of the per-object medians; objects passing every floor):", "",
-              "| recipe | guidance | prior | IoU | PSNR (dB) | Janus | objects at the floors |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Per method, over objects (mean of the per-object medians; objects passing every floor of the row's "
+              "kind):", "",
+              "| recipe | guidance | prior | IoU | PSNR (dB) | Janus | obj acc | objects at the floors |",
+              "|---|---|---|---|---|---|---|---|"]
     for (recipe, guidance, prior), rs in per_method.items():
-        mean = lambda k: (sum(r[k] for r in rs if r[k] is not None) / max(1, sum(r[k] is not None for r in rs)))  # noqa: E731
-        lines.append(f"| {recipe} | {guidance} | {prior} | {mean('glb_iou'):.3f} | {mean('glb_psnr'):.2f} | "
-                     f"{mean('glb_janus'):.2f} | {sum(r['floors'] for r in rs)}/{len(rs)} |")
+        avg = lambda k: mean([r[k] for r in rs])  # noqa: E731
+        lines.append(f"| {recipe} | {guidance} | {prior} | {fmt(avg('glb_iou'), 3)} | {fmt(avg('glb_psnr'))} | "
+                     f"{fmt(avg('glb_janus'))} | {fmt(avg('object_accuracy'))} | "
+                     f"{sum(r['floors'] for r in rs)}/{len(rs)} |")
+    gains = gain_rows(rows)
+    if gains:
+        lines += ["", "GLB PSNR gain of each multi-view recipe over its 2D recipe on the learned prior, per object "
+                  f"(same guidance, this invocation; medians over seeds; asked: ≥ {MV_GAIN_DB:g} dB):", "",
+                  "| multi-view recipe | 2D recipe | guidance | object | PSNR multi-view (dB) | PSNR 2D (dB) | "
+                  f"gain (dB) | ≥ {MV_GAIN_DB:g} dB |", "|---|---|---|---|---|---|---|---|"]
+        for g in gains:
+            lines.append(f"| {g['recipe']} | {g['baseline']} | {g['guidance']} | {g['object']} | {fmt(g['psnr'])} | "
+                         f"{fmt(g['baseline_psnr'])} | {g['gain']:+.2f} | {'pass' if g['pass'] else 'FAIL'} |")
     return rows, "\n".join(lines) + "\n"
 
 
 def picture(path: Path, results: list[dict], objects: list[dict], seeds: int, res: int = 40) -> None:
-    """One row per method (recipe/guidance/prior): for each object and seed the GLB's RING frames; the true
-    objects on the first row."""
+    """The true objects on the first row, then one labelled row per method (recipe/guidance/prior): for each
+    object and seed the GLB's RING frames."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     methods = sorted({(r["recipe"], r["guidance"], r["prior"]) for r in results},
                      key=lambda m: (m[0], m[1], PRIORS.index(m[2])))
     by = {(r["recipe"], r["guidance"], r["prior"], r["object"], r["seed"]): r for r in results}
-    label_w, gap = 190, 6
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([190] + [int(measure.textlength("/".join(m))) + 10 for m in methods])
+    gap = 6
     block = RING * res + gap
     width = label_w + len(objects) * seeds * block
     img = Image.new("RGB", (width, (len(methods) + 1) * (res + 4) + 14), (255, 255, 255))
@@ -242,8 +465,9 @@ def picture(path: Path, results: list[dict], objects: list[dict], seeds: int, re
     for oi, o in enumerate(objects):
         x0 = label_w + oi * seeds * block
         draw.text((x0, 1), o["prompt"], fill=(0, 0, 0))
+        truth = target_frames(o["path"], res)
         for s in range(seeds):
-            paste(target_frames(o["path"], res), x0 + s * block, 14)
+            paste(truth, x0 + s * block, 14)
     draw.text((4, 14 + res // 2 - 6), "true object", fill=(0, 0, 0))
     for mi, m in enumerate(methods):
         y = 14 + (mi + 1) * (res + 4)
@@ -253,18 +477,54 @@ def picture(path: Path, results: list[dict], objects: list[dict], seeds: int, re
                 r = by.get((*m, o["prompt"], s))
                 glb = Path(r["dir"]) / "model.glb" if r else None
                 if glb is not None and glb.is_file():
-                    paste(ring_frames(glb, res), label_w + (oi * seeds + s) * block, y)
+                    paste(ring_frames(glb, res, m[2], o["path"]), label_w + (oi * seeds + s) * block, y)
     img.save(path)
+
+
+def usable_priors(recipes: list[str], priors: list[str], mv_folder: Path, asked: bool) -> list[str]:
+    """``priors`` less ``multiview`` when the multi-view prior folder is missing (with a note; an error when
+    ``asked``: the multi-view runs were asked for by name), with a note for each recipe left with no prior."""
+    priors = list(priors)
+    mv_recipes = [r for r in recipes if is_multiview(r)]
+    if "multiview" in priors and mv_recipes and not mv_folder.is_dir():
+        missing = (f"no multi-view prior at {mv_folder} (tools/train_tiny_prior.py --views 4 trains one; "
+                   "--mv-prior-folder names another)")
+        if asked:
+            raise SystemExit(f"{missing}: cannot run {', '.join(mv_recipes)}")
+        print(f"note: {missing}: the multiview rows ({', '.join(mv_recipes)}) are left out", flush=True)
+        priors.remove("multiview")
+    for r in recipes:
+        if not any(pairs(r, p) for p in priors):
+            print(f"note: {r} runs on {'multiview' if is_multiview(r) else ' or '.join(PRIORS_2D)} only, not "
+                  f"among the priors {','.join(priors) or '(none)'}: left out", flush=True)
+    return priors
+
+
+def plan(recipes: list[str], guidances: list[str], priors: list[str], objects: list[dict], seeds: int,
+         folder: Path, mv_folder: Path, work: Path) -> list[dict]:
+    """The runs: every recipe × guidance × paired prior (:func:`pairs`) × object × seed."""
+    jobs = []
+    for recipe, guidance, prior, obj, seed in itertools.product(recipes, guidances, priors, objects, range(seeds)):
+        if not pairs(recipe, prior):
+            continue
+        name = slug(recipe, guidance, prior, obj["prompt"], seed)
+        jobs.append({"name": name, "recipe": recipe, "guidance": guidance, "prior": prior, "object": obj["prompt"],
+                     "object_path": obj["path"], "seed": seed, "dir": str(work / name),
+                     "overrides": run_overrides(recipe, guidance, prior, obj, seed, folder, mv_folder)})
+    return jobs
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prior-folder", default="assets/tiny-prior", help="the learned prior (and its objects)")
+    ap.add_argument("--prior-folder", default="assets/tiny-prior", help="the learned 2D prior (and its objects)")
+    ap.add_argument("--mv-prior-folder", default=None,
+                    help=f"the multi-view prior of the multiview prior kind (default {MV_FOLDER})")
     ap.add_argument("--object", action="append", default=[], metavar="MESH:PROMPT",
                     help="objects to run (default: the prior folder's own)")
-    ap.add_argument("--recipes", default="text-nerf,text-gaussians")
+    ap.add_argument("--recipes", default=None, help=f"comma-separated (default {','.join(RECIPES)})")
     ap.add_argument("--guidances", default="", help="comma-separated (default: every registered guidance)")
-    ap.add_argument("--priors", default=",".join(PRIORS))
+    ap.add_argument("--priors", default=None, help=f"comma-separated (default {','.join(PRIORS)}; each recipe "
+                    "runs on those that suit it)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each on --threads threads)")
     ap.add_argument("--threads", type=int, default=1)
@@ -272,44 +532,50 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/text_to_3d.md")
     ap.add_argument("--docs", default=None, metavar="PAGE",
                     help="also rewrite this page's bench_text_to_3d section (docs/benchmarks.md) with the tables")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 object, 1 seed, sds, a few steps")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 object (object accuracy still against all), 1 seed, sds, a few steps")
     ap.add_argument("overrides", nargs="*", help="key=value for every run")
     args = ap.parse_args(argv)
     from dreamcore import registry
 
     folder = resolve_path(args.prior_folder)
-    objects = [parse_object(o) for o in args.object] or prior_objects(folder)
-    guidances = [g for g in args.guidances.split(",") if g] or registry.names("guidance")
-    priors = [p for p in args.priors.split(",") if p]
-    recipes = [r for r in args.recipes.split(",") if r]
-    extra = list(args.overrides)
-    if args.quick:
-        objects, guidances, args.seeds = objects[:1], guidances[:1] if args.guidances else ["sds"], 1
-        extra = QUICK + extra
+    mv_folder = resolve_path(args.mv_prior_folder or MV_FOLDER)
+    recipes = [r for r in (args.recipes or ",".join(RECIPES)).split(",") if r]
+    priors = [p for p in (args.priors or ",".join(PRIORS)).split(",") if p]
     bad = [p for p in priors if p not in PRIORS]
     if bad:
         raise SystemExit(f"--priors: unknown {bad}; valid: {', '.join(PRIORS)}")
+    asked = args.mv_prior_folder is not None or args.priors is not None or args.recipes is not None
+    priors = usable_priors(recipes, priors, mv_folder, asked)
+    objects = [parse_object(o) for o in args.object] or default_objects(folder, mv_folder)
+    scored = list(objects)  # object accuracy chooses among all of them, even when --quick runs only the first
+    guidances = [g for g in args.guidances.split(",") if g] or registry.names("guidance")
+    extra = list(args.overrides)
+    quick = {}
+    if args.quick:
+        objects, guidances, args.seeds = objects[:1], guidances[:1] if args.guidances else ["sds"], 1
+        quick = {r: quick_overrides(r) for r in recipes}
     work = Path(args.work)
-    jobs = []
-    for recipe, guidance, prior, obj, seed in itertools.product(recipes, guidances, priors, objects,
-                                                                range(args.seeds)):
-        name = slug(recipe, guidance, prior, obj["prompt"], seed)
-        jobs.append({"name": name, "recipe": recipe, "guidance": guidance, "prior": prior, "object": obj["prompt"],
-                     "seed": seed, "dir": str(work / name),
-                     "overrides": run_overrides(recipe, guidance, prior, obj, seed, folder)})
-    print(f"{len(jobs)} runs ({len(recipes)} recipes × {len(guidances)} guidances × {len(priors)} priors × "
+    jobs = plan(recipes, guidances, priors, objects, args.seeds, folder, mv_folder, work)
+    if not jobs:
+        raise SystemExit("no runs: no recipe of --recipes runs on a prior of --priors")
+    combos = list(dict.fromkeys(f"{j['recipe']}/{j['prior']}" for j in jobs))
+    print(f"{len(jobs)} runs ({len(combos)} recipe/prior pairs: {', '.join(combos)}; × {len(guidances)} guidances × "
           f"{len(objects)} objects × {args.seeds} seeds), {args.jobs} at a time", flush=True)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda j: run_one(j, extra, args.threads), jobs))
-    rows, report = summarize(results, objects, args.seeds)
+        results = list(pool.map(lambda j: run_one(j, quick.get(j["recipe"], []) + extra, args.threads), jobs))
+    for r in results:
+        r["object_accuracy"] = run_object_accuracy(r, scored)
+    rows, report = summarize(results, objects, args.seeds, scored)
     reused = sum(bool(r.get("reused")) for r in results)
     report += (f"\nTotal wall time {time.perf_counter() - t0:.0f} s for {len(jobs)} runs ({args.jobs} at a time"
                + (f"; {reused} reused from an earlier run, their own times in s/run" if reused else "") + ").\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "runs": results}, indent=1, default=str))
+    (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "gains": gain_rows(rows), "runs": results},
+                                                     indent=1, default=str))
     picture(out.with_suffix(".png"), results, objects, args.seeds)
     if args.docs:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
