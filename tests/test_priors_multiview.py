@@ -270,6 +270,37 @@ def test_x0_reconstruction_is_sds_with_weight_sigma_over_alpha_and_rescale_match
         sds(x0_rescale=0.5)
 
 
+def every_guidance():
+    from dreamcore import registry
+
+    return registry.names("guidance")
+
+
+@pytest.mark.parametrize("name", every_guidance())
+def test_every_guidance_takes_a_step_on_whole_view_groups(folders, tmp_path, name):
+    """Each registered method on one 4-view group: a finite loss whose gradient reaches every view of the render
+    (VSD's family attaches its LoRA score to the multi-view UNet)."""
+    from dreamcore.config import parse_component
+
+    prior = make_prior(folders["pixel"], tmp_path)
+    extra = {"reward": {"model": {"name": "linear"}, "ddim_steps": 0}} if name == "reward" else {}
+    guidance = parse_component("guidance", {"name": name, **extra}, "guidance")
+    from dreamcore import registry
+
+    method = registry.build("guidance", guidance)
+    method.setup(prior, 10)
+    g = torch.Generator().manual_seed(0)
+    cams = prior.view_group(sample_orbit(1, g)).with_background(torch.ones(4, 3))
+    rgb = torch.rand(4, 8, 8, 3, generator=g).requires_grad_(True)
+    render = RenderOutput(rgb=rgb, alpha=torch.ones(4, 8, 8, 1), depth=torch.zeros(4, 8, 8, 1))
+    views = conditions(prior.encode_prompt("a chair"), cams, 4, ViewPromptConfig(enabled=False), view_dependent=False)
+    losses = method(render, cams, prior, views, 1, g)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert rgb.grad is not None and (rgb.grad.flatten(1).abs().sum(1) > 0).all()
+
+
 # -- runs ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", ["text-mv-nerf", "text-mv-gaussians"])
 def test_generate_runs_the_multiview_recipe_on_a_tiny_folder(folders, tmp_path, recipe):

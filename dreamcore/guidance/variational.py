@@ -125,13 +125,13 @@ class LoRAScore(nn.Module):
         for p in lora:
             p.requires_grad_(True)
         self.lora = nn.ParameterList(lora)
-        width = unet.time_embedding.linear_2.out_features
+        time_embedding, width = prior.time_embedding()
         self.camera = nn.Sequential(nn.Linear(16, width), nn.SiLU(), nn.Linear(width, width))
         nn.init.zeros_(self.camera[2].weight)  # start exactly at the prior (ProlificDreamer's is random)
         nn.init.zeros_(self.camera[2].bias)
         self.prediction_type = prior.schedule.prediction_type
         self._cam: Optional[Tensor] = None
-        unet.time_embedding.register_forward_hook(self._add_camera)
+        time_embedding.register_forward_hook(self._add_camera)
         unet.disable_adapters()
 
     def _add_camera(self, module, inputs, output):  # noqa: ARG002

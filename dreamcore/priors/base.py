@@ -126,6 +126,14 @@ class Prior(nn.Module):
         multi-view prior, each group contiguous."""
         return view_groups(anchors, self.views_per_sample)
 
+    def time_embedding(self) -> tuple[nn.Module, int]:
+        """For priors whose denoiser is a UNet (``self.unet``, which VSD's LoRA score adapts): its time-embedding
+        module, whose output reaches every ResBlock, and that output's width — where a score model adds its
+        camera embedding (:mod:`dreamcore.guidance.variational`). The default reads a diffusers
+        ``UNet2DConditionModel``; other UNets override it."""
+        module = self.unet.time_embedding
+        return module, int(module.linear_2.out_features)
+
     def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None) -> PromptEmbeddings:
         """Conditions for ``prompt`` (and its per-view variants, :func:`dreamcore.views.view_prompts`,
         when ``views`` — a :class:`~dreamcore.views.ViewPromptConfig` — is given)."""

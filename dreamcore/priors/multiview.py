@@ -92,6 +92,10 @@ class MultiViewPrior(StableDiffusionPrior):
         if self.cfg.attention_slicing:
             raise DreamcoreError("prior.attention_slicing is not available for the multiview prior")
 
+    def time_embedding(self) -> tuple[nn.Module, int]:
+        """LDM's ``time_embed`` (the camera MLP's output is added after it, as a VSD score model's is)."""
+        return self.unet.time_embed, int(self.unet.time_embed[2].out_features)
+
     def to_model_space(self, rgb: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
         """x [B, C, R, R]: VAE latents (latent folders) or 2·rgb − 1 (pixel folders), with gradient."""
         if self.vae is not None:

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
@@ -176,8 +177,9 @@ class Stage(nn.Sequential):
         return x
 
 
-class MultiViewUNet(ModelMixin, ConfigMixin):
-    """MVDream's multi-view UNet (see the module docstring); config keys as in its ``unet/config.json``."""
+class MultiViewUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """MVDream's multi-view UNet (see the module docstring); config keys as in its ``unet/config.json``. LoRA
+    adapters attach through diffusers' peft integration (VSD's score model targets ``to_q/to_k/to_v/to_out.0``)."""
 
     config_name = "config.json"
 
