@@ -342,3 +342,29 @@ def test_group_scoring_finds_the_object():
     sc = ttp.score_groups(samples, group_obj, color, alpha, n)
     assert sc["prompt_hit"].eq(1).all() and (sc["psnr_named"] > 60).all() and (sc["psnr_other"] < 30).all()
     assert torch.allclose(sc["bg"][torch.arange(groups), group_obj], bg, atol=1e-4)
+
+
+def test_init_from_continues_a_multi_view_folder_and_refuses_a_mismatched_one(mv_runs, tmp_path):
+    """--init-from starts from the folder's weights (recorded in its settings): a 1-step continuation stays far
+    nearer its source than a fresh model of the same seed; other prediction types and 2D runs are refused."""
+    from safetensors.torch import load_file
+
+    src, _, meshes = mv_runs
+    threads = torch.get_num_threads()
+    try:
+        base = _argv(meshes, tmp_path / "cont") + ["--views", "4", "--no-baseline", "--seed", "5", "--steps", "1"]
+        assert ttp.main(base + ["--init-from", str(src)]) == 0
+        assert ttp.main(_argv(meshes, tmp_path / "fresh") + ["--views", "4", "--no-baseline", "--seed", "5",
+                                                             "--steps", "1"]) == 0
+        with pytest.raises(SystemExit, match="prediction_type|predicts"):
+            ttp.main(base[:-2] + ["--steps", "1", "--prediction-type", "v_prediction", "--init-from", str(src)])
+        with pytest.raises(SystemExit, match="multi-view"):
+            ttp.main(_argv(meshes, tmp_path / "x") + ["--init-from", str(src)])
+    finally:
+        torch.set_num_threads(threads)
+    meta = json.loads((tmp_path / "cont" / "dreamcore_prior.json").read_text())
+    assert meta["settings"]["init_from"] == str(src)
+    rel = "unet/diffusion_pytorch_model.safetensors"
+    s, c, f = (load_file(str(p / rel)) for p in (src, tmp_path / "cont", tmp_path / "fresh"))
+    dist = lambda a, b: sum(float((a[k] - b[k]).pow(2).sum()) for k in a)  # noqa: E731
+    assert dist(c, s) < 0.1 * dist(f, s)

@@ -176,9 +176,10 @@ class Settings:
     # multi-view mode (recorded only when views > 1; see settings_json)
     views: int = 1  # views denoised jointly; 1 = the 2D prior
     attention_resolutions: tuple[int, ...] = (2, 4)  # MultiViewUNet: downsampling factors with attention
+    init_from: str = ""  # multi-view mode: start from this folder's weights (a continued training), else fresh
 
 
-MV_ONLY_SETTINGS = ("views", "attention_resolutions")
+MV_ONLY_SETTINGS = ("views", "attention_resolutions", "init_from")
 
 
 @dataclass
@@ -506,6 +507,35 @@ def build_mv_models(s: Settings, vocab_size: int):
     return unet, text
 
 
+def load_weights_from(folder: Path, unet, text_encoder, tokenizer, s: Settings) -> None:
+    """Continue training a multi-view folder: its UNet and text encoder weights replace the fresh ones. The
+    folder must have the same architecture (UNet config), prediction type and vocabulary (the same prompts)."""
+    from transformers import CLIPTextModel
+
+    from dreamcore.priors.mv_unet import MultiViewUNet
+
+    meta_file = folder / META_FILE
+    if not meta_file.is_file() or json.loads(meta_file.read_text()).get("views", 1) != s.views:
+        raise SystemExit(f"--init-from {folder}: not a {s.views}-view folder written by this tool")
+    meta = json.loads(meta_file.read_text())
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    if meta.get("vocabulary") != vocab:
+        raise SystemExit(f"--init-from {folder}: its vocabulary differs (other prompts): {meta.get('vocabulary')}")
+    if meta["settings"].get("prediction_type") != s.prediction_type:
+        raise SystemExit(f"--init-from {folder}: it predicts {meta['settings'].get('prediction_type')}, not "
+                         f"{s.prediction_type} (give --prediction-type to match)")
+    source = MultiViewUNet.from_pretrained(str(folder / "unet"))
+    def plain(config) -> dict:
+        return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+
+    if plain(source.config) != plain(unet.config):
+        raise SystemExit(f"--init-from {folder}: its UNet config differs from the one asked for")
+    unet.load_state_dict(source.state_dict())
+    text_encoder.load_state_dict(CLIPTextModel.from_pretrained(str(folder / "text_encoder")).state_dict())
+    print(f"continuing from {folder} ({meta['settings'].get('steps')} steps, seed {meta['settings'].get('seed')})",
+          flush=True)
+
+
 def ddpm_scheduler(prediction_type: str):
     """Stable Diffusion's training schedule (scaled-linear β 0.00085..0.012, 1000 steps)."""
     from diffusers import DDPMScheduler
@@ -689,6 +719,8 @@ def train_mv(objects: list[ObjectSpec], out: Path, s: Settings, ev: EvalSettings
     tokenizer = build_tokenizer(prompts + [""], s.max_length)
     cond_ids = tokenize(tokenizer, prompts + [""], s.max_length)
     unet, text_encoder = build_mv_models(s, len(tokenizer))
+    if s.init_from:
+        load_weights_from(Path(s.init_from), unet, text_encoder, tokenizer, s)
     sched = ddpm_scheduler(s.prediction_type)
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text_encoder.parameters())
@@ -1685,6 +1717,8 @@ def build_parser() -> argparse.ArgumentParser:
     mv.add_argument("--baseline-2d", type=Path, default=None, metavar="DIR",
                     help=f"2D tiny prior scored as the baseline (default {DEFAULT_BASELINE_2D.relative_to(ROOT)}; "
                          "skipped with a note if absent; --quick scores one only when named here)")
+    mv.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                    help="continue training this multi-view folder's weights (same objects and model size)")
     mv.add_argument("--no-baseline", action="store_true", help="skip the 2D baseline of the evaluation")
     return p
 
@@ -1719,6 +1753,10 @@ def settings_from_args(a) -> tuple[Settings, EvalSettings]:
     )
     if a.attention_resolutions:
         s.attention_resolutions = tuple(int(x) for x in a.attention_resolutions.split(","))
+    if a.init_from is not None:
+        if a.views == 1:
+            raise SystemExit("--init-from continues a multi-view folder: give --views N > 1")
+        s.init_from = str(a.init_from)
     s.warmup_steps = min(d.warmup_steps, max(1, s.steps // 10))  # 100, or a tenth of a short run
     ev = EvalSettings(
         samples_per_caption=_pick(a.eval_samples, "samples_per_caption", a.quick, de.samples_per_caption),
