@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # (annotations only)
     from dreamcore.config import Config, ExportConfig
     from dreamcore.export.exporters import ExportSource
     from dreamcore.priors.base import Prior
+    from dreamcore.renderers.background import Background
     from dreamcore.renderers.output import RenderOutput
     from dreamcore.representations.base import Representation
 
@@ -38,7 +39,7 @@ class System:
     full: "Config"  # the run's whole config
     prior: "Prior"
     representation: "Representation"
-    background: nn.Module
+    background: "Background"
 
     # -- state -------------------------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:

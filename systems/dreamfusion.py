@@ -21,6 +21,7 @@ from dreamcore.config import ExportConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.export.exporters import ExportOptions, ExportSource, Splats
 from dreamcore.guidance.views import conditions
+from dreamcore.renderers.background import build_background
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.schedule import Scheduled
 from dreamcore.system import System
@@ -46,7 +47,7 @@ class DreamFusionSystem(System):
             )
         self.representation = registry.build("representation", full.representation)
         self.renderer = registry.build("renderer", full.renderer)
-        self.background = registry.build("background", full.background)
+        self.background = build_background(full.background)
         self.guidance = registry.build("guidance", full.guidance)
         self._check_channels()
         self.guidance.setup(self.prior, full.run.steps)
@@ -70,10 +71,10 @@ class DreamFusionSystem(System):
     def _check_channels(self) -> None:
         """Field, background and prior agree on the number of colour channels (latent fields: 4), at start."""
         c = self.color_channels
-        bg = getattr(self.full.background, "color", None)
-        if bg is not None and len(bg) != c:
-            raise DreamcoreError(f"background.color has {len(bg)} values but the field renders {c} channels: "
-                                 f"give it {c} (e.g. {[0.5] * c} for latents)")
+        if self.background.channels != c:
+            raise DreamcoreError(f"the background gives {self.background.channels} colour channels (background.color "
+                                 f"has one value per channel) but the field renders {c}: give background.color {c} "
+                                 f"values (e.g. {[0.5] * c} for latents)")
         latent = self.prior.latent_mode
         if latent and c != self.prior.channels:
             raise DreamcoreError(f"prior.latent_mode renders latents directly: set representation.color_channels="

@@ -35,15 +35,10 @@ def probes(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", ["dreamcore/runner/trainer.py", "dreamcore/runner/finish.py",
                                   "dreamcore/runner/refine.py", "dreamcore/runner/init.py",
-                                  "dreamcore/runner/generate.py", "systems/gaussian.py", "systems/mesh.py"])
+                                  "dreamcore/runner/generate.py", "systems/dreamfusion.py", "systems/gaussian.py",
+                                  "systems/mesh.py"])
 def test_the_runner_and_systems_do_not_probe_parts(path):
     assert probes(ROOT / path) == []
-
-
-def test_dreamfusion_probes_only_the_background_config():
-    # (a config probe: solid and learned backgrounds have a colour, a plugin background may not)
-    assert [p.split(": ", 1)[1] for p in probes(ROOT / "systems/dreamfusion.py")] == \
-        ["getattr(self.full.background, 'color', None)"]
 
 
 def register_loose(kind: str, name: str) -> None:
@@ -72,6 +67,16 @@ def test_a_system_outside_the_contract_is_refused_by_name():
         build_system(cfg)
 
 
+def test_a_background_outside_the_contract_is_refused_by_name():
+    from dreamcore.config import config_path, load_config
+    from dreamcore.runner.init import build_system
+
+    register_loose("background", "loose-backdrop")
+    cfg = load_config(config_path("reference-nerf"), ["background.name=loose-backdrop"])
+    with pytest.raises(DreamcoreError, match="background 'loose-backdrop'.*does not subclass"):
+        build_system(cfg)
+
+
 def test_an_exporter_outside_the_contract_is_refused_by_name():
     from dreamcore.export.exporters import exporters_for
 
@@ -83,6 +88,7 @@ def test_an_exporter_outside_the_contract_is_refused_by_name():
 def test_every_builtin_part_takes_its_contract():
     from dreamcore.export.exporters import Exporter
     from dreamcore.priors.base import Prior
+    from dreamcore.renderers.background import Background
     from dreamcore.representations.base import Representation
     from dreamcore.system import System
 
@@ -90,7 +96,7 @@ def test_every_builtin_part_takes_its_contract():
 
     registry.load_builtins()
     for kind, base in (("representation", Representation), ("prior", Prior), ("system", System),
-                       ("exporter", Exporter)):
+                       ("exporter", Exporter), ("background", Background)):
         assert BUILTINS[kind]
         for name in BUILTINS[kind]:
             assert issubclass(registry.lookup(kind, name), base), (kind, name)

@@ -15,12 +15,45 @@ from torch import Tensor, nn
 
 from dreamcore.cameras import Cameras
 from dreamcore.config import ComponentConfig
+from dreamcore import registry
+from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore import rng
 
 
+class Background(nn.Module):
+    """The background contract: the colour [B, C] behind each view, ``channels`` = C values per colour (3, or 4 for
+    latent fields). Systems call the three methods below and read ``channels``; nothing else."""
+
+    @property
+    def channels(self) -> int:
+        raise NotImplementedError
+
+    def sample_training(self, n: int, generator: torch.Generator) -> Optional[Tensor]:
+        """Per-view colours [n, C] for a training batch, or None to use :meth:`colors`."""
+        return None
+
+    def colors(self, cameras: Cameras) -> Tensor:
+        """Background [B, C] for these views (``cameras.background`` wins when set)."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer groups of a background with parameters (none by default)."""
+        return []
+
+
+def build_background(cfg) -> Background:
+    """The background named by ``cfg.name``, refused by name when its class does not take the contract."""
+    cls = registry.lookup("background", cfg.name)
+    if not (isinstance(cls, type) and issubclass(cls, Background)):
+        raise DreamcoreError(f"background '{cfg.name}' ({cls.__module__}.{cls.__qualname__}) does not subclass "
+                             "dreamcore.renderers.background.Background (channels, colors, sample_training, "
+                             "parameter_groups)")
+    return cls(cfg)
+
+
 @register("background", "solid")
-class SolidBackground(nn.Module):
+class SolidBackground(Background):
     @dataclass
     class Config(ComponentConfig):
         color: tuple[float, ...] = (1.0, 1.0, 1.0)  # one value per colour channel (4 for latent fields)
@@ -29,6 +62,10 @@ class SolidBackground(nn.Module):
     def __init__(self, cfg: "SolidBackground.Config") -> None:
         super().__init__()
         self.cfg = cfg
+
+    @property
+    def channels(self) -> int:
+        return len(self.cfg.color)
 
     def sample_training(self, n: int, generator: torch.Generator) -> Optional[Tensor]:
         """Per-view colours [n, C] for a training batch, or None to use :meth:`colors`."""
