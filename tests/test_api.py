@@ -11,7 +11,6 @@ import pytest
 import dreamcore
 from dreamcore.cameras import turntable_cameras
 from dreamcore.errors import DreamcoreError
-from dreamcore.guidance.base import GuidanceConfig
 from dreamcore.guidance.sds import SDSGuidance
 from dreamcore.meshes.io import load_mesh
 
@@ -79,7 +78,7 @@ def test_list_and_register_components(tmp_path):
         """SDS at half weight: a part of one's own, chosen by name in a config."""
 
         @dataclass
-        class Config(GuidanceConfig):
+        class Config(SDSGuidance.Config):
             name: str = "api-test-sds"
 
         def gradient(self, *args, **kwargs):

@@ -49,6 +49,9 @@ class SDSGuidance(Guidance):
     loss_name = "sds"
 
     def __init__(self, cfg: SDSConfig) -> None:
+        if not isinstance(cfg, SDSConfig):
+            raise DreamcoreError(f"guidance '{cfg.name}': {type(self).__name__} extends SDS, so its Config must "
+                                 "extend SDSGuidance.Config (it has SDS's own fields), not GuidanceConfig")
         super().__init__(cfg)
         if cfg.x0_rescale and not cfg.x0_reconstruction:
             raise DreamcoreError("guidance.x0_rescale needs guidance.x0_reconstruction=true (MVDream's form)")
