@@ -158,14 +158,18 @@ def test_report_holds_the_evaluation(runs):
     assert meta["settings"]["elevation_range"] == [-10.0, 80.0]
 
 
-def test_same_seed_gives_identical_weights(runs):
+def assert_same_weights(a: Path, b: Path, files) -> None:
     from safetensors.torch import load_file
 
-    a, b, _ = runs
-    for rel in WEIGHT_FILES:
+    for rel in files:
         wa, wb = load_file(str(a / rel)), load_file(str(b / rel))
         assert wa.keys() == wb.keys()
         assert all(torch.equal(wa[k], wb[k]) for k in wa), rel
+
+
+def test_same_seed_gives_identical_weights(runs):
+    a, b, _ = runs
+    assert_same_weights(a, b, WEIGHT_FILES)
 
 
 def test_fitted_background_scoring_finds_the_render():
@@ -271,13 +275,8 @@ def test_multi_view_report_holds_the_evaluation(mv_runs):
 
 
 def test_multi_view_same_seed_gives_identical_weights(mv_runs):
-    from safetensors.torch import load_file
-
     a, b, _ = mv_runs
-    for rel in MV_WEIGHT_FILES:
-        wa, wb = load_file(str(a / rel)), load_file(str(b / rel))
-        assert wa.keys() == wb.keys()
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), rel
+    assert_same_weights(a, b, MV_WEIGHT_FILES)
 
 
 def test_multi_view_eval_only_rescores_a_saved_folder(mv_runs):

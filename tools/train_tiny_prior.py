@@ -1200,15 +1200,35 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def report_objects(meta: dict) -> list[str]:
+    """report.md's objects table (both modes)."""
+    return ["| prompt | file | sha256 |", "|---|---|---|"] + [
+        f"| {o['prompt']} | {o['file']} | `{o['sha256'][:16]}…` |" for o in meta.get("objects", [])]
+
+
+def report_timings_and_loss(meta: dict) -> list[str]:
+    """report.md's timing lines and a sparse loss curve (both modes)."""
+    lines = [f"- {k}: {v}" for k, v in meta.get("timings", {}).items()]
+    if meta.get("loss"):
+        pts = meta["loss"]
+        pick = pts[:: max(1, len(pts) // 8)] + ([pts[-1]] if pts[-1] not in pts[:: max(1, len(pts) // 8)] else [])
+        lines += ["", "Loss (window means): " + " · ".join(f"{st}: {lv:.4f}" for st, lv in pick)]
+    return lines
+
+
+def report_integration(meta: dict) -> list[str]:
+    """report.md's notes on using the folder as an engine prior (both modes)."""
+    notes = meta.get("integration")
+    return ["", "## Using it as an engine prior", ""] + [f"- **{k}**: {v}" for k, v in notes.items()] if notes else []
+
+
 def render_report(meta: dict) -> str:
     """report.md: settings, timings, evaluation, integration notes."""
     s = meta.get("settings", {})
-    tm = meta.get("timings", {})
     lines = ["# Tiny pixel-space prior", "",
              f"Trained by `tools/train_tiny_prior.py` (seed {s.get('seed')}, {s.get('steps')} steps at batch "
              f"{s.get('batch')}, {s.get('resolution')} px, {s.get('prediction_type')}).", "", "## Objects", "",
-             "| prompt | file | sha256 |", "|---|---|---|"]
-    lines += [f"| {o['prompt']} | {o['file']} | `{o['sha256'][:16]}…` |" for o in meta.get("objects", [])]
+             *report_objects(meta)]
     lines += ["", "## Data and model", "",
               f"- {s.get('views_per_object')} training + {s.get('eval_views_per_object')} held-out views per object; "
               f"elevation {s.get('elevation_range')} "
@@ -1223,11 +1243,7 @@ def render_report(meta: dict) -> str:
               f"(width {s.get('text_width')}, {s.get('max_length')} positions); vocabulary "
               f"{len(meta.get('vocabulary', []))}.",
               f"- Folder size: {meta.get('folder_mb', '?')} MB.", "", "## Timings", ""]
-    lines += [f"- {k}: {v}" for k, v in tm.items()]
-    if meta.get("loss"):
-        pts = meta["loss"]
-        pick = pts[:: max(1, len(pts) // 8)] + ([pts[-1]] if pts[-1] not in pts[:: max(1, len(pts) // 8)] else [])
-        lines += ["", "Loss (window means): " + " · ".join(f"{st}: {lv:.4f}" for st, lv in pick)]
+    lines += report_timings_and_loss(meta)
     ev = meta.get("evaluation")
     if ev:
         st = ev["settings"]
@@ -1237,9 +1253,7 @@ def render_report(meta: dict) -> str:
                   "fitted solid background. Sampling took "
                   f"{ev.get('sampling_s')} s ({ev.get('sampling_s_per_sample')} s/sample).", "",
                   format_table(ev), "", "![samples](samples.png)"]
-    notes = meta.get("integration")
-    if notes:
-        lines += ["", "## Using it as an engine prior", ""] + [f"- **{k}**: {v}" for k, v in notes.items()]
+    lines += report_integration(meta)
     return "\n".join(lines) + "\n"
 
 
@@ -1572,15 +1586,13 @@ def format_table_mv(result: dict) -> str:
 def render_report_mv(meta: dict) -> str:
     """report.md of a multi-view folder: settings, timings, evaluation, integration notes."""
     s = meta.get("settings", {})
-    tm = meta.get("timings", {})
     n = meta.get("views")
     lines = ["# Tiny pixel-space multi-view prior", "",
              f"Trained by `tools/train_tiny_prior.py --views {n}` (seed {s.get('seed')}, {s.get('steps')} steps at "
              f"batch {s.get('batch')} = {s.get('batch', 0) // max(1, n or 1)} groups of {n} views, "
              f"{s.get('resolution')} px, {s.get('prediction_type')}; camera condition with front azimuth "
              f"{meta.get('front_azimuth')}°).", "", "## Objects", "",
-             "| prompt | file | sha256 |", "|---|---|---|"]
-    lines += [f"| {o['prompt']} | {o['file']} | `{o['sha256'][:16]}…` |" for o in meta.get("objects", [])]
+             *report_objects(meta)]
     lines += ["", "## Data and model", "",
               f"- {s.get('views_per_object', 0) // max(1, n or 1)} training + "
               f"{s.get('eval_views_per_object', 0) // max(1, n or 1)} held-out groups of {n} views per object: "
@@ -1599,11 +1611,7 @@ def render_report_mv(meta: dict) -> str:
               f"{meta.get('parameters', {}).get('text_encoder', 0) / 1e6:.3f} M (width {s.get('text_width')}, "
               f"{s.get('max_length')} positions); vocabulary {len(meta.get('vocabulary', []))}.",
               f"- Folder size: {meta.get('folder_mb', '?')} MB.", "", "## Timings", ""]
-    lines += [f"- {k}: {v}" for k, v in tm.items()]
-    if meta.get("loss"):
-        pts = meta["loss"]
-        pick = pts[:: max(1, len(pts) // 8)] + ([pts[-1]] if pts[-1] not in pts[:: max(1, len(pts) // 8)] else [])
-        lines += ["", "Loss (window means): " + " · ".join(f"{st}: {lv:.4f}" for st, lv in pick)]
+    lines += report_timings_and_loss(meta)
     ev = meta.get("evaluation")
     if ev:
         st = ev["settings"]
@@ -1615,9 +1623,7 @@ def render_report_mv(meta: dict) -> str:
                   "best object is the named one. The 2D baseline samples each view independently with its view "
                   f"word. Sampling took {ev.get('sampling_s')} s ({ev.get('sampling_s_per_group')} s/group).", "",
                   format_table_mv(ev), "", "![samples](samples.png)"]
-    notes = meta.get("integration")
-    if notes:
-        lines += ["", "## Using it as an engine prior", ""] + [f"- **{k}**: {v}" for k, v in notes.items()]
+    lines += report_integration(meta)
     return "\n".join(lines) + "\n"
 
 
