@@ -59,8 +59,6 @@ class MultiViewPrior(StableDiffusionPrior):
         super().__init__(cfg)
 
     def load_models(self) -> None:
-        from diffusers import AutoencoderKL
-
         from dreamcore.priors.mv_unet import MultiViewUNet
 
         c = self.cfg
@@ -73,12 +71,7 @@ class MultiViewPrior(StableDiffusionPrior):
         self.vae = None
         self.vae_scale_factor = 1
         if hub.has_part(index, "vae"):
-            vae = self.load(AutoencoderKL, "vae")
-            self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-            self.vae_dtype = self.dtype
-            self.vae = self.place(vae)
-            self.scaling_factor = float(vae.config.scaling_factor)
-            self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+            self.load_vae()
         self.resolution = c.resolution or int(self.unet.config.image_size) * self.vae_scale_factor
         if self.resolution % self.vae_scale_factor:
             raise DreamcoreError(f"prior.resolution={self.resolution} must be a multiple of {self.vae_scale_factor}")

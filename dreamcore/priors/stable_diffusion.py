@@ -44,25 +44,31 @@ class LatentDiffusionPrior(DiffusersPrior):
     channels = 4
 
     def load_models(self) -> None:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
 
         self.unet = self.place(self.load(UNet2DConditionModel, "unet"))
         self.channels = int(self.unet.config.in_channels)
         self.vae = None
         self.vae_scale_factor = 8
         if not self.cfg.latent_mode:
-            vae = self.load(AutoencoderKL, "vae")
-            self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-            upcast = self.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-            self.vae_dtype = torch.float32 if upcast else self.dtype  # SDXL's VAE overflows in fp16
-            self.vae = self.place(vae, self.vae_dtype)
-            self.scaling_factor = float(vae.config.scaling_factor)
-            self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+            self.load_vae()
         native = int(self.unet.config.sample_size) * self.vae_scale_factor
         self.resolution = self.cfg.resolution or native
         if self.resolution % self.vae_scale_factor:
             raise DreamcoreError(f"prior.resolution={self.resolution} must be a multiple of {self.vae_scale_factor}")
         self.latent_resolution = self.resolution // self.vae_scale_factor
+
+    def load_vae(self) -> None:
+        """The VAE (``vae/``), its downsampling factor, dtype, scaling and shift."""
+        from diffusers import AutoencoderKL
+
+        vae = self.load(AutoencoderKL, "vae")
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        upcast = self.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        self.vae_dtype = torch.float32 if upcast else self.dtype  # SDXL's VAE overflows in fp16
+        self.vae = self.place(vae, self.vae_dtype)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     def to_model_space(self, rgb: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
         """z [B, 4, h, w] (float32) from rendered colours [B, H, W, C], with gradient."""
