@@ -206,6 +206,145 @@ def test_text_to_3d_benchmark_writes_its_table_and_picture(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     data2 = json.loads(out.with_suffix(".json").read_text())
-    assert all(r.get("reused") and r["seconds"] > 0 for r in data2["runs"])  # with the wall time they took
+    assert "3 runs planned, 0 run in" in again.stdout  # nothing trained again
+    assert all(r["seconds"] > 0 for r in data2["runs"])  # with the wall time they took
     assert {name: c.stat().st_mtime_ns for name, c in caches.items()} == stamps
     assert [r["object_accuracy"] for r in data2["runs"]] == [r["object_accuracy"] for r in data["runs"]]
+    # one row file per run, with its config hash and commit; without the run folders the rows alone make the report
+    rows = sorted((tmp_path / "runs" / "rows").glob("*.json"))
+    assert [p.stem for p in rows] == sorted(r["name"] for r in data["runs"])
+    assert all(json.loads(p.read_text())["config_hash"] for p in rows)
+    shutil.rmtree(tmp_path / "runs" / "text-nerf-sds-learned-a_toy_robot-0")
+    shutil.rmtree(tmp_path / "runs" / "text-mv-nerf-sds-multiview-a_toy_robot-0")
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
+    assert out.read_text().split("This invocation")[0] == text.split("This invocation")[0]
+    assert Image.open(out.with_suffix(".png")).size == picture.size
+    # a changed setting is a new run: the row is replaced, the others reused
+    changed = subprocess.run(cmd + ["guidance.guidance_scale=5.0"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert changed.returncode == 0 and "3 run in" in changed.stdout, changed.stdout[-2000:]
+
+
+# -- rows: one file per finished run, reused by config hash ---------------------------------------------------------
+import bench_rows  # noqa: E402
+
+
+def test_the_config_hash_sees_what_decides_a_run_and_nothing_else(tmp_path):
+    prior = tmp_path / "assets" / "prior"
+    weights = prior / "unet" / "w.bin"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"\x00" * 64)
+    (prior / "report.md").write_text("first report")
+    tree = {"prompt": "a toy robot", "run": {"dir": str(tmp_path / "run-a"), "threads": 1, "progress": False,
+                                              "steps": 800},
+            "prior": {"name": "pixel-diffusion", "model": str(prior)}}
+    h = bench_rows.config_hash(tree, tmp_path)
+
+    def changed(**run):
+        bench_rows.content_hash.cache_clear()
+        t = json.loads(json.dumps(tree))
+        t["run"].update(run)
+        return bench_rows.config_hash(t, tmp_path)
+
+    assert changed(dir=str(tmp_path / "elsewhere"), threads=2, progress=True) == h  # not the result's business
+    assert changed(steps=801) != h
+    # the same checkout written relative or absolute, or moved, hashes the same
+    rel = json.loads(json.dumps(tree))
+    rel["prior"]["model"] = "assets/prior"
+    assert bench_rows.config_hash(rel, tmp_path) == h
+    moved = tmp_path / "moved"
+    shutil.copytree(prior, moved / "assets" / "prior")
+    assert bench_rows.config_hash({**tree, "prior": {**tree["prior"], "model": str(moved / "assets" / "prior")}},
+                                  moved) == h
+    # a name is not a path, even where a file of that name exists
+    (tmp_path / "nerf").write_text("x")
+    assert bench_rows.canonical_tree({"name": "nerf"}, tmp_path) == {"name": "nerf"}
+    # the prior's description may change; its weights may not
+    (prior / "report.md").write_text("a rewritten report")
+    assert changed() == h
+    weights.write_bytes(b"\x01" * 64)
+    assert changed() != h
+
+
+def test_rows_are_written_whole_read_back_and_a_bad_one_is_ignored(tmp_path):
+    bench_rows.write_row(tmp_path / "a.json", {"config_hash": "x", "glb_iou": 0.9})
+    (tmp_path / "b.json").write_text("{not json")
+    (tmp_path / "c.json").write_text(json.dumps({"no": "hash"}))
+    rows = bench_rows.load_rows(tmp_path)
+    assert [(r["config_hash"], r["glb_iou"]) for r in rows] == [("x", 0.9)]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_row_with_the_runs_hash_is_reused_without_running_and_another_hash_runs_again(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+        RuntimeError("ran")))
+    job = {"name": "text-nerf-sds-learned-a_toy_robot-0", "recipe": "text-nerf", "guidance": "sds",
+           "prior": "learned", "object": "a toy robot", "object_path": ASSETS["robot"], "seed": 0,
+           "dir": str(tmp_path / "gone"), "overrides": [], "config_hash": "h1"}
+    bench_rows.write_row(tmp_path / "rows" / f"{job['name']}.json", {"config_hash": "h1", "glb_iou": 0.88,
+                                                                      "commit": "abc"})
+    out = bench.run_one(job, [], 1, OBJECTS, tmp_path / "rows")
+    assert out["reused"] and out["glb_iou"] == 0.88 and out["commit"] == "abc" and not calls
+    with pytest.raises(RuntimeError, match="ran"):  # the config changed: the run is made again
+        bench.run_one({**job, "config_hash": "h2"}, [], 1, OBJECTS, tmp_path / "rows")
+
+
+def test_a_finished_run_folder_becomes_a_row_with_its_scores_teacher_gap_and_ring(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    normalized_glb("penguin", run / "model.glb")
+    (run / "metrics.json").write_text(json.dumps({"glb_iou": 0.9, "glb_psnr": 20.0, "glb_janus": 0.0}))
+    (run / "bench_seconds.txt").write_text("123.4\n")
+    (run / "bench_commit.txt").write_text("cafe\n")
+    (run / "bench_threads.txt").write_text("1\n")
+    job = {"name": "text-nerf-sds-learned-a_penguin-2", "recipe": "text-nerf", "guidance": "sds",
+           "prior": "learned", "object": "a penguin", "object_path": ASSETS["penguin"], "seed": 2,
+           "dir": str(run), "overrides": []}
+    teacher = bench.teacher_psnr(ROOT / "assets" / "tiny-prior", "a penguin")
+    assert teacher is not None and 10 < teacher < 25
+    assert bench.teacher_psnr(ROOT / "assets" / "tiny-prior", "a teapot") is None
+    assert bench.teacher_psnr(None, "a penguin") is None
+    from dreamcore.config import load_config
+
+    (run / "config.yaml").write_text((ROOT / "configs" / "text-nerf.yaml").read_text())
+    job["config_hash"] = bench.folder_hash(run)
+    assert job["config_hash"] == bench_rows.config_hash(
+        __import__("dreamcore.config", fromlist=["to_tree"]).to_tree(load_config(run / "config.yaml")))
+    objects = [{"prompt": "a penguin", "path": ASSETS["penguin"]}, {"prompt": "a toy car", "path": ASSETS["car"]}]
+    out = bench.run_one(job, [], 1, objects, tmp_path / "rows", teacher)
+    row = json.loads((tmp_path / "rows" / f"{job['name']}.json").read_text())
+    assert out["reused"] and row["config_hash"] == job["config_hash"]
+    assert row["seconds"] == 123.4 and row["commit"] == "cafe" and row["threads"] == 1
+    assert row["object_accuracy"] == 1.0 and row["object_path"] == "assets/penguin.glb"
+    assert row["teacher_gap"] == pytest.approx(20.0 - teacher)
+    frames = bench.load_ring(tmp_path / "rows" / row["ring"])
+    assert tuple(frames.shape) == (bench.RING, bench.RING_RES, bench.RING_RES, 3)
+    # the row's ring is the GLB's ring: the picture and the diversity need no run folder
+    import torch
+
+    assert torch.allclose(frames, bench.ring_frames(run / "model.glb", bench.RING_RES, "learned"), atol=1 / 255)
+    shutil.rmtree(run)
+    row["row_file"] = str(tmp_path / "rows" / f"{job['name']}.json")
+    assert bench.diversity([row, row]) == 0.0
+
+
+def test_runs_are_ordered_one_seed_of_everything_first_and_the_budget_starts_only_what_fits(tmp_path):
+    jobs = bench.informative_order(bench.plan(["text-nerf", "text-mv-nerf"], ["sds"], ["learned", "multiview"],
+                                              OBJECTS[:2], 3, tmp_path, tmp_path, tmp_path))
+    assert [j["seed"] for j in jobs] == [0] * 4 + [1] * 4 + [2] * 4
+    assert {(j["recipe"], j["object"]) for j in jobs[:4]} == {(r, o["prompt"]) for r in ("text-nerf", "text-mv-nerf")
+                                                             for o in OBJECTS[:2]}
+    rows = [{"recipe": "text-nerf", "guidance": "sds", "seconds": 300.0},
+            {"recipe": "text-nerf", "guidance": "sds", "seconds": 500.0}]
+    t0 = bench.time.perf_counter()
+    gate = bench.BudgetGate(5.0, rows, t0 - 60.0)  # one minute of five spent
+    assert gate.expected(jobs[0]) == 400.0
+    assert not gate.may_start({**jobs[0], "recipe": "text-nerf"})  # 60 + 400 s > 300 s
+    assert gate.may_start({**jobs[0], "recipe": "text-mv-nerf"})  # no row of it yet: expected 0
+    assert bench.BudgetGate(None, rows, t0).may_start(jobs[0])
+    # a row already there costs nothing, whatever is left of the budget
+    bench_rows.write_row(tmp_path / "rows" / f"{jobs[0]['name']}.json", {"config_hash": "h"})
+    spent = bench.BudgetGate(0.0, rows, t0 - 60.0)
+    assert spent.may_start({**jobs[0], "config_hash": "h"}, tmp_path / "rows")
+    assert not spent.may_start({**jobs[0], "config_hash": "other"}, tmp_path / "rows")

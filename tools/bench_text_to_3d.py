@@ -33,6 +33,15 @@ object accuracy ≥ 0.95; both ≤ 600 s per run. Per object, the report also gi
 recipe over its 2D counterpart on the learned prior (text-mv-nerf over text-nerf, text-mv-gaussians over
 text-gaussians; same guidance, same invocation), which should be ≥ 2 dB.
 
+Every finished run becomes a **row** (``tools/bench_rows.py``): ``--rows`` (default ``bench/text_to_3d/rows``)
+``/<recipe>-<guidance>-<prior>-<object>-<seed>.json`` with its scores, object accuracy, teacher gap (GLB PSNR minus
+the prior's own sample PSNR to that object, from its ``dreamcore_prior.json``), wall time, thread count, commit and
+config hash, and the GLB's ring frames beside it (``.png``). A run whose row has the hash of the config it would
+run with is not run again; the report, its ``.json`` and the picture are built from every row present, so a grid
+is filled a few runs at a time and committed as it grows. Runs go one seed of every method first; ``--budget
+MINUTES`` starts no run that would end past the budget (its expected time: the median of the present rows of the
+same recipe).
+
 Writes ``--out`` (default ``bench/text_to_3d.md``) and a picture beside it (``.png``: the true objects on the top
 row, then one row per method, labelled, with the turntable frames of each object and seed); with ``--docs
 docs/benchmarks.md`` the same tables replace that page's marked ``bench_text_to_3d`` section
@@ -41,6 +50,7 @@ docs/benchmarks.md`` the same tables replace that page's marked ``bench_text_to_
     .venv/bin/python tools/bench_text_to_3d.py --docs docs/benchmarks.md   # + its tables there (hours on 2 cores)
     .venv/bin/python tools/bench_text_to_3d.py --guidances sds --seeds 1
     .venv/bin/python tools/bench_text_to_3d.py --recipes text-mv-nerf,text-nerf --guidances sds --seeds 1
+    .venv/bin/python tools/bench_text_to_3d.py --guidances sds --budget 60   # an hour's worth of missing rows
     .venv/bin/python tools/bench_text_to_3d.py --quick               # a smoke run of the tool itself
 """
 
@@ -64,6 +74,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dreamcore.files import resolve_path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_rows  # noqa: E402  (tools/, beside this script)
 
 PRIORS = ("learned", "reference", "multiview")
 PRIORS_2D = ("learned", "reference")
@@ -94,6 +107,8 @@ COMMON = ["run.progress=false", "run.val_every=0", "export.formats=[glb]"]
 QUICK = ["run.steps=6", "run.checkpoint_every=0", "camera.batch_size=1", "eval.views=4", "eval.resolution=32",
          "eval.janus_views=4", "export.resolution=48", "export.texture_size=64"]
 RING = 4  # frames per object and seed in the picture (azimuths 0, 90, 180, 270)
+RING_RES = 48  # px of each ring frame kept beside a row (the picture and the diversity are made from them)
+ROWS = "bench/text_to_3d/rows"
 
 
 def prior_objects(folder: Path) -> list[dict]:
@@ -173,19 +188,132 @@ def slug(*parts) -> str:
     return "-".join(str(p).replace(" ", "_").replace("/", "_") for p in parts)
 
 
-def run_one(job: dict, extra: list[str], threads: int) -> dict:
-    """``dreamcore generate`` in a subprocess (its own process: a crash is one failed row); returns its metrics."""
+def run_args(job: dict, extra: list[str]) -> list[str]:
+    """The ``key=value`` overrides a run is started with (its config hash is taken of the config they make)."""
+    return [*job["overrides"], *COMMON, *extra]
+
+
+def planned_hash(job: dict, extra: list[str]) -> str:
+    """The config hash (:func:`bench_rows.config_hash`) of the run ``job`` would start."""
+    from dreamcore.config import config_path, load_config, to_tree
+
+    return bench_rows.config_hash(to_tree(load_config(config_path(job["recipe"]), run_args(job, extra))))
+
+
+def folder_hash(run_dir: Path) -> str | None:
+    """The config hash of a finished run folder's ``config.yaml`` (None when it cannot be read)."""
+    from dreamcore.config import load_config, to_tree
+
+    try:
+        return bench_rows.config_hash(to_tree(load_config(run_dir / "config.yaml")))
+    except Exception:  # noqa: BLE001 - an unreadable folder is run again, whatever is wrong with it
+        return None
+
+
+def teacher_psnr(folder: Path | None, prompt: str) -> float | None:
+    """The prior's own sample PSNR to the named object, from its ``dreamcore_prior.json`` evaluation: the 2D
+    tool's mean over that object's captions of ``psnr_named``, the multi-view tool's ``consistency_psnr`` of the
+    object; None for a prior without one (the reference prior)."""
+    try:
+        meta = json.loads((Path(folder) / "dreamcore_prior.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    ev = meta.get("evaluation") or {}
+    names = [o.get("prompt") for o in meta.get("objects", [])]
+    if prompt not in names:
+        return None
+    for o in ev.get("per_object", []):
+        if o.get("prompt") == prompt and isinstance(o.get("consistency_psnr"), (int, float)):
+            return float(o["consistency_psnr"])
+    vals = [c["psnr_named"] for c in ev.get("per_caption", [])
+            if c.get("object") == names.index(prompt) and isinstance(c.get("psnr_named"), (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def save_ring(glb: Path, path: Path, prior: str | None, object_path: str | None) -> None:
+    """The GLB's :data:`RING` frames (:data:`RING_RES` px, side by side) as a PNG beside its row."""
+    import numpy as np
+    from PIL import Image
+
+    frames = ring_frames(glb, RING_RES, prior, object_path)
+    arr = (frames.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(np.concatenate(list(arr), axis=1)).save(path)
+
+
+def load_ring(path: Path):
+    """[RING, R, R, 3] frames in [0, 1] from a PNG written by :func:`save_ring`; None when it is missing."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if not Path(path).is_file():
+        return None
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    r = arr.shape[0]
+    return torch.from_numpy(arr).reshape(r, arr.shape[1] // r, r, 3).permute(1, 0, 2, 3).contiguous()
+
+
+def make_row(job: dict, metrics: dict, seconds: float | None, threads: int | None, commit: str | None,
+             scored: list[dict], rows_dir: Path, teacher: float | None) -> dict:
+    """The row of a finished run (:mod:`bench_rows`): its scores, object accuracy, teacher gap, wall time, thread
+    count, commit and config hash, written to ``rows_dir/<name>.json`` with its ring frames beside it."""
     run_dir = Path(job["dir"])
+    rows_dir = Path(rows_dir)
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    keep = ("recipe", "guidance", "prior", "object", "seed", "name", "config_hash")
+    row = {k: job[k] for k in keep}
+    row["object_path"] = bench_rows.relative_path(job["object_path"])
+    row["dir"] = bench_rows.relative_path(run_dir)  # where the run folder was (not kept by the benchmark)
+    row.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
+    row["object_accuracy"] = run_object_accuracy({**job, **metrics}, scored)
+    row["teacher_psnr"] = teacher
+    psnr = metrics.get("glb_psnr")
+    row["teacher_gap"] = psnr - teacher if isinstance(psnr, (int, float)) and teacher is not None else None
+    row.update({"seconds": seconds, "threads": threads, "cpu_count": os.cpu_count(), "commit": commit,
+                "made": time.strftime("%Y-%m-%d %H:%M:%S")})
+    glb = run_dir / "model.glb"
+    if glb.is_file():
+        save_ring(glb, rows_dir / f"{job['name']}.png", job.get("prior"), job.get("object_path"))
+        row["ring"] = f"{job['name']}.png"
+    bench_rows.write_row(rows_dir / f"{job['name']}.json", row)
+    return row
+
+
+def run_one(job: dict, extra: list[str], threads: int, scored: list[dict] | None = None,
+            rows_dir: Path | None = None, teacher: float | None = None) -> dict:
+    """One run's result: its row (``rows_dir``) when the row's config hash is the job's (no run at all); else the
+    finished run folder when its ``config.yaml`` has that hash; else ``dreamcore generate`` in a subprocess (its
+    own process: a crash is one failed row). A finished run becomes a row."""
+    run_dir = Path(job["dir"])
+    scored = scored if scored is not None else [{"prompt": job["object"], "path": job["object_path"]}]
+    row_file = Path(rows_dir) / f"{job['name']}.json" if rows_dir is not None else None
+    want = job.get("config_hash")
+    if row_file is not None and want:
+        row = bench_rows.read_row(row_file)
+        if row is not None and row["config_hash"] == want:
+            return {**job, **row, "row_file": str(row_file), "reused": True}
     metrics_file, wall_file = run_dir / "metrics.json", run_dir / "bench_seconds.txt"
-    if metrics_file.is_file():  # a finished run: its scores, and the wall time it took when it ran
+    commit_file, threads_file = run_dir / "bench_commit.txt", run_dir / "bench_threads.txt"
+    if metrics_file.is_file() and (not want or folder_hash(run_dir) == want):
+        # a finished run: its scores, and the wall time, threads and commit it ran with
         seconds = float(wall_file.read_text()) if wall_file.is_file() else None
-        return {**job, **json.loads(metrics_file.read_text()), "seconds": seconds, "reused": True}
+        m = json.loads(metrics_file.read_text())
+        out = {**job, **m, "seconds": seconds, "reused": True}
+        if row_file is not None and want:
+            commit = commit_file.read_text().strip() if commit_file.is_file() else None
+            ran_threads = int(threads_file.read_text()) if threads_file.is_file() else None
+            out.update(make_row(job, m, seconds, ran_threads, commit, scored, rows_dir, teacher), reused=True)
+        return out
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-    args = [sys.executable, "-m", "dreamcore.cli", "generate", "--config", job["recipe"], *job["overrides"],
-            *COMMON, *extra, f"run.threads={threads}", f"run.dir={run_dir}"]
+    run_dir.mkdir(parents=True)
+    commit = bench_rows.git_commit()
+    commit_file.write_text(f"{commit}\n")
+    threads_file.write_text(f"{threads}\n")
+    args = [sys.executable, "-m", "dreamcore.cli", "generate", "--config", job["recipe"], *run_args(job, extra),
+            f"run.threads={threads}", f"run.dir={run_dir}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -198,7 +326,10 @@ def run_one(job: dict, extra: list[str], threads: int) -> dict:
     wall_file.write_text(f"{wall:.1f}\n")
     print(f"  {job['name']}: IoU {m.get('glb_iou')} PSNR {m.get('glb_psnr')} Janus {m.get('glb_janus')} "
           f"{wall:.0f} s", flush=True)
-    return {**job, **m, "seconds": round(wall, 1)}
+    out = {**job, **m, "seconds": round(wall, 1)}
+    if row_file is not None and want:
+        out.update(make_row(job, m, round(wall, 1), threads, commit, scored, rows_dir, teacher))
+    return out
 
 
 def ring_of(asset, resolution: int, elevation: float = 15.0):
@@ -322,10 +453,27 @@ def run_object_accuracy(result: dict, objects: list[dict]) -> float | None:
     return value
 
 
-def diversity(rows: list[dict], resolution: int = 48) -> float | None:
+def result_frames(r: dict, resolution: int = RING_RES):
+    """A result's ring frames: from its row's ring PNG when it has one (the run folder may be gone), else rendered
+    from the GLB in its run folder; None when neither exists."""
+    if r.get("ring") and r.get("row_file"):
+        frames = load_ring(Path(r["row_file"]).parent / r["ring"])
+        if frames is not None:
+            if frames.shape[1] != resolution:
+                import torch.nn.functional as F
+
+                frames = F.interpolate(frames.permute(0, 3, 1, 2), size=(resolution, resolution), mode="area")
+                frames = frames.permute(0, 2, 3, 1)
+            return frames
+    glb = Path(r["dir"]) / "model.glb" if r.get("dir") else None
+    if glb is not None and glb.is_file():
+        return ring_frames(glb, resolution, r.get("prior"), r.get("object_path"))
+    return None
+
+
+def diversity(rows: list[dict], resolution: int = RING_RES) -> float | None:
     """Mean pairwise RMS difference of the seeds' GLB ring renders (0: every seed made the same asset)."""
-    frames = [ring_frames(Path(r["dir"]) / "model.glb", resolution, r.get("prior"), r.get("object_path"))
-              for r in rows if (Path(r["dir"]) / "model.glb").is_file()]
+    frames = [f for f in (result_frames(r, resolution) for r in rows) if f is not None]
     if len(frames) < 2:
         return None
     pairs_ = [float((a - b).pow(2).mean().sqrt()) for a, b in itertools.combinations(frames, 2)]
@@ -391,8 +539,9 @@ def summarize(results: list[dict], objects: list[dict], seeds: int,
         row = {"recipe": recipe, "guidance": guidance, "prior": prior, "object": obj, "runs": len(rs),
                "failed": len(rs) - len(ok)}
         for key in ("glb_iou", "glb_psnr", "glb_depth_rel", "glb_janus", "glb_chamfer_rel", "object_accuracy",
-                    "seconds"):
+                    "teacher_gap", "seconds"):
             row[key] = median([r.get(key) for r in ok])
+        row["commits"] = sorted({str(r.get("commit") or "?") for r in ok})
         row["diversity"] = diversity(ok)
         row["missed"] = floor_failures(row)
         row["floors"] = bool(ok) and not row["missed"]
@@ -408,15 +557,22 @@ def summarize(results: list[dict], objects: list[dict], seeds: int,
              f"Floors of the 2D rows: IoU ≥ {f['glb_iou']}, PSNR ≥ {f['glb_psnr']} dB, Janus ≤ {f['glb_janus']}, "
              f"≤ {f['seconds']:.0f} s per run; of the multi-view rows: IoU ≥ {mv['glb_iou']}, Janus 0 "
              f"(≤ {mv['glb_janus']}), obj acc ≥ {mv['object_accuracy']}, ≤ {mv['seconds']:.0f} s per run.", "",
+             "Teacher gap: GLB PSNR minus the prior's own samples' PSNR to the named object (its "
+             "`dreamcore_prior.json`: the 2D tool's per-caption mean, the multi-view tool's consistency; – for the "
+             "reference prior): how much of its teacher's fidelity the 3D result keeps. Runs: the seeds scored; "
+             "commit: the commit(s) the rows were made at.", "",
              "| recipe | guidance | prior | object | IoU | PSNR (dB) | depth err | Janus | Chamfer | obj acc | "
-             "diversity | s/run | floors |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "teacher gap (dB) | diversity | s/run | runs | commit | floors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         failed = f" ({r['failed']} failed)" if r["failed"] else ""
         verdict = "pass" if r["floors"] else "FAIL" + (f": {', '.join(r['missed'])}" if r["missed"] else "")
         lines.append(f"| {r['recipe']} | {r['guidance']} | {r['prior']} | {r['object']} | {fmt(r['glb_iou'], 3)} | "
                      f"{fmt(r['glb_psnr'])} | {fmt(r['glb_depth_rel'], 4)} | {fmt(r['glb_janus'])} | "
-                     f"{fmt(r['glb_chamfer_rel'], 4)} | {fmt(r['object_accuracy'])} | {fmt(r['diversity'], 3)} | "
-                     f"{fmt(r['seconds'], 0)} | {verdict}{failed} |")
+                     f"{fmt(r['glb_chamfer_rel'], 4)} | {fmt(r['object_accuracy'])} | "
+                     f"{'–' if r['teacher_gap'] is None else format(r['teacher_gap'], '+.2f')} | "
+                     f"{fmt(r['diversity'], 3)} | {fmt(r['seconds'], 0)} | {r['runs']} | {', '.join(r['commits'])} | "
+                     f"{verdict}{failed} |")
     per_method: dict[tuple, list[dict]] = {}
     for r in rows:
         per_method.setdefault((r["recipe"], r["guidance"], r["prior"]), []).append(r)
@@ -475,9 +631,9 @@ def picture(path: Path, results: list[dict], objects: list[dict], seeds: int, re
         for oi, o in enumerate(objects):
             for s in range(seeds):
                 r = by.get((*m, o["prompt"], s))
-                glb = Path(r["dir"]) / "model.glb" if r else None
-                if glb is not None and glb.is_file():
-                    paste(ring_frames(glb, res, m[2], o["path"]), label_w + (oi * seeds + s) * block, y)
+                frames = result_frames(r, res) if r else None
+                if frames is not None:
+                    paste(frames, label_w + (oi * seeds + s) * block, y)
     img.save(path)
 
 
@@ -514,6 +670,39 @@ def plan(recipes: list[str], guidances: list[str], priors: list[str], objects: l
     return jobs
 
 
+def informative_order(jobs: list[dict]) -> list[dict]:
+    """The most informative runs first: every method and object at seed 0, then every one at seed 1, ..."""
+    return sorted(jobs, key=lambda j: j["seed"])  # stable: recipe × guidance × prior × object order within a seed
+
+
+class BudgetGate:
+    """Whether a run may start under a budget of ``minutes`` (None: always): a run whose row is already there
+    costs nothing; another starts only if the time spent plus its expected time (the median wall time of the
+    present rows of its recipe and guidance, else of its recipe, else nothing) stays within the budget."""
+
+    def __init__(self, minutes: float | None, rows: list[dict], t0: float):
+        self.limit = None if minutes is None else 60.0 * minutes
+        self.t0 = t0
+        self.rows = rows
+
+    def expected(self, job: dict) -> float:
+        for match in (("recipe", "guidance"), ("recipe",)):
+            secs = [r["seconds"] for r in self.rows if all(r.get(k) == job[k] for k in match)
+                    and isinstance(r.get("seconds"), (int, float))]
+            if secs:
+                return statistics.median(secs)
+        return 0.0
+
+    def may_start(self, job: dict, rows_dir: Path | None = None) -> bool:
+        if self.limit is None:
+            return True
+        if rows_dir is not None:
+            row = bench_rows.read_row(Path(rows_dir) / f"{job['name']}.json")
+            if row is not None and row["config_hash"] == job.get("config_hash"):
+                return True
+        return time.perf_counter() - self.t0 + self.expected(job) <= self.limit
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior-folder", default="assets/tiny-prior", help="the learned 2D prior (and its objects)")
@@ -530,6 +719,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="bench/text-to-3d-runs", help="run folders (kept: a rerun reuses them)")
     ap.add_argument("--out", default="bench/text_to_3d.md")
+    ap.add_argument("--rows", default=None, help=f"row files, one per finished run (default {ROWS}; with --quick, "
+                    "WORK/rows)")
+    ap.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                    help="start no run that would end past this many minutes (runs ordered one seed of every "
+                    "method first); the rows so far make the report")
     ap.add_argument("--docs", default=None, metavar="PAGE",
                     help="also rewrite this page's bench_text_to_3d section (docs/benchmarks.md) with the tables")
     ap.add_argument("--quick", action="store_true",
@@ -556,34 +750,57 @@ def main(argv=None) -> int:
         objects, guidances, args.seeds = objects[:1], guidances[:1] if args.guidances else ["sds"], 1
         quick = {r: quick_overrides(r) for r in recipes}
     work = Path(args.work)
-    jobs = plan(recipes, guidances, priors, objects, args.seeds, folder, mv_folder, work)
+    rows_dir = Path(args.rows) if args.rows else (work / "rows" if args.quick else resolve_path(ROWS))
+    jobs = informative_order(plan(recipes, guidances, priors, objects, args.seeds, folder, mv_folder, work))
     if not jobs:
         raise SystemExit("no runs: no recipe of --recipes runs on a prior of --priors")
+    for j in jobs:
+        j["config_hash"] = planned_hash(j, quick.get(j["recipe"], []) + extra)
+    teachers = {"learned": folder, "multiview": mv_folder}
     combos = list(dict.fromkeys(f"{j['recipe']}/{j['prior']}" for j in jobs))
     print(f"{len(jobs)} runs ({len(combos)} recipe/prior pairs: {', '.join(combos)}; × {len(guidances)} guidances × "
-          f"{len(objects)} objects × {args.seeds} seeds), {args.jobs} at a time", flush=True)
+          f"{len(objects)} objects × {args.seeds} seeds), {args.jobs} at a time; rows in {rows_dir}"
+          + (f"; budget {args.budget:g} min" if args.budget else ""), flush=True)
     t0 = time.perf_counter()
+    gate = BudgetGate(args.budget, bench_rows.load_rows(rows_dir), t0)
+
+    def one(j):
+        if not gate.may_start(j, rows_dir):
+            return {**j, "skipped": "budget"}
+        return run_one(j, quick.get(j["recipe"], []) + extra, args.threads, scored, rows_dir,
+                       teacher_psnr(teachers.get(j["prior"]), j["object"]))
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda j: run_one(j, quick.get(j["recipe"], []) + extra, args.threads), jobs))
-    for r in results:
-        r["object_accuracy"] = run_object_accuracy(r, scored)
-    rows, report = summarize(results, objects, args.seeds, scored)
-    reused = sum(bool(r.get("reused")) for r in results)
-    report += (f"\nTotal wall time {time.perf_counter() - t0:.0f} s for {len(jobs)} runs ({args.jobs} at a time"
-               + (f"; {reused} reused from an earlier run, their own times in s/run" if reused else "") + ").\n")
+        results = list(pool.map(one, jobs))
+    skipped = [r for r in results if r.get("skipped")]
+    failed = [r for r in results if "error" in r]
+    # the report: every row present (this invocation's and earlier ones'), and this invocation's failures
+    present = bench_rows.load_rows(rows_dir)
+    report_results = present + failed
+    names = {o["prompt"] for o in objects}
+    shown = list(objects) + list({r["object"]: {"prompt": r["object"], "path": str(resolve_path(r["object_path"]))}
+                                  for r in present if r["object"] not in names}.values())
+    seeds = max([r.get("seed", 0) + 1 for r in report_results] + [1])
+    rows, report = summarize(report_results, shown, seeds, scored)
+    ran = sum(not r.get("reused") and not r.get("skipped") and "error" not in r for r in results)
+    report += (f"\nThis invocation: {len(jobs)} runs planned, {ran} run in {time.perf_counter() - t0:.0f} s "
+               f"({args.jobs} at a time), {len(jobs) - ran - len(skipped) - len(failed)} reused from rows or run "
+               f"folders, {len(failed)} failed" + (f", {len(skipped)} left for a later budget" if skipped else "")
+               + f"; the report holds all {len(present)} rows of {bench_rows.relative_path(rows_dir)}.\n")
+    results = report_results
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "gains": gain_rows(rows), "runs": results},
                                                      indent=1, default=str))
-    picture(out.with_suffix(".png"), results, objects, args.seeds)
+    picture(out.with_suffix(".png"), results, shown, seeds)
     if args.docs:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from docs_section import replace_section  # tools/, beside this script
 
         replace_section(args.docs, "bench_text_to_3d", report)
     print(report)
-    return 0 if all("error" not in r for r in results) else 1
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":
