@@ -13,8 +13,8 @@ from dreamcore.cli import main
 from test_runner import TINY, assert_same_state
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN = ["asd-adv", "asd-async", "bsd", "cds", "cfd", "coupled", "csd", "esd", "gcs", "ism", "nfsd", "reward", "sdi",
-           "sds", "sjc", "stein", "vsd"]
+BUILTIN = ["asd-adv", "asd-async", "bsd", "cds", "cfd", "coupled", "csd", "dsd", "esd", "gcs", "ism", "nfsd", "reward",
+           "rsd", "sdi", "sds", "sjc", "stein", "vsd"]
 EXPORT = ["export.formats=[glb]", "export.resolution=40", "export.texture_size=64", "export.isosurface=1.0"]
 
 

@@ -60,6 +60,9 @@ METHOD_OVERRIDES = {
     "gcs": ["guidance.guidance_scale=1.0"],
     "asd-adv": ["guidance.guidance_scale=1.0"],
     "coupled": ["guidance.guidance_scale=1.0", "guidance.mv_guidance_scale=1.0"],
+    # issue 39: DSD's ODE and both branches, and RSD's SDS part, at the exact conditional
+    "dsd": ["guidance.guidance_scale=1.0"],
+    "rsd": ["guidance.guidance_scale=1.0"],
 }
 COMMON = ["run.progress=false", "run.val_every=0", "run.checkpoint_every=0"]
 EXPORT = ["export.formats=[glb]", "export.resolution=128", "export.texture_size=512", "export.target_faces=20000"]

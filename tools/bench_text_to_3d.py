@@ -96,9 +96,9 @@ ACCURACY = {"views": 16, "seed": 2024, "elevation_range": [-10.0, 80.0], "distan
             "resolution": 64}
 # per-guidance settings when a recipe runs a method other than its own (the rest are the method's defaults)
 # ω = 7.5 — the recipes' own, what the tiny prior's CFG is tuned for — where a method's official ω was set for SD
-# at threestudio's 100 (stein: DreamFusion's; cds, cfd, reward: their repos' SD values)
+# at threestudio's 100 (stein: DreamFusion's; cds, cfd, reward: their repos' SD values; rsd: SDS's, which it extends)
 GUIDANCE_OVERRIDES: dict[str, list[str]] = {
-    m: ["guidance.guidance_scale=7.5"] for m in ("stein", "cds", "cfd", "reward")}
+    m: ["guidance.guidance_scale=7.5"] for m in ("stein", "cds", "cfd", "reward", "rsd")}
 # reward: no CLIP weights here and the similarity reward needs the reference prior, so the row runs the linear probe
 # reward on the one-step x̂_0 — it measures the method's cost and that ranking N noises keeps the run healthy, not
 # what a learned reward buys
