@@ -21,6 +21,7 @@ from dreamcore.errors import DreamcoreError  # noqa: E402
 from dreamcore.guidance.sds import SDSGuidance, rescaled_x0  # noqa: E402
 from dreamcore.guidance.views import conditions  # noqa: E402
 from dreamcore.priors.analytic import JointGaussianPrior  # noqa: E402
+from dreamcore.priors.base import PromptEmbeddings  # noqa: E402
 from dreamcore.priors.multiview import MultiViewPrior  # noqa: E402
 from dreamcore.priors.mv_cameras import camera_condition  # noqa: E402
 from dreamcore.priors.mv_unet import MultiViewUNet  # noqa: E402
@@ -182,16 +183,207 @@ def test_latent_and_pixel_folders_load_through_the_same_prior(folders, tmp_path)
             prior.predict_noise(x.detach()[:3], torch.full((3,), 400), emb[:3], cameras=cams[:3])
 
 
-def test_an_imagedream_folder_is_refused_by_name(folders, tmp_path):
+def every_guidance():
+    from dreamcore import registry
+
+    return registry.names("guidance")
+
+
+# -- ImageDream: the image condition ------------------------------------------------------------------------------
+# ImageDream's UNet config (bytedance/ImageDream sd_v2_base_ipmv.yaml as the community conversion keeps it): MVDream's
+# with a 16-token image prompt at weight 1
+IMAGEDREAM_UNET_CONFIG = {**MVDREAM_UNET_CONFIG, "ip_dim": 16, "ip_weight": 1.0}
+
+
+def test_full_size_imagedream_architecture_adds_the_resampler_and_image_key_values_only():
+    """ImageDream = MVDream + a perceiver resampler (4 layers, 12 heads × 64, 16 queries, CLIP ViT-H width 1280 →
+    1024) + to_k_ip/to_v_ip in every cross-attention; its reference frame uses the zero camera."""
+    base = {k: v for k, v in MVDREAM_UNET_CONFIG.items() if not k.startswith("_")}
+    config = {k: v for k, v in IMAGEDREAM_UNET_CONFIG.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        mv, idream = MultiViewUNet(**base), MultiViewUNet(**config)
+    assert idream.has_reference_frame and not mv.has_reference_frame
+    assert idream.config.reference_camera == "zero"
+    shapes = {k: tuple(v.shape) for k, v in idream.state_dict().items()}
+    assert shapes["image_embed.latents"] == (1, 16, 1024)
+    assert shapes["image_embed.proj_in.weight"] == (1024, 1280)
+    assert shapes["image_embed.layers.3.0.to_q.weight"] == (768, 1024)
+    assert shapes["image_embed.layers.3.0.to_kv.weight"] == (1536, 1024)
+    assert shapes["image_embed.layers.3.0.to_out.weight"] == (1024, 768)
+    assert shapes["image_embed.layers.0.1.1.weight"] == (4096, 1024)
+    assert shapes["image_embed.norm_out.weight"] == (1024,)
+    resampler = sum(p.numel() for p in idream.image_embed.parameters())
+    attn2 = [k for k in shapes if k.endswith("attn2.to_k.weight")]
+    ip = sum(2 * math.prod(shapes[k]) for k in attn2)
+    assert all(shapes[k.replace("to_k", "to_k_ip")] == shapes[k] for k in attn2)
+    assert not any("ip" in k for k in shapes if "attn1" in k)  # self-attention unchanged
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(idream) == n(mv) + resampler + ip
+
+
+def ip_unet_inputs(unet, g=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    f = 5  # 4 views + the reference frame
+    cams = torch.randn(g * f, 16, generator=gen)
+    x = torch.randn(g * f, unet.config.in_channels, 8, 8, generator=gen)
+    ctx = torch.randn(g * f, 3, 16, generator=gen)
+    return x, torch.full((g * f,), 300), ctx, cams, f, gen
+
+
+def test_the_reference_frame_reaches_the_views_of_its_group_only_and_the_image_tokens_every_view():
+    unet = tiny_diffusers.multiview_unet(3, 3, image="imagedream")
+    x, t, ctx, cams, f, gen = ip_unet_inputs(unet, g=2)
+    ip = torch.randn(2 * f, 5, tiny_diffusers.CLIP_VISION_WIDTH, generator=gen)
+    ref = torch.randn(2, 3, 8, 8, generator=gen)
+    with torch.no_grad():
+        base = unet(x, t, ctx, cams, f, ip=ip, ip_img=ref)
+        # the reference rows of x are overwritten: what the caller put there does not matter
+        x2 = x.clone()
+        x2[f - 1::f] = 7.0
+        assert torch.equal(unet(x2, t, ctx, cams, f, ip=ip, ip_img=ref), base)
+        # another reference image for group 0 changes group 0's views, not group 1's
+        ref2 = ref.clone()
+        ref2[0] += 1.0
+        out = unet(x, t, ctx, cams, f, ip=ip, ip_img=ref2)
+        assert (out[:f - 1] - base[:f - 1]).abs().amax() > 1e-4
+        assert torch.allclose(out[f:], base[f:], atol=1e-6)
+        # the image tokens reach every view (through attn2's own keys and values)
+        ip2 = ip.clone()
+        ip2[:f] += 1.0
+        out = unet(x, t, ctx, cams, f, ip=ip2, ip_img=ref)
+        assert all((out[i] - base[i]).abs().amax() > 1e-5 for i in range(f - 1))
+        # precomputed tokens appended to the context are the same as CLIP features through the resampler
+        tokens = unet.image_tokens(ip)
+        assert torch.allclose(unet(x, t, torch.cat([ctx, tokens], 1), cams, f, ip_img=ref), base, atol=1e-6)
+    with pytest.raises(DreamcoreError, match="ip_img"):
+        unet(x, t, ctx, cams, f, ip=ip)
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-imagedream")
+    return {"imagedream": tiny_diffusers.save_multiview(root / "imagedream", latent=True, image="imagedream"),
+            "frame": tiny_diffusers.save_multiview(root / "frame", latent=False, image="frame")}
+
+
+def orbit(elevations, azimuths):
+    n = len(elevations)
+    return orbit_cameras(torch.tensor(elevations), torch.tensor(azimuths), torch.full((n,), 3.2), torch.full((n,), 40.0))
+
+
+def picture(seed=0, size=20):
+    return torch.rand(size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def group_noise(prior, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cams = prior.view_group(sample_orbit(1, g))
+    r = prior.latent_resolution
+    return torch.randn(4, prior.channels, r, r, generator=g), cams
+
+
+@pytest.mark.parametrize("kind", ["imagedream", "frame"])
+def test_an_image_conditioned_folder_takes_a_picture_and_its_unconditional_branch_drops_it(image_folders, tmp_path,
+                                                                                           kind):
+    prior = make_prior(image_folders[kind], tmp_path)
+    assert prior.accepts_image
+    x, cams = group_noise(prior)
+    ref_cam = orbit([0.0], [0.0])
+    t = torch.full((4,), 500)
+
+    def eps(image_seed):
+        if image_seed is not None:
+            prior.set_reference_image(picture(image_seed), ref_cam)
+        e = prior.encode_prompt("a chair")
+        cond, uncond = e.cond["default"], e.uncond
+        assert cond.shape[1] == uncond.shape[1] and cond[0, -1, 0] == (1.0 if image_seed is not None else 0.0)
+        assert uncond[0, -1, 0] == 0.0
+        with torch.no_grad():
+            return (prior.predict_noise(x, t, cond.expand(4, -1, -1), cameras=cams),
+                    prior.predict_noise(x, t, uncond.expand(4, -1, -1), cameras=cams))
+
+    cond_a, uncond_a = eps(1)
+    cond_b, uncond_b = eps(2)
+    assert cond_a.shape == x.shape and torch.isfinite(cond_a).all()
+    assert (cond_a - cond_b).abs().amax() > 1e-5  # the picture conditions the views
+    assert torch.equal(uncond_a, uncond_b)  # the unconditional branch never sees it
+    # text-only use of the same folder: every row is the dropped image (ImageDream's views were relative to the
+    # reference at dreamcore's azimuth 0, i.e. the model's front azimuth was 0)
+    prior2 = make_prior(image_folders[kind], tmp_path, front_azimuth=0.0 if kind == "imagedream" else 90.0)
+    e = prior2.encode_prompt("a chair")
+    assert e.cond["default"][0, -1, 0] == 0.0
+    with torch.no_grad():
+        assert torch.equal(prior2.predict_noise(x, t, e.uncond.expand(4, -1, -1), cameras=cams), uncond_a)
+
+
+def test_imagedream_views_are_relative_to_the_reference_and_the_tiny_prior_gives_it_its_own_camera(image_folders,
+                                                                                                    tmp_path):
+    idream = make_prior(image_folders["imagedream"], tmp_path)
+    cams = orbit([10.0, 10.0], [0.0, 90.0])
+    assert torch.allclose(idream.camera_numbers(cams), camera_condition(cams, 90.0))  # no image: the usual front
+    idream.set_reference_image(picture(), orbit([0.0], [30.0]))
+    # the reference (dreamcore azimuth 30) is ImageDream's azimuth 0: a view at 30 + ψ is the model's ψ
+    assert torch.allclose(idream.camera_numbers(orbit([10.0], [120.0])),
+                          torch.tensor(mvdream_pose(10.0, 90.0), dtype=torch.float32)[None], atol=1e-5)
+    frames, ref_cams = idream.reference_frames(torch.tensor([True, False]))
+    assert torch.equal(ref_cams, torch.zeros(2, 16))  # ImageDream: the zero camera
+    assert frames[0].abs().sum() > 0 and torch.equal(frames[1], torch.zeros_like(frames[1]))
+    tiny = make_prior(image_folders["frame"], tmp_path)
+    ref = orbit([0.0], [30.0])
+    tiny.set_reference_image(picture(), ref)
+    _, ref_cams = tiny.reference_frames(torch.tensor([True, False]))
+    assert torch.allclose(ref_cams[0], camera_condition(ref, 90.0)[0]) and torch.equal(ref_cams[1], torch.zeros(16))
+    # its reference frame is the picture in model space (2·rgb − 1 at the prior's size), over the white it was given
+    white = torch.ones(20, 20, 3)
+    tiny.set_reference_image(white, ref)
+    assert torch.allclose(tiny.reference_x, torch.ones_like(tiny.reference_x))
+
+
+def test_image_parts_and_image_prompt_must_come_together(image_folders, folders, tmp_path):
     import shutil
 
-    folder = tmp_path / "imagedream"
-    shutil.copytree(folders["pixel"], folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
-    (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(DreamcoreError, match="ImageDream"):
-        make_prior(folder, tmp_path)
+    lone = tmp_path / "lone-encoder"
+    shutil.copytree(folders["latent"], lone)
+    shutil.copytree(image_folders["imagedream"] / "image_encoder", lone / "image_encoder")
+    shutil.copytree(image_folders["imagedream"] / "feature_extractor", lone / "feature_extractor")
+    index = json.loads((lone / "model_index.json").read_text())
+    index["image_encoder"] = ["transformers", "CLIPVisionModel"]
+    index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+    (lone / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DreamcoreError, match="without an image prompt"):
+        make_prior(lone, tmp_path)
+    blind = tmp_path / "no-encoder"
+    shutil.copytree(image_folders["imagedream"], blind)
+    index = json.loads((blind / "model_index.json").read_text())
+    index["image_encoder"] = index["feature_extractor"] = [None, None]
+    (blind / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DreamcoreError, match="no image_encoder"):
+        make_prior(blind, tmp_path)
+    with pytest.raises(DreamcoreError, match="takes no image"):
+        make_prior(folders["pixel"], tmp_path).set_reference_image(picture(), orbit([0.0], [0.0]))
+
+
+@pytest.mark.parametrize("name", every_guidance())
+def test_every_guidance_steps_on_an_image_conditioned_prior(image_folders, tmp_path, name):
+    """Each registered method on one 4-view group with the picture set: the reference frame rides along inside
+    the prior (VSD's family too: its LoRA camera rows skip the reference frame)."""
+    from dreamcore import registry
+    from dreamcore.config import parse_component
+
+    prior = make_prior(image_folders["frame"], tmp_path)
+    prior.set_reference_image(picture(), orbit([0.0], [0.0]))
+    extra = {"reward": {"model": {"name": "linear"}, "ddim_steps": 0}} if name == "reward" else {}
+    method = registry.build("guidance", parse_component("guidance", {"name": name, **extra}, "guidance"))
+    method.setup(prior, 10)
+    g = torch.Generator().manual_seed(0)
+    cams = prior.view_group(sample_orbit(1, g)).with_background(torch.ones(4, 3))
+    rgb = torch.rand(4, 8, 8, 3, generator=g).requires_grad_(True)
+    render = RenderOutput(rgb=rgb, alpha=torch.ones(4, 8, 8, 1), depth=torch.zeros(4, 8, 8, 1))
+    views = conditions(prior.encode_prompt("a chair"), cams, 4, ViewPromptConfig(enabled=False), view_dependent=False)
+    total = sum(method(render, cams, prior, views, 1, g).values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert (rgb.grad.flatten(1).abs().sum(1) > 0).all()
 
 
 # -- guidance ------------------------------------------------------------------------------------------------------
@@ -270,12 +462,6 @@ def test_x0_reconstruction_is_sds_with_weight_sigma_over_alpha_and_rescale_match
         sds(x0_rescale=0.5)
 
 
-def every_guidance():
-    from dreamcore import registry
-
-    return registry.names("guidance")
-
-
 @pytest.mark.parametrize("name", every_guidance())
 def test_every_guidance_takes_a_step_on_whole_view_groups(folders, tmp_path, name):
     """Each registered method on one 4-view group: a finite loss whose gradient reaches every view of the render
@@ -342,6 +528,37 @@ def test_full_size_mvdream_unet_with_random_weights_runs_one_guidance_step(folde
                        cams, 4, ViewPromptConfig(enabled=False), view_dependent=False)
     guidance = SDSGuidance(SDSGuidance.Config(name="sds", guidance_scale=Scheduled.constant(50.0),
                                               x0_reconstruction=True, x0_rescale=0.5))
+    render = RenderOutput(rgb=torch.rand(4, 8, 8, 3), alpha=torch.ones(4, 8, 8, 1), depth=torch.zeros(4, 8, 8, 1))
+    with torch.no_grad():
+        grad = guidance.gradient(x, render, cams, prior, views, 0, g)
+    assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().mean() > 0
+
+
+@pytest.mark.slow
+def test_full_size_imagedream_unet_with_random_weights_runs_one_guidance_step(image_folders, tmp_path):
+    """The published ImageDream UNet (MVDream's + the 16-token image prompt, random weights) inside the prior with a
+    picture set: one SDS step (ImageDream's ω = 5, x̂₀ form, rescale 0.2) on a 4-view group + its reference frame of
+    32² latents; the picture's tokens stand in for CLIP ViT-H's (the tiny folder's encoder is 12 wide)."""
+    prior = make_prior(image_folders["imagedream"], tmp_path)
+    config = {k: v for k, v in IMAGEDREAM_UNET_CONFIG.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    unet = MultiViewUNet(**config).eval().requires_grad_(False)
+    prior.unet = unet
+    object.__setattr__(prior, "_unet_forward", unet)
+    g = torch.Generator().manual_seed(0)
+    prior.reference_x = torch.randn(1, 4, 32, 32, generator=g)
+    prior.reference_cameras = orbit([0.0], [0.0])
+    with torch.no_grad():
+        prior.reference_tokens = unet.image_tokens(torch.randn(1, 257, 1280, generator=g))
+    x = torch.randn(4, 4, 32, 32, generator=g)
+    cams = prior.view_group(sample_orbit(1, g))
+    ctx = torch.randn(1, 77, 1024, generator=g)
+    cond, uncond = prior.with_image(ctx, True), prior.with_image(torch.zeros_like(ctx), False)
+    assert cond.shape == (1, 77 + 16 + 1, 1024)
+    views = conditions(PromptEmbeddings({"default": cond}, uncond, "a chair", null=uncond), cams, 4,
+                       ViewPromptConfig(enabled=False), view_dependent=False)
+    guidance = SDSGuidance(SDSGuidance.Config(name="sds", guidance_scale=Scheduled.constant(5.0),
+                                              x0_reconstruction=True, x0_rescale=0.2))
     render = RenderOutput(rgb=torch.rand(4, 8, 8, 3), alpha=torch.ones(4, 8, 8, 1), depth=torch.zeros(4, 8, 8, 1))
     with torch.no_grad():
         grad = guidance.gradient(x, render, cams, prior, views, 0, g)

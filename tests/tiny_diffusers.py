@@ -125,34 +125,62 @@ def save_deepfloyd_if(folder: Path) -> Path:
     return Path(folder)
 
 
-def multiview_unet(in_channels=4, out_channels=4, context_dim=16, image_size=8, seed=0):
-    """A tiny MVDream-layout multi-view UNet (widths 8/16, attention at both levels, camera MLP)."""
+CLIP_VISION_WIDTH = 12  # the tiny image encoder's hidden size (ImageDream's CLIP ViT-H/14: 1280)
+
+
+def multiview_unet(in_channels=4, out_channels=4, context_dim=16, image_size=8, seed=0, image=None):
+    """A tiny MVDream-layout multi-view UNet (widths 8/16, attention at both levels, camera MLP). ``image``:
+    "imagedream" adds ImageDream's image prompt (4 resampled tokens of a 12-wide CLIP, zero-camera reference
+    frame); "frame" only the reference frame, with its own camera (dreamcore's tiny image-conditioned prior)."""
     from dreamcore.priors.mv_unet import MultiViewUNet
 
+    extra = {}
+    if image == "imagedream":
+        extra = dict(ip_dim=4, ip_embedding_dim=CLIP_VISION_WIDTH, ip_resampler_depth=1, ip_resampler_heads=2,
+                     ip_resampler_head_dim=4)
+    elif image == "frame":
+        extra = dict(reference_frame=True, reference_camera="own")
     torch.manual_seed(seed)
     return MultiViewUNet(image_size=image_size, in_channels=in_channels, out_channels=out_channels, model_channels=8,
                          num_res_blocks=1, attention_resolutions=(1, 2), channel_mult=(1, 2), num_head_channels=4,
-                         context_dim=context_dim, camera_dim=16, norm_groups=4).eval()
+                         context_dim=context_dim, camera_dim=16, norm_groups=4, **extra).eval()
 
 
-def save_multiview(folder: Path, latent: bool = True, prediction_type: str = "epsilon") -> Path:
+def clip_vision(seed=0):
+    """A tiny CLIP vision tower (16² images, 8² patches: 5 tokens of width 12) and its preprocessing."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=CLIP_VISION_WIDTH, intermediate_size=24, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=16, patch_size=8, projection_dim=8)
+    proc = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return CLIPVisionModel(cfg).eval(), proc
+
+
+def save_multiview(folder: Path, latent: bool = True, prediction_type: str = "epsilon", image=None) -> Path:
     """A tiny multi-view pipeline in the community MVDream diffusers layout (``model_index.json`` naming the
     ``MVDreamPipeline`` parts; ``unet/`` in LDM parameter names). ``latent``: with a VAE (latents 8², images 16²),
-    as the real MVDream; else pixel space (images 8², no VAE), as dreamcore's tiny multi-view prior."""
+    as the real MVDream; else pixel space (images 8², no VAE), as dreamcore's tiny multi-view prior. ``image``:
+    "imagedream" — ImageDream's layout (+ ``image_encoder/``, ``feature_extractor/``, a UNet with an image
+    prompt); "frame" — a reference frame only (dreamcore's tiny ``--image-conditioning`` prior)."""
     import json
 
     folder = Path(folder)
     tok = clip_tokenizer()
-    parts = {"unet": multiview_unet(4 if latent else 3, 4 if latent else 3), "text_encoder": clip_text_encoder(len(tok)),
-             "tokenizer": tok, "scheduler": sd_scheduler(prediction_type)}
+    parts = {"unet": multiview_unet(4 if latent else 3, 4 if latent else 3, image=image),
+             "text_encoder": clip_text_encoder(len(tok)), "tokenizer": tok, "scheduler": sd_scheduler(prediction_type)}
     if latent:
         parts["vae"] = vae()
+    if image == "imagedream":
+        parts["image_encoder"], parts["feature_extractor"] = clip_vision()
     for name, part in parts.items():
         part.save_pretrained(str(folder / name))
+    with_clip = image == "imagedream"
     index = {"_class_name": "MVDreamPipeline", "_diffusers_version": "0.25.0",
              "unet": ["mv_unet", "MultiViewUNetModel"], "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
              "vae": ["diffusers", "AutoencoderKL"] if latent else [None, None],
-             "feature_extractor": [None, None], "image_encoder": [None, None]}
+             "feature_extractor": ["transformers", "CLIPImageProcessor"] if with_clip else [None, None],
+             "image_encoder": ["transformers", "CLIPVisionModel"] if with_clip else [None, None]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder

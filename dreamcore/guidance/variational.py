@@ -131,6 +131,7 @@ class LoRAScore(nn.Module):
         nn.init.zeros_(self.camera[2].bias)
         self.prediction_type = prior.schedule.prediction_type
         self._cam: Optional[Tensor] = None
+        object.__setattr__(self, "_rows", prior.model_rows)  # per-view → the denoiser's rows (reference frames)
         time_embedding.register_forward_hook(self._add_camera)
         unet.disable_adapters()
 
@@ -142,7 +143,7 @@ class LoRAScore(nn.Module):
     @contextmanager
     def active(self, cam: Tensor):
         self._unet.enable_adapters()
-        self._cam = cam
+        self._cam = self._rows(cam)
         try:
             yield
         finally:

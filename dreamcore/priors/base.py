@@ -87,6 +87,22 @@ class Prior(nn.Module):
     # how many views of one object the model denoises jointly (MVDream: 4); 1 for a 2D image prior. Batches the
     # prior sees are whole groups of these views, contiguous, sharing one timestep (see :meth:`view_group`)
     views_per_sample: int = 1
+    # whether the prior takes a picture of the object as a condition (:meth:`set_reference_image`; ImageDream)
+    accepts_image: bool = False
+
+    def set_reference_image(self, rgb: Tensor, camera: Cameras) -> None:
+        """Condition the prior on a picture of the object: ``rgb`` [H, W, 3] in [0, 1] over white (keyed, centred
+        and scaled as the prior's training renders), seen from ``camera`` (one camera, scene frame). Call before
+        :meth:`encode_prompt`: the conditions it returns then carry the image, the unconditional ones the
+        dropped image. Only priors with :attr:`accepts_image`."""
+        raise DreamcoreError(f"prior '{type(self).__name__}' takes no image condition (it has no image input; "
+                             "an ImageDream-style multiview prior does)")
+
+    def model_rows(self, per_view: Tensor) -> Tensor:
+        """Per-view values [B, …] laid out as the rows the denoiser runs on: the same rows for most priors; an
+        image-conditioned multi-view prior adds each group's reference frame (zeros there). What a hook inside
+        the denoiser adds per row (VSD's camera embedding on the time embedding) goes through this."""
+        return per_view
 
     @property
     def latent_mode(self) -> bool:

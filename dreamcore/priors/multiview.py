@@ -16,13 +16,26 @@ Two kinds of folder share this code, both diffusers-style pipelines read through
 * **pixel** (dreamcore's tiny multi-view prior, ``tools/train_tiny_prior.py --views 4``: no ``vae/``):
   x = 2·rgb − 1 at the UNet's ``image_size``.
 
-The model index's ``vae`` entry decides which. ImageDream folders (an ``image_encoder/``; UNet ``ip_dim`` > 0) are
-refused for now. The prior contract is unchanged: image tensors and cameras in, never a scene.
+The model index's ``vae`` entry decides which.
+
+**Image-conditioned folders** (ImageDream, Wang & Shi 2023; the community layout ``ashawkey/imagedream-ipmv-
+diffusers`` adds ``image_encoder/`` (CLIP ViT-H/14 vision) and ``feature_extractor/``; dreamcore's tiny
+``--image-conditioning`` prior has a reference frame and no CLIP) take a picture through
+:meth:`MultiViewPrior.set_reference_image`. Each group of F views then gets a fifth, clean frame: the reference
+image in model space (VAE latent or pixels, over white) at the group's timestep, its camera all zeros (ImageDream:
+the views' cameras are then taken relative to the reference, which is the model's azimuth 0, so the prior's front
+azimuth becomes minus the reference camera's azimuth) or its own (the tiny prior); and, with CLIP, the image's
+16 resampled tokens after the text in every cross-attention. The unconditional branch sees the dropped image
+(zero frame, zero camera, the tokens of zero CLIP features — ImageDream's own). Which branch a row is travels
+inside the condition tensors that :meth:`encode_prompt` returns: [text tokens | image tokens | one flag token
+(first number 1: the image, 0: dropped)], so the guidance layer is unchanged. Text-only use of such a folder:
+no image set, every row dropped. The prior contract is unchanged: image tensors and cameras in, never a scene.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -63,10 +76,8 @@ class MultiViewPrior(StableDiffusionPrior):
 
         c = self.cfg
         index = hub.model_index(c.model, c.revision, c.local_files_only)
-        if hub.has_part(index, "image_encoder"):
-            raise DreamcoreError(f"prior.model={c.model!r} has an image encoder (an ImageDream folder): image-"
-                                 "conditioned multi-view priors are not supported yet; give a text-only (MVDream) one")
         self.unet = self.place(self.load(MultiViewUNet, "unet"))
+        self.load_image_encoder(index)
         self.channels = int(self.unet.config.in_channels)
         self.vae = None
         self.vae_scale_factor = 1
@@ -79,6 +90,31 @@ class MultiViewPrior(StableDiffusionPrior):
         if self.unet.config.camera_dim != 16:
             raise DreamcoreError(f"prior.model={c.model!r}: its UNet takes {self.unet.config.camera_dim} camera "
                                  "numbers; the multiview prior gives 16 (a flattened camera-to-world matrix)")
+
+    def load_image_encoder(self, index: dict) -> None:
+        """ImageDream's CLIP image encoder and its preprocessing (``image_encoder/``, ``feature_extractor/``) when
+        the folder has them; they must come with a UNet that has an image prompt (``ip_dim``) and vice versa."""
+        c, unet = self.cfg, self.unet
+        self.image_encoder = self.feature_extractor = None
+        self.reference_x: Optional[Tensor] = None  # [1, C, r, r] the reference frame in model space
+        self.reference_cameras: Optional[Cameras] = None
+        self.reference_tokens: Optional[Tensor] = None  # [1, ip_dim, D] the image's tokens
+        self._dropped_tokens: Optional[Tensor] = None
+        has_encoder = hub.has_part(index, "image_encoder")
+        if has_encoder != bool(unet.config.ip_dim):
+            raise DreamcoreError(
+                f"prior.model={c.model!r}: " + ("an image_encoder/ part but a UNet without an image prompt (ip_dim 0)"
+                                                if has_encoder else
+                                                f"a UNet with an image prompt (ip_dim {unet.config.ip_dim}) but no "
+                                                "image_encoder/ part"))
+        if has_encoder:
+            from transformers import CLIPImageProcessor, CLIPVisionModel
+
+            if not hub.has_part(index, "feature_extractor"):
+                raise DreamcoreError(f"prior.model={c.model!r}: an image_encoder/ without its feature_extractor/")
+            self.image_encoder = self.place(self.load(CLIPVisionModel, "image_encoder")).eval().requires_grad_(False)
+            self.feature_extractor = self.load(CLIPImageProcessor, "feature_extractor")
+        self.accepts_image = bool(unet.has_reference_frame)
 
     def configure_attention(self, unet: nn.Module) -> None:
         """The multi-view UNet always runs PyTorch's scaled_dot_product_attention."""
@@ -96,9 +132,93 @@ class MultiViewPrior(StableDiffusionPrior):
         self.whole_images_only(pixel_index, self.cfg.name)
         return resize(rgb.permute(0, 3, 1, 2).to(self.device), self.resolution) * 2.0 - 1.0
 
+    def front_azimuth(self) -> float:
+        """The prior's azimuth of dreamcore's front: ``prior.front_azimuth``, except for a model whose reference
+        frame has the zero camera (ImageDream) once an image is set: the reference camera is then the model's
+        azimuth 0, so dreamcore's azimuth ψ is the model's ψ − ψ_ref."""
+        if self.reference_cameras is not None and self.unet.config.reference_camera == "zero":
+            return -math.degrees(float(self.reference_cameras.azimuth[0]))
+        return self.cfg.front_azimuth
+
     def camera_numbers(self, cameras: Cameras) -> Tensor:
         """[B, 16] the camera condition of each view."""
-        return camera_condition(cameras, self.cfg.front_azimuth)
+        return camera_condition(cameras, self.front_azimuth())
+
+    # -- the image condition (ImageDream) ------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_reference_image(self, rgb: Tensor, camera: Cameras) -> None:
+        """The picture every group is conditioned on (see the module docstring): ``rgb`` [H, W, 3] in [0, 1] over
+        white, ``camera`` one camera. Set before :meth:`encode_prompt`."""
+        if not self.accepts_image:
+            super().set_reference_image(rgb, camera)
+        if rgb.dim() != 3 or rgb.shape[-1] != 3 or len(camera) != 1:
+            raise DreamcoreError(f"set_reference_image: expected rgb [H, W, 3] and one camera, got "
+                                 f"{tuple(rgb.shape)} and {len(camera)} cameras")
+        rgb = rgb.float().clamp(0, 1)
+        self.reference_x = self.to_model_space(rgb[None]).detach().float()
+        self.reference_cameras = camera
+        if self.image_encoder is not None:
+            pixels = self.feature_extractor(images=(rgb * 255).round().to(torch.uint8).cpu().numpy(),
+                                            return_tensors="pt").pixel_values
+            with self.on_device(self.image_encoder):
+                hidden = self.image_encoder(pixels.to(self.device, self.dtype), output_hidden_states=True)
+            self.reference_tokens = self.unet.image_tokens(hidden.hidden_states[-2]).float()
+
+    def dropped_tokens(self) -> Tensor:
+        """[1, ip_dim, D] the tokens of the dropped image: the resampler applied to zero CLIP features."""
+        if self._dropped_tokens is None:
+            enc = self.image_encoder.config
+            n = (enc.image_size // enc.patch_size) ** 2 + 1
+            zeros = torch.zeros(1, n, self.unet.config.ip_embedding_dim, device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                self._dropped_tokens = self.unet.image_tokens(zeros).float()
+        return self._dropped_tokens
+
+    def with_image(self, emb: Tensor, present: bool) -> Tensor:
+        """A text condition [1, T, D] extended to [1, T (+ ip_dim) + 1, D]: the image's tokens (or the dropped
+        image's) when the model has an image prompt, then the flag token (first number 1 or 0)."""
+        parts = [emb.float()]
+        if self.image_encoder is not None:
+            parts.append((self.reference_tokens if present else self.dropped_tokens()).to(emb.device))
+        flag = torch.zeros(1, 1, emb.shape[-1], device=emb.device)
+        flag[..., 0] = 1.0 if present else 0.0
+        return torch.cat(parts + [flag], dim=1)
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None):
+        """The text conditions, extended by :meth:`with_image` for an image-conditioned model: the prompt's with
+        the image (when one is set), the negative and empty prompts' with the dropped image."""
+        e = super().encode_prompt(prompt, negative_prompt, views)
+        if not self.accepts_image:
+            return e
+        present = self.reference_x is not None
+        return replace(e, cond={k: self.with_image(v, present) for k, v in e.cond.items()},
+                       uncond=self.with_image(e.uncond, False),
+                       null=None if e.null is None else self.with_image(e.null, False))
+
+    def model_rows(self, per_view: Tensor) -> Tensor:
+        """[(G·F), …] → [(G·(F+1)), …] with a zero row for each group's reference frame (image-conditioned
+        models); unchanged otherwise."""
+        if not self.accepts_image:
+            return per_view
+        f = self.views_per_sample
+        v = per_view.reshape(-1, f, *per_view.shape[1:])
+        return torch.cat([v, torch.zeros_like(v[:, :1])], 1).flatten(0, 1)
+
+    def reference_frames(self, present: Tensor, size: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """For groups whose rows carry the image (``present`` [G] bool): the reference frames [G, C, r, r] (zeros
+        where dropped; r = ``size``, default the model's) and their cameras [G, 16] (zeros where dropped, and
+        always for ``reference_camera: zero``)."""
+        g, r = present.shape[0], size or self.latent_resolution
+        frames = torch.zeros(g, self.channels, r, r, device=self.device)
+        cams = torch.zeros(g, 16, device=self.device)
+        if self.reference_x is not None and bool(present.any()):
+            if self.reference_x.shape[-1] != r:
+                raise DreamcoreError(f"the reference image is {self.reference_x.shape[-1]}² in model space and the "
+                                     f"views {r}²: set it at the prior's resolution ({self.resolution} px)")
+            frames[present] = self.reference_x.to(self.device, frames.dtype)
+            if self.unet.config.reference_camera == "own":
+                cams[present] = self.camera_numbers(self.reference_cameras).to(self.device, cams.dtype)
+        return frames, cams
 
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,
                       pixel_index: Optional[Tensor] = None, image_size: Optional[tuple[int, int]] = None) -> Tensor:
@@ -111,7 +231,28 @@ class MultiViewPrior(StableDiffusionPrior):
             raise DreamcoreError(f"the multiview prior denoises groups of {f} views: got {x_t.shape[0]} images "
                                  f"and {len(cameras)} cameras (camera.batch_size must be a multiple of {f})")
         cam = self.camera_numbers(cameras).to(self.device, self.dtype)
+        emb = embeddings.to(self.device, self.dtype)
+        t = t.to(self.device)
+        if t.dim() == 0:
+            t = t.expand(x_t.shape[0])
+        if not self.accepts_image:
+            with self.on_device(self.unet):
+                out = self._unet_forward(self.unet_input(x_t), t, context=emb, camera=cam, num_frames=f)
+            return out.to(x_t.device, x_t.dtype)
+        # each group of F views gets its reference frame last: F + 1 frames, the reference's output dropped
+        g = x_t.shape[0] // f
+        x = self.unet_input(x_t)
+        present = emb[::f, -1, 0] > 0.5
+        ref, ref_cam = self.reference_frames(present, x.shape[-1])
+        context = emb[:, :-1]
+
+        def with_frame(v: Tensor, last: Tensor) -> Tensor:
+            v = v.reshape(g, f, *v.shape[1:])
+            return torch.cat([v, last.reshape(g, 1, *v.shape[2:]).to(v.dtype)], 1).flatten(0, 1)
+
+        x5 = with_frame(x, torch.zeros_like(x[::f]))  # overwritten by the UNet with ``ip_img``
         with self.on_device(self.unet):
-            out = self._unet_forward(self.unet_input(x_t), t.to(self.device),
-                                     context=embeddings.to(self.device, self.dtype), camera=cam, num_frames=f)
+            out = self._unet_forward(x5, with_frame(t, t[::f]), context=with_frame(context, context[::f]),
+                                     camera=with_frame(cam, ref_cam), num_frames=f + 1, ip_img=ref.to(x.dtype))
+        out = out.reshape(g, f + 1, *out.shape[1:])[:, :f].flatten(0, 1)
         return out.to(x_t.device, x_t.dtype)

@@ -19,8 +19,21 @@ conversion of MVDream, so that ``unet/diffusion_pytorch_model.safetensors`` load
   contiguous in the batch ((b f) order), so the batch is a multiple of F.
 
 With ``num_frames=1`` and no camera it is a plain LDM UNet. ``norm_groups`` (32 in LDM) lets a tiny model use
-widths below 32. ImageDream's image prompt (``ip_dim`` > 0: a perceiver resampler over CLIP image features and
-extra key/value projections in the cross-attention) is refused for now.
+widths below 32.
+
+ImageDream (Wang & Shi 2023) is the same UNet with an image condition, two parts (names as in its community
+diffusers conversion, ``ashawkey/imagedream-ipmv-diffusers``):
+
+* the **image prompt** (``ip_dim`` = 16 tokens > 0): :class:`ImagePromptResampler` (``image_embed``) turns CLIP
+  ViT-H/14 penultimate features into ``ip_dim`` tokens appended after the text tokens; every cross-attention
+  gets ``to_k_ip``/``to_v_ip`` for them, added with weight ``ip_weight``;
+* the **reference frame** (ImageDream's pixel controller): each group holds F − 1 views and, last, the clean
+  model-space reference image at the same timestep (rows F−1, 2F−1, … of x are overwritten with it), which the
+  views reach only through the multi-view self-attention; its output is dropped. Its camera is the all-zero
+  16-vector in ImageDream (``reference_camera: zero``: the views' cameras are then relative to the reference,
+  which is the model's azimuth 0); dreamcore's tiny image-conditioned prior gives it its own camera
+  (``reference_camera: own``). ``reference_frame`` (default: ``ip_dim`` > 0) turns it on without an image
+  prompt (the tiny prior has no CLIP).
 
 Saved and loaded as a diffusers model (``save_pretrained`` / ``from_pretrained`` of ``config.json`` +
 ``diffusion_pytorch_model.safetensors``), which is how dreamcore's tiny multi-view prior ships and how the
@@ -52,9 +65,14 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 class Attention(nn.Module):
-    """Multi-head attention with LDM's names: ``to_q``/``to_k``/``to_v`` without bias, ``to_out.0`` with."""
+    """Multi-head attention with LDM's names: ``to_q``/``to_k``/``to_v`` without bias, ``to_out.0`` with.
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: Optional[int] = None) -> None:
+    With ``ip_tokens`` = n > 0 (ImageDream's image prompt, cross-attention only) the context's last n tokens are
+    the image tokens, attended through their own projections ``to_k_ip``/``to_v_ip``:
+    out = Attn(q, K text, V text) + ``ip_weight``·Attn(q, K_ip image, V_ip image)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: Optional[int] = None, ip_tokens: int = 0,
+                 ip_weight: float = 1.0) -> None:
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
@@ -62,15 +80,27 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
+        self.ip_tokens, self.ip_weight = int(ip_tokens), float(ip_weight)
+        if self.ip_tokens:
+            self.to_k_ip = nn.Linear(context_dim or dim, inner, bias=False)
+            self.to_v_ip = nn.Linear(context_dim or dim, inner, bias=False)
+
+    def split(self, v: Tensor) -> Tensor:
+        return v.view(v.shape[0], v.shape[1], self.heads, -1).transpose(1, 2)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         ctx = x if context is None else context
         b, n, _ = x.shape
-
-        def split(v: Tensor) -> Tensor:
-            return v.view(b, v.shape[1], self.heads, -1).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.to_q(x)), split(self.to_k(ctx)), split(self.to_v(ctx)))
+        q = self.split(self.to_q(x))
+        if self.ip_tokens:
+            if ctx.shape[1] <= self.ip_tokens:
+                raise DreamcoreError(f"multi-view UNet: the context has {ctx.shape[1]} tokens, expected the text's "
+                                     f"followed by {self.ip_tokens} image tokens")
+            ctx, image = ctx[:, :-self.ip_tokens], ctx[:, -self.ip_tokens:]
+        out = F.scaled_dot_product_attention(q, self.split(self.to_k(ctx)), self.split(self.to_v(ctx)))
+        if self.ip_tokens:
+            out = out + self.ip_weight * F.scaled_dot_product_attention(
+                q, self.split(self.to_k_ip(image)), self.split(self.to_v_ip(image)))
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -96,11 +126,12 @@ class FeedForward(nn.Module):
 class MultiViewTransformerBlock(nn.Module):
     """Self-attention across the F views of an object, then per-view text cross-attention and feed-forward."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int) -> None:
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int, ip_tokens: int = 0,
+                 ip_weight: float = 1.0) -> None:
         super().__init__()
         self.attn1 = Attention(dim, heads, head_dim)
         self.ff = FeedForward(dim)
-        self.attn2 = Attention(dim, heads, head_dim, context_dim)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim, ip_tokens, ip_weight)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor, num_frames: int) -> Tensor:
@@ -112,13 +143,15 @@ class MultiViewTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, depth: int, groups: int) -> None:
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, depth: int, groups: int,
+                 ip_tokens: int = 0, ip_weight: float = 1.0) -> None:
         super().__init__()
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            [MultiViewTransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)])
+            [MultiViewTransformerBlock(inner, heads, head_dim, context_dim, ip_tokens, ip_weight)
+             for _ in range(depth)])
         self.proj_out = nn.Linear(inner, channels)
 
     def forward(self, x: Tensor, context: Tensor, num_frames: int) -> Tensor:
@@ -163,6 +196,62 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+class PerceiverAttention(nn.Module):
+    """The resampler's attention: learned queries (``latents``) attend to the image features and to themselves
+    (keys and values of [features; latents]), each side LayerNorm-ed first (``norm1`` features, ``norm2``
+    latents); ``to_kv`` holds K and V stacked; no biases."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, features: Tensor, latents: Tensor) -> Tensor:
+        features, latents = self.norm1(features), self.norm2(latents)
+        b, n, _ = latents.shape
+
+        def split(v: Tensor) -> Tensor:
+            return v.view(b, v.shape[1], self.heads, -1).transpose(1, 2)
+
+        k, v = self.to_kv(torch.cat([features, latents], dim=1)).chunk(2, dim=-1)
+        out = F.scaled_dot_product_attention(split(self.to_q(latents)), split(k), split(v))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class ImagePromptResampler(nn.Module):
+    """ImageDream's image prompt (Wang & Shi 2023, §3.2 "global/local controller"; the "local_resample" mode of
+    its released checkpoints): a perceiver resampler (Alayrac et al. 2022; as in IP-Adapter) turning the CLIP
+    image encoder's penultimate hidden states [B, 257, ``embedding_dim``] into ``tokens`` image tokens
+    [B, tokens, ``output_dim``]: ``proj_in``, ``depth`` × (attention of the learned queries ``latents`` to
+    [features; latents] + a GELU MLP (LayerNorm, ×``ff_mult``, no biases), both residual), ``proj_out``,
+    ``norm_out``. Published sizes: dim = output = the UNet's context_dim (1024), 4 layers of 12 heads × 64,
+    16 queries, CLIP ViT-H/14 features of width 1280."""
+
+    def __init__(self, dim: int, tokens: int, embedding_dim: int, output_dim: int, depth: int, heads: int,
+                 head_dim: int, ff_mult: int = 4) -> None:
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(1, tokens, dim) / dim ** 0.5)
+        self.proj_in = nn.Linear(embedding_dim, dim)
+        self.proj_out = nn.Linear(dim, output_dim)
+        self.norm_out = nn.LayerNorm(output_dim)
+        self.layers = nn.ModuleList([nn.ModuleList([
+            PerceiverAttention(dim, heads, head_dim),
+            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * ff_mult, bias=False), nn.GELU(),
+                          nn.Linear(dim * ff_mult, dim, bias=False))]) for _ in range(depth)])
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = self.proj_in(features)
+        latents = self.latents.expand(features.shape[0], -1, -1)
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents
+            latents = ff(latents) + latents
+        return self.norm_out(self.proj_out(latents))
+
+
 class Stage(nn.Sequential):
     """LDM's ``TimestepEmbedSequential``: hands the embedding to ResBlocks and the text/views to transformers."""
 
@@ -188,11 +277,13 @@ class MultiViewUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
                  num_res_blocks: int = 2, attention_resolutions: Sequence[int] = (4, 2, 1),
                  channel_mult: Sequence[int] = (1, 2, 4, 4), num_head_channels: int = 64, num_heads: int = -1,
                  context_dim: int = 1024, transformer_depth: int = 1, camera_dim: Optional[int] = 16,
-                 norm_groups: int = 32, ip_dim: int = 0) -> None:
+                 norm_groups: int = 32, ip_dim: int = 0, ip_weight: float = 1.0, ip_embedding_dim: int = 1280,
+                 ip_resampler_depth: int = 4, ip_resampler_heads: int = 12, ip_resampler_head_dim: int = 64,
+                 reference_frame: Optional[bool] = None, reference_camera: str = "zero") -> None:
         super().__init__()
-        if ip_dim:
-            raise DreamcoreError("this multi-view UNet has an image prompt (ip_dim > 0: ImageDream); "
-                                 "dreamcore loads text-conditioned multi-view UNets (MVDream) only so far")
+        if reference_camera not in ("zero", "own"):
+            raise DreamcoreError(f"multi-view UNet config: reference_camera={reference_camera!r}, expected 'zero' "
+                                 "(ImageDream) or 'own'")
         if num_head_channels <= 0 and num_heads <= 0:
             raise DreamcoreError("multi-view UNet config: set num_head_channels or num_heads")
         emb_dim = 4 * model_channels
@@ -200,9 +291,14 @@ class MultiViewUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if camera_dim:
             self.camera_embed = nn.Sequential(nn.Linear(camera_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
+        if ip_dim:
+            self.image_embed = ImagePromptResampler(context_dim, ip_dim, ip_embedding_dim, context_dim,
+                                                    ip_resampler_depth, ip_resampler_heads, ip_resampler_head_dim)
+
         def transformer(ch: int) -> SpatialTransformer:
             head_dim = num_head_channels if num_head_channels > 0 else ch // num_heads
-            return SpatialTransformer(ch, ch // head_dim, head_dim, context_dim, transformer_depth, norm_groups)
+            return SpatialTransformer(ch, ch // head_dim, head_dim, context_dim, transformer_depth, norm_groups,
+                                      ip_dim, ip_weight)
 
         self.input_blocks = nn.ModuleList([Stage(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         skips, ch, ds = [model_channels], model_channels, 1
@@ -247,10 +343,30 @@ class MultiViewUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise DreamcoreError(f"multi-view UNet weights do not match its config.json ({said})")
         return (model, info) if want_info else model
 
+    @property
+    def has_reference_frame(self) -> bool:
+        """Whether the last frame of each group is a clean reference image (ImageDream's pixel controller): set by
+        ``reference_frame``, and by default whenever the model has an image prompt (``ip_dim`` > 0)."""
+        flag = self.config.reference_frame
+        return bool(self.config.ip_dim) if flag is None else bool(flag)
+
+    def image_tokens(self, features: Tensor) -> Tensor:
+        """[B, ip_dim, context_dim] image tokens of CLIP image features [B, 257, ip_embedding_dim] (zeros for the
+        dropped image, as ImageDream's unconditional branch: the resampler's queries still give tokens)."""
+        if not self.config.ip_dim:
+            raise DreamcoreError("multi-view UNet: image tokens asked of a model without an image prompt (ip_dim 0)")
+        return self.image_embed(features)
+
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor, camera: Optional[Tensor] = None,
-                num_frames: int = 1) -> Tensor:
+                num_frames: int = 1, ip: Optional[Tensor] = None, ip_img: Optional[Tensor] = None) -> Tensor:
         """ε̂ (or v) for x [(B·F), C, H, W] at timesteps [(B·F)] with text context [(B·F), T, D] and cameras
-        [(B·F), camera_dim]; the F views of each object are contiguous."""
+        [(B·F), camera_dim]; the F views of each object are contiguous.
+
+        Image-conditioned models (ImageDream): the last frame of each group is the reference frame; ``ip_img``
+        [B, C, H, W] (its clean model-space image, zeros for the dropped image) replaces rows F−1, 2F−1, … of x
+        (the caller passes the group's timestep for it too, and drops its output), and the image tokens follow
+        the text in every cross-attention: from ``ip`` [(B·F), 257, ip_embedding_dim] (CLIP features, through
+        :meth:`image_tokens`), or, when ``ip`` is None, already appended to ``context`` by the caller."""
         if x.shape[0] % num_frames:
             raise DreamcoreError(f"multi-view UNet: a batch of {x.shape[0]} images is not a whole number of "
                                  f"{num_frames}-view groups")
@@ -261,7 +377,15 @@ class MultiViewUNet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             if not self.config.camera_dim:
                 raise DreamcoreError("multi-view UNet: a camera was given to a model without camera_dim")
             emb = emb + self.camera_embed(camera.to(x.dtype))
+        if self.has_reference_frame:
+            if ip_img is None or ip_img.shape[0] * num_frames != x.shape[0]:
+                raise DreamcoreError("multi-view UNet with a reference frame: give ip_img, one clean reference "
+                                     f"image per group of {num_frames} frames (the last frame of each group)")
+            x = x.clone()
+            x[num_frames - 1::num_frames] = ip_img.to(x.dtype)
         context = context.to(x.dtype)
+        if ip is not None:
+            context = torch.cat([context, self.image_tokens(ip.to(x.dtype))], dim=1)
         h, skips = x, []
         for stage in self.input_blocks:
             h = stage(h, emb, context, num_frames)
