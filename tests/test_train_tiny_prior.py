@@ -367,3 +367,206 @@ def test_init_from_continues_a_multi_view_folder_and_refuses_a_mismatched_one(mv
     s, c, f = (load_file(str(p / rel)) for p in (src, tmp_path / "cont", tmp_path / "fresh"))
     dist = lambda a, b: sum(float((a[k] - b[k]).pow(2).sum()) for k in a)  # noqa: E731
     assert dist(c, s) < 0.1 * dist(f, s)
+
+
+# ------------------------------------------------------------------------------------------------ --image-conditioning
+ASSET_OBJECTS = (("robot.glb", "a toy robot"), ("car.glb", "a toy car"))
+
+
+def _image_argv(out):
+    args = []
+    for name, prompt in ASSET_OBJECTS:
+        args += ["--object", f"{ROOT / 'assets' / name}:{prompt}"]
+    return args + ["--out", str(out), "--quick", "--seed", "2", "--threads", "1", "--resolution", "16",
+                   "--unet-channels", "8,16,16", "--steps", "4", "--batch", "8", "--views-per-object", "32",
+                   "--eval-views-per-object", "16", "--eval-samples", "2", "--ddim-steps", "4", "--views", "4",
+                   "--no-baseline", "--image-conditioning"]
+
+
+@pytest.fixture(scope="module")
+def image_runs(tmp_path_factory):
+    """Two --quick --views 4 --image-conditioning runs with the same seed on two objects of assets/."""
+    root = tmp_path_factory.mktemp("tiny_mv_image_prior")
+    threads = torch.get_num_threads()
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        for name in ("a", "b"):
+            assert ttp.main(_image_argv(root / name)) == 0
+    finally:
+        torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+    return root / "a", root / "b"
+
+
+@pytest.fixture
+def image_run(image_runs):
+    return image_runs[0]
+
+
+def _without_timings(ev: dict) -> dict:
+    ev = json.loads(json.dumps(ev))
+    for key in ("sampling_s", "sampling_s_per_group", "seconds"):
+        ev.pop(key, None)
+    ev["image_conditioning"].pop("sampling_s")
+    return ev
+
+
+def test_image_conditioned_runs_are_reproducible_and_eval_only_rescores_them_the_same(image_runs):
+    a, b = image_runs
+    assert_same_weights(a, b, MV_WEIGHT_FILES)
+    ev_a = json.loads((a / "dreamcore_prior.json").read_text())["evaluation"]
+    before = json.loads((b / "dreamcore_prior.json").read_text())["evaluation"]
+    assert _without_timings(ev_a) == _without_timings(before)
+    threads = torch.get_num_threads()
+    try:
+        assert ttp.main(["--eval-only", str(b), "--threads", "1", "--quick", "--eval-samples", "2", "--ddim-steps",
+                         "4", "--no-baseline"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    after = json.loads((b / "dreamcore_prior.json").read_text())["evaluation"]
+    assert _without_timings(after) == _without_timings(before)
+
+
+def test_image_conditioned_folder_records_its_reference_frame_and_both_evaluations(image_run):
+    from dreamcore.priors.mv_unet import MultiViewUNet
+
+    unet = MultiViewUNet.from_pretrained(image_run / "unet")
+    assert unet.config.reference_frame is True and unet.config.reference_camera == "own"
+    assert unet.has_reference_frame and unet.config.ip_dim == 0
+    meta = json.loads((image_run / "dreamcore_prior.json").read_text())
+    assert meta["settings"]["image_conditioning"] is True and meta["settings"]["image_dropout"] == 0.5
+    assert "WHITE" in meta["integration"]["reference_frame"] and "all-zero" in meta["integration"]["dropped_image"]
+    ev = meta["evaluation"]
+    # the text-only figures (image dropped), as for a text-only folder ...
+    assert 0.0 <= ev["prompt_accuracy"] <= 1.0 and np.isfinite(ev["consistency_psnr"])
+    # ... and the same groups given a held-out picture of the named object
+    block = ev["image_conditioning"]
+    for key in ("with_image", "without_image"):
+        assert 0.0 <= block[key]["prompt_accuracy"] <= 1.0 and np.isfinite(block[key]["consistency_psnr"])
+    assert block["without_image"]["consistency_psnr"] == ev["consistency_psnr"]
+    assert block["consistency_gain_db"] == pytest.approx(block["with_image"]["consistency_psnr"]
+                                                         - ev["consistency_psnr"])
+    assert [r["prompt"] for r in block["per_object"]] == [p for _, p in ASSET_OBJECTS]
+    for r in block["per_object"]:
+        assert r["groups"] == 2 and set(r["with_image"]) == set(r["without_image"]) == {"prompt_accuracy",
+                                                                                          "consistency_psnr"}
+    assert [ref["object"] for ref in block["references"]] == [0, 0, 1, 1]
+    for row in ev["x0_mse"].values():
+        assert set(row) == {"cond", "uncond", "cond_image", "uncond_image"}
+    report = (image_run / "report.md").read_text()
+    assert "image-conditioned" in report and "With the picture vs. without" in report
+    assert "reference_frame" in report and "over WHITE" in report
+
+
+def test_image_conditioned_folder_loads_in_the_multiview_prior_and_the_picture_changes_the_prediction(image_run,
+                                                                                                      tmp_path):
+    from dreamcore.cameras import orbit_cameras, sample_orbit
+    from dreamcore.priors.multiview import MultiViewPrior
+
+    prior = MultiViewPrior(MultiViewPrior.Config(name="multiview", model=str(image_run),
+                                                 cache_dir=str(tmp_path / "cache")))
+    assert prior.accepts_image and prior.resolution == 16
+    g = torch.Generator().manual_seed(0)
+    cams = prior.view_group(sample_orbit(1, g))
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    t = torch.full((4,), 500)
+    dropped = prior.encode_prompt("a toy robot").cond["default"]
+    prior.set_reference_image(torch.rand(16, 16, 3, generator=g),
+                              orbit_cameras(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([3.2]),
+                                            torch.tensor([40.0])))
+    given = prior.encode_prompt("a toy robot").cond["default"]
+    assert dropped[0, -1, 0] == 0.0 and given[0, -1, 0] == 1.0
+    with torch.no_grad():
+        e_dropped = prior.predict_noise(x, t, dropped.expand(4, -1, -1), cameras=cams)
+        e_given = prior.predict_noise(x, t, given.expand(4, -1, -1), cameras=cams)
+    assert torch.isfinite(e_given).all() and (e_given - e_dropped).abs().amax() > 1e-6
+
+
+def test_init_from_refuses_to_continue_an_image_folder_as_a_text_only_one(image_run, tmp_path):
+    argv = [a for a in _image_argv(tmp_path / "x") if a != "--image-conditioning"]
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit, match="image-conditioned folder .* cannot be continued as a text-only"):
+            ttp.main(argv + ["--init-from", str(image_run)])
+        with pytest.raises(SystemExit, match="--image-conditioning is a multi-view option"):
+            ttp.main(["--object", "nowhere.glb:a thing", "--out", "unused", "--image-conditioning", "--quick"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _image_data(groups=6, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ttp.GroupSet(torch.rand(groups * n, 3, 8, 8, generator=g), torch.rand(groups * n, 1, 8, 8, generator=g),
+                        torch.randn(groups * n, 16, generator=g), torch.zeros(groups * n), torch.zeros(groups * n),
+                        torch.arange(groups) % 2, n)
+
+
+def _recording_unet(seen, garbage=0.0):
+    """A stand-in UNet with a reference frame: records its inputs, predicts zeros for the views and ``garbage``
+    in the reference rows."""
+    def unet(x, t, context, camera=None, num_frames=1, ip_img=None):
+        seen.update(x=x, t=t, context=context, camera=camera, num_frames=num_frames, ip_img=ip_img)
+        out = torch.zeros_like(x)
+        out[num_frames - 1::num_frames] = garbage
+        return out
+    unet.has_reference_frame = True
+    return unet
+
+
+def _image_step(data, s, unet, seed=1):
+    cond_ids = torch.arange(3)[:, None].expand(3, 5)  # object 0, object 1, empty prompt
+    return ttp.train_step_mv(unet, lambda ids: (ids[:, :, None].float().expand(-1, -1, 6),),
+                             ttp.ddpm_scheduler("epsilon"), data, cond_ids, s, torch.Generator().manual_seed(seed))
+
+
+def test_image_training_step_puts_the_reference_last_and_keeps_it_out_of_the_loss():
+    """Each group of 4 views gets a 5th, last frame: a view of the same object from another group, over white,
+    with that view's camera, the group's timestep and caption; the loss ignores the reference rows."""
+    n, data = 4, _image_data()
+    s = ttp.Settings(batch=12, views=n, caption_dropout=0.0, image_conditioning=True, image_dropout=0.0)
+    seen = {}
+    loss = _image_step(data, s, _recording_unet(seen))
+    assert torch.isfinite(loss) and seen["num_frames"] == n + 1 and seen["x"].shape == (15, 3, 8, 8)
+    assert seen["ip_img"].shape == (3, 3, 8, 8)
+    t = seen["t"].view(3, n + 1)
+    assert (t == t[:, :1]).all()  # the reference row has the group's timestep
+    ctx = seen["context"][:, 0, 0].view(3, n + 1)
+    assert (ctx == ctx[:, :1]).all()  # ... and its caption
+    cams = seen["camera"].view(3, n + 1, 16)
+    for k in range(3):
+        group = int(torch.nonzero((data.camera == cams[k, 0]).all(1))[0]) // n
+        img = int(torch.nonzero((data.camera == cams[k, n]).all(1))[0])
+        assert data.obj[img // n] == data.obj[group] and img // n != group  # same object, another group's camera
+        white = ttp.composite(data.color[img:img + 1], data.alpha[img:img + 1], torch.ones(1, 3))[0] * 2 - 1
+        assert torch.equal(seen["ip_img"][k], white)
+    # garbage predicted in the reference rows changes nothing: they are not in the loss
+    garbage = _image_step(data, s, _recording_unet({}, garbage=1e6))
+    assert torch.equal(loss, garbage)
+    # the same draws with and without --image-conditioning up to the reference (drawn last)
+    text_only = ttp.Settings(batch=12, views=n, caption_dropout=0.0)
+    seen_text = {}
+
+    def plain(x, t, context, camera=None, num_frames=1):
+        seen_text.update(x=x, t=t)
+        return torch.zeros_like(x)
+    _image_step(data, text_only, plain)
+    assert torch.equal(seen_text["t"], seen["t"].view(3, n + 1)[:, :n].reshape(-1))
+
+
+def test_dropped_references_are_exact_zeros_for_frame_and_camera():
+    n, data = 4, _image_data(groups=8)
+    seen = {}
+    s = ttp.Settings(batch=16, views=n, image_conditioning=True, image_dropout=1.0)
+    _image_step(data, s, _recording_unet(seen))
+    assert torch.equal(seen["ip_img"], torch.zeros(4, 3, 8, 8))
+    assert torch.equal(seen["camera"].view(4, n + 1, 16)[:, n], torch.zeros(4, 16))
+    # half dropped: exactly the dropped ones are zero, frame and camera together
+    gi = torch.arange(8).repeat(8)
+    x, cam, drop = ttp.reference_batch(data, gi, torch.Generator().manual_seed(3), 0.5)
+    assert 0 < int(drop.sum()) < drop.numel()
+    assert torch.equal(x[drop], torch.zeros_like(x[drop])) and torch.equal(cam[drop], torch.zeros_like(cam[drop]))
+    assert (x[~drop].flatten(1).abs().amax(1) > 0).all() and (cam[~drop].abs().amax(1) > 0).all()

@@ -5,6 +5,7 @@
         [--views-per-object 3000] [--prediction-type epsilon|v_prediction] [--eval-samples 8] [--quick]
     python tools/train_tiny_prior.py --views 4 --object ... --out runs/tiny-mv-prior   # multi-view prior
         [--attention-resolutions 2,4] [--baseline-2d assets/tiny-prior | --no-baseline]
+        [--image-conditioning [--image-dropout 0.5]]   # + ImageDream's reference frame: text- and image-to-3D
     python tools/train_tiny_prior.py --eval-only runs/tiny-prior      # re-score a saved folder (2D or multi-view)
     python tools/train_tiny_prior.py --bench [--views 4]              # s/step at 32/64 px, 1/2 threads
 
@@ -84,6 +85,32 @@ Multi-view mode (``--views N`` > 1; everything not named here is as above):
   ``"front_azimuth": 90.0`` besides the settings, timings and evaluation; ``samples.png`` has one row per sample
   group: its N views, the named object's N renders at the same cameras, and the 2D baseline's N samples.
   ``--eval-only`` reads the view count from ``dreamcore_prior.json``.
+
+Image conditioning (``--views N --image-conditioning``; ImageDream, Wang & Shi 2023, its "pixel controller"
+without the CLIP image prompt; everything not named here is as in the multi-view mode):
+
+* Model. The same MultiViewUNet with ``reference_frame=True, reference_camera="own"`` (no extra parameters): each
+  group holds its N views and, last, a clean reference frame (N + 1 frames, contiguous), which the UNet writes
+  over the last row of each group from its ``ip_img`` argument, at the group's timestep and caption, with its own
+  16 camera numbers; the views reach it through the multi-view self-attention; its output is dropped.
+* Training. For each sampled group, drawn after the rest of the batch: a view of the same object from another
+  training group (a random group of that object, then a random view, from the seeded generator: an independent
+  random camera in the training ranges), composited over white (the engine feeds the picture over white),
+  x = 2·rgb − 1, with that view's camera numbers from the GroupSet. With probability ``--image-dropout`` (0.5) the
+  picture is dropped: an all-zero frame and an all-zero camera, as the engine's dropped image. Caption dropout
+  (10 %) stays independent, so 5 % of the groups drop both (the CFG unconditional of image-to-3D) and half the
+  groups train exactly the text-only task, which keeps the folder usable for text-to-3D. The loss is over the N
+  views only.
+* Evaluation. The text-only figures above are kept, with the picture dropped in both CFG passes (they mean what
+  they mean for a text-only folder), and the same sample groups (same cameras, same initial noise) are sampled
+  again given a picture: a held-out render of the named object at a random held-out camera, over white, with its
+  camera (CFG against the empty prompt + the dropped image, as ImageDream). ``dreamcore_prior.json``'s evaluation
+  gains ``image_conditioning``: prompt accuracy and consistency PSNR with and without the picture, overall and per
+  object, and which render each group got; the x̂0 MSE gains ``cond_image``/``uncond_image``; ``samples.png``
+  gains the picture and the samples given it; the settings record ``image_conditioning`` and ``image_dropout``,
+  the integration notes the reference frame and how to feed it. ``--init-from`` refuses a text-only folder for an
+  image-conditioned run and the other way round (the UNet configs differ). The folder loads unchanged as
+  ``prior.name: multiview`` (its ``accepts_image`` is then true).
 
 Determinism: every random draw (cameras, batches, timesteps, noise, backgrounds, caption dropout, samples) comes
 from an explicit ``torch.Generator`` seeded from ``--seed``; the networks' initialisation, which torch modules draw
@@ -177,9 +204,16 @@ class Settings:
     views: int = 1  # views denoised jointly; 1 = the 2D prior
     attention_resolutions: tuple[int, ...] = (2, 4)  # MultiViewUNet: downsampling factors with attention
     init_from: str = ""  # multi-view mode: start from this folder's weights (a continued training), else fresh
+    # image conditioning (multi-view mode; recorded only when on, see settings_json): ImageDream's reference frame
+    image_conditioning: bool = False  # a clean reference picture as a last frame of each group (its own camera)
+    # probability that a group's reference is dropped (all-zero frame and camera): half the groups train the
+    # text-only task the folder keeps serving, half the image task; caption dropout stays independent, so
+    # caption_dropout·image_dropout = 5 % of the groups drop both (the CFG unconditional of image-to-3D)
+    image_dropout: float = 0.5
 
 
-MV_ONLY_SETTINGS = ("views", "attention_resolutions", "init_from")
+IMAGE_SETTINGS = ("image_conditioning", "image_dropout")
+MV_ONLY_SETTINGS = ("views", "attention_resolutions", "init_from") + IMAGE_SETTINGS
 
 
 @dataclass
@@ -474,7 +508,9 @@ def mv_unet_config(s: Settings) -> dict:
     """The MultiViewUNet config of the multi-view mode: widths ``unet_channels`` = model_channels·channel_mult,
     one ResBlock per level, transformers (multi-view self-attention + text cross-attention) at the downsampling
     factors ``attention_resolutions`` and in the middle, ``attention_heads`` heads at every attention level
-    (num_heads, so the head width is width/heads: 16 and 32 at the default widths, the split of the 2D model)."""
+    (num_heads, so the head width is width/heads: 16 and 32 at the default widths, the split of the 2D model).
+    With ``image_conditioning`` the last frame of each group is a clean reference picture with its own camera
+    (``reference_frame=True, reference_camera="own"``; no parameters are added)."""
     ch = tuple(int(c) for c in s.unet_channels)
     if len(ch) != 3:
         raise SystemExit(f"--unet-channels needs 3 widths, got {ch}")
@@ -487,10 +523,13 @@ def mv_unet_config(s: Settings) -> dict:
     if not s.attention_resolutions or any(r not in levels for r in s.attention_resolutions):
         raise SystemExit(f"--attention-resolutions {tuple(s.attention_resolutions)}: give downsampling factors "
                          f"among {levels}")
-    return dict(image_size=s.resolution, in_channels=3, out_channels=3, model_channels=ch[0], num_res_blocks=1,
-                attention_resolutions=tuple(int(r) for r in s.attention_resolutions),
-                channel_mult=tuple(c // ch[0] for c in ch), num_head_channels=-1, num_heads=s.attention_heads,
-                context_dim=s.text_width, transformer_depth=1, camera_dim=16, norm_groups=norm_groups(ch), ip_dim=0)
+    cfg = dict(image_size=s.resolution, in_channels=3, out_channels=3, model_channels=ch[0], num_res_blocks=1,
+               attention_resolutions=tuple(int(r) for r in s.attention_resolutions),
+               channel_mult=tuple(c // ch[0] for c in ch), num_head_channels=-1, num_heads=s.attention_heads,
+               context_dim=s.text_width, transformer_depth=1, camera_dim=16, norm_groups=norm_groups(ch), ip_dim=0)
+    if s.image_conditioning:  # ImageDream's reference frame without its CLIP image prompt, with its own camera
+        cfg.update(reference_frame=True, reference_camera="own")
+    return cfg
 
 
 def build_mv_models(s: Settings, vocab_size: int):
@@ -528,8 +567,16 @@ def load_weights_from(folder: Path, unet, text_encoder, tokenizer, s: Settings) 
     def plain(config) -> dict:
         return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
 
-    if plain(source.config) != plain(unet.config):
-        raise SystemExit(f"--init-from {folder}: its UNet config differs from the one asked for")
+    src_cfg, new_cfg = plain(source.config), plain(unet.config)
+    if bool(source.has_reference_frame) != bool(unet.has_reference_frame):
+        had = "an image-conditioned" if source.has_reference_frame else "a text-only"
+        raise SystemExit(f"--init-from {folder}: {had} folder (UNet reference_frame "
+                         f"{src_cfg.get('reference_frame')}) cannot be continued as "
+                         f"{'an image-conditioned' if unet.has_reference_frame else 'a text-only'} one: "
+                         f"{'drop' if source.has_reference_frame else 'give'} --image-conditioning, or train fresh")
+    if src_cfg != new_cfg:
+        diff = sorted(k for k in set(src_cfg) | set(new_cfg) if src_cfg.get(k) != new_cfg.get(k))
+        raise SystemExit(f"--init-from {folder}: its UNet config differs from the one asked for ({', '.join(diff)})")
     unet.load_state_dict(source.state_dict())
     text_encoder.load_state_dict(CLIPTextModel.from_pretrained(str(folder / "text_encoder")).state_dict())
     print(f"continuing from {folder} ({meta['settings'].get('steps')} steps, seed {meta['settings'].get('seed')})",
@@ -660,11 +707,103 @@ def train(objects: list[ObjectSpec], out: Path, s: Settings, ev: EvalSettings, l
     return meta
 
 
+WHITE = (1.0, 1.0, 1.0)  # the reference picture's background: the engine feeds the picture over white
+
+
+def has_reference_frame(unet) -> bool:
+    """Whether a multi-view UNet takes a clean reference frame last in each group (``--image-conditioning``)."""
+    return bool(getattr(unet, "has_reference_frame", False))
+
+
+def with_reference_rows(v: Tensor, last: Tensor, views: int) -> Tensor:
+    """[(G·views), …] rows and one more row per group ``last`` [G, …] -> [(G·(views + 1)), …]: each group's views,
+    then its extra row (the layout of the multiview prior's ``predict_noise``: the reference frame goes last)."""
+    g = v.shape[0] // views
+    v = v.reshape(g, views, *v.shape[1:])
+    return torch.cat([v, last.reshape(g, 1, *v.shape[2:]).to(v.dtype)], 1).flatten(0, 1)
+
+
+def view_rows(out: Tensor, views: int) -> Tensor:
+    """[(G·(views + 1)), …] -> [(G·views), …]: the reference rows dropped."""
+    return out.reshape(-1, views + 1, *out.shape[1:])[:, :views].flatten(0, 1)
+
+
+def mv_forward(unet, x: Tensor, t: Tensor, context: Tensor, camera: Tensor, views: int,
+               ref: Optional[Tensor] = None, ref_camera: Optional[Tensor] = None) -> Tensor:
+    """The UNet's output for the views x [(G·views), C, H, W] (timesteps [(G·views)], text [(G·views), L, D],
+    cameras [(G·views), 16]). A UNet with a reference frame gets, last in each group, the clean reference image
+    ``ref`` [G, C, H, W] in model space (its ``ip_img``; the row of x there is a placeholder the UNet overwrites)
+    with the group's timestep and text and the camera ``ref_camera`` [G, 16]; None = the dropped image (all-zero
+    frame and camera). Its output rows are dropped: [(G·views), C, H, W] either way."""
+    if not has_reference_frame(unet):
+        if ref is not None:
+            raise SystemExit("a reference image was given to a multi-view UNet without a reference frame")
+        return unet(x, t, context, camera=camera, num_frames=views)
+    g = x.shape[0] // views
+    if ref is None:
+        ref = torch.zeros(g, *x.shape[1:], dtype=x.dtype)
+    if ref_camera is None:
+        ref_camera = torch.zeros(g, camera.shape[-1], dtype=camera.dtype)
+    out = unet(with_reference_rows(x, torch.zeros_like(x[::views]), views), with_reference_rows(t, t[::views], views),
+               with_reference_rows(context, context[::views], views),
+               camera=with_reference_rows(camera, ref_camera, views), num_frames=views + 1, ip_img=ref.to(x.dtype))
+    return view_rows(out, views)
+
+
+def reference_images(data: GroupSet, obj: Tensor, gen: torch.Generator,
+                     exclude_group: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """For each wanted object ``obj`` [K]: the image index of a random view of a random group of that object in
+    ``data`` (drawn from ``gen``: the group's rank among the object's groups, then the view), never the group
+    ``exclude_group`` [K] when given and the object has another, so its camera is independent of that group's.
+    Returns (image indices [K], x in [−1, 1] over white [K, 3, H, W]: the picture as the engine feeds it)."""
+    k = obj.shape[0]
+    order = torch.argsort(data.obj, stable=True)  # groups sorted by object
+    counts = torch.bincount(data.obj, minlength=int(max(int(data.obj.max()), int(obj.max()))) + 1)
+    if (counts[obj] == 0).any():
+        raise SystemExit("reference_images: an object without groups to take a reference view from")
+    starts = torch.cumsum(counts, 0) - counts
+    pool = counts[obj]
+    u = torch.rand(k, generator=gen)
+    if exclude_group is not None:
+        rank_of = torch.empty_like(order)
+        rank_of[order] = torch.arange(order.shape[0])
+        own = rank_of[exclude_group] - starts[obj]
+        other = pool > 1
+        size = torch.where(other, pool - 1, pool)  # the object's other groups (itself when it has no other)
+        rank = torch.minimum((u * size).long(), size - 1)
+        rank = torch.where(other & (rank >= own), rank + 1, rank)
+    else:
+        rank = torch.minimum((u * pool).long(), pool - 1)
+    group = order[starts[obj] + rank]
+    img = group * data.views + torch.randint(data.views, (k,), generator=gen)
+    x = composite(data.color[img], data.alpha[img], torch.tensor(WHITE).expand(k, 3)) * 2.0 - 1.0
+    return img, x
+
+
+def reference_batch(data: GroupSet, gi: Tensor, gen: torch.Generator,
+                    dropout: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The training references of the groups ``gi`` [G]: a view of the same object from another training group
+    (:func:`reference_images`), over white, in [−1, 1] [G, 3, H, W], its camera numbers (the GroupSet's
+    ``camera``) [G, 16], and which were dropped [G] (probability ``dropout``): their frame and camera are exact
+    zeros, as the engine's dropped image."""
+    img, x = reference_images(data, data.obj[gi], gen, exclude_group=gi)
+    cam = data.camera[img].clone()
+    drop = torch.rand(gi.shape[0], generator=gen) < dropout
+    x[drop] = 0.0
+    cam[drop] = 0.0
+    return x, cam, drop
+
+
 def train_step_mv(unet, text_encoder, sched, data: GroupSet, cond_ids: Tensor, s: Settings,
                   gen: torch.Generator) -> Tensor:
     """One multi-view diffusion loss: ``s.batch // views`` random groups, one background, one caption (the plain
     prompt, dropped to the last row of ``cond_ids``, the empty prompt, per group) and one timestep per group,
-    independent noise per view; the UNet sees each view's camera and the group's views jointly."""
+    independent noise per view; the UNet sees each view's camera and the group's views jointly.
+
+    With ``s.image_conditioning`` each group also gets its reference frame, last (:func:`reference_batch`, drawn
+    after everything above: a clean view of the same object from another group's camera, over white, with that
+    camera; dropped with ``s.image_dropout`` to an all-zero frame and camera, independently of the caption),
+    at the group's timestep and caption; its output row is not in the loss (:func:`mv_forward` drops it)."""
     n = data.views
     g = s.batch // n
     gi = torch.randint(data.groups, (g,), generator=gen)
@@ -677,7 +816,13 @@ def train_step_mv(unet, text_encoder, sched, data: GroupSet, cond_ids: Tensor, s
     noise = torch.randn(x0.shape, generator=gen)
     x_t = sched.add_noise(x0, noise, t)
     emb = encode(text_encoder, cond_ids)[cap]
-    pred = unet(x_t, t, emb, camera=data.camera[idx], num_frames=n)
+    if s.image_conditioning != has_reference_frame(unet):
+        raise SystemExit("train_step_mv: --image-conditioning and the UNet's reference_frame disagree")
+    if not s.image_conditioning:
+        pred = unet(x_t, t, emb, camera=data.camera[idx], num_frames=n)
+    else:
+        ref, ref_cam, _ = reference_batch(data, gi, gen, s.image_dropout)
+        pred = mv_forward(unet, x_t, t, emb, data.camera[idx], n, ref, ref_cam)
     return F.mse_loss(pred, training_target(sched, x0, noise, t))
 
 
@@ -727,6 +872,9 @@ def train_mv(objects: list[ObjectSpec], out: Path, s: Settings, ev: EvalSettings
     print(f"MultiViewUNet {n_unet / 1e6:.3f} M params ({n} views, attention at R/"
           f"{', R/'.join(str(r) for r in s.attention_resolutions)} + middle), text encoder {n_text / 1e6:.3f} M, "
           f"vocabulary {len(tokenizer)}, {len(prompts)} prompts", flush=True)
+    if s.image_conditioning:
+        print(f"image conditioning: a reference frame last in each group (its own camera), dropped for "
+              f"{100 * s.image_dropout:.0f} % of the groups", flush=True)
 
     losses, t_training = optimize(
         unet, text_encoder, lambda gen: train_step_mv(unet, text_encoder, sched, data, cond_ids, s, gen), s,
@@ -807,10 +955,13 @@ def _jsonable(d):
 
 def settings_json(s: Settings) -> dict:
     """The Settings as recorded in dreamcore_prior.json: the multi-view keys only in the multi-view mode (a 2D
-    folder records exactly what it did before the mode existed)."""
+    folder records exactly what it did before the mode existed), the image-conditioning keys only when it is on."""
     d = _jsonable(asdict(s))
     if s.views == 1:
         for k in MV_ONLY_SETTINGS:
+            d.pop(k)
+    elif not s.image_conditioning:  # a text-only multi-view folder records what it did before the option existed
+        for k in IMAGE_SETTINGS:
             d.pop(k)
     return d
 
@@ -834,9 +985,10 @@ def integration_notes(s: Settings) -> dict:
 
 
 def integration_notes_mv(s: Settings) -> dict:
-    """What the multiview prior needs to use a multi-view folder (also in report.md)."""
+    """What the multiview prior needs to use a multi-view folder (also in report.md); an image-conditioned one
+    adds its reference frame, how to feed it and how to drop it."""
     n = s.views
-    return {
+    notes = {
         "model_space": f"pixels x = 2*rgb - 1 in [-1, 1], [(B*{n}), 3, {s.resolution}, {s.resolution}] (no VAE)",
         "unet": f"dreamcore.priors.mv_unet.MultiViewUNet (unet/): unet(x, t, context, camera, num_frames={n}), "
                 f"the {n} views of one object contiguous in the batch",
@@ -856,6 +1008,25 @@ def integration_notes_mv(s: Settings) -> dict:
         "sampling_start": "epsilon models: start DDIM from sqrt(abar_T)*data_mean + sqrt(1-abar_T)*noise "
                           "(data_mean.safetensors, every view); v_prediction: pure noise",
     }
+    if not s.image_conditioning:
+        return notes
+    notes["unet"] = (f"dreamcore.priors.mv_unet.MultiViewUNet (unet/, reference_frame=true, reference_camera='own'): "
+                     f"unet(x, t, context, camera, num_frames={n + 1}, ip_img=ref), each group's {n} views "
+                     "contiguous, then its reference frame")
+    notes["reference_frame"] = (
+        f"the picture, last in each group of {n} + 1 frames: rgb composited over WHITE, x = 2*rgb - 1 at "
+        f"{s.resolution} px, passed as ip_img [G, 3, {s.resolution}, {s.resolution}] (the UNet overwrites rows "
+        f"{n}, {2 * n + 1}, ... of x with it: no noise), with the group's timestep and text context and its own "
+        f"camera camera_condition(reference camera, front_azimuth={FRONT_AZIMUTH}); its output row is dropped. "
+        "MultiViewPrior.set_reference_image(rgb over white, camera) does all of this")
+    notes["dropped_image"] = ("an all-zero frame AND an all-zero camera: text-to-3D (no picture: every row), and "
+                              "the unconditional CFG pass of image-to-3D")
+    notes["uncond"] = ("the empty prompt '' ([BOS] [EOS] [PAD]...) with the dropped image; trained with 10% caption "
+                       f"dropout and {100 * s.image_dropout:.0f}% image dropout per group, independently "
+                       f"({100 * s.caption_dropout * s.image_dropout:.0f}% drop both)")
+    notes["image_training"] = ("the reference of a training group: a view of the same object from another group's "
+                               "random camera (elevation, azimuth, distance and fov of the training ranges)")
+    return notes
 
 
 def save_folder(out: Path, unet, text_encoder, tokenizer, sched, mean_img: Tensor,
@@ -1260,11 +1431,17 @@ def render_report(meta: dict) -> str:
 # ------------------------------------------------------------------------------------------------ multi-view evaluation
 @torch.no_grad()
 def ddim_sample_mv(unet, cond: Tensor, uncond: Tensor, camera: Tensor, views: int, sched, ev: EvalSettings,
-                   mean_img: Optional[Tensor], gen: torch.Generator) -> Tensor:
+                   mean_img: Optional[Tensor], gen: torch.Generator, ref: Optional[Tensor] = None,
+                   ref_camera: Optional[Tensor] = None) -> Tensor:
     """The 2D sampler (DDIM η = 0, trailing spacing, CFG on the output) for groups of ``views`` views denoised
     jointly: conditions ``cond`` [G·views, L, D], the empty prompt ``uncond`` [1, L, D], cameras ``camera``
     [G·views, 16] (both passes get them); independent noise per view, ε-models start every view from the
-    forward-diffused data mean. Returns [G·views, 3, H, W] in [−1, 1] (clamped)."""
+    forward-diffused data mean. Returns [G·views, 3, H, W] in [−1, 1] (clamped).
+
+    A UNet with a reference frame (``--image-conditioning``) gets it last in each group (:func:`mv_forward`): the
+    conditional pass the picture ``ref`` [G, 3, H, W] (in [−1, 1], over white) with its camera ``ref_camera``
+    [G, 16], the unconditional pass the dropped image (ImageDream's CFG: empty prompt + dropped image); without
+    ``ref`` both passes drop it (text-only use)."""
     ddim = ddim_scheduler(sched, ev.ddim_steps)
     n = cond.shape[0]
     res = int(unet.config.image_size)
@@ -1276,16 +1453,30 @@ def ddim_sample_mv(unet, cond: Tensor, uncond: Tensor, camera: Tensor, views: in
     else:
         x = noise
     chunk = max(1, ev.batch // views) * views  # whole groups per forward pass
+    framed = has_reference_frame(unet)
+    if ref is not None and not framed:
+        raise SystemExit("ddim_sample_mv: a reference image for a UNet without a reference frame")
     out = []
     for start in range(0, n, chunk):
         xb = x[start:start + chunk]
         cb = cond[start:start + chunk]
         camb = camera[start:start + chunk]
         ub = uncond.expand(cb.shape[0], -1, -1)
+        refs = {}
+        if framed:
+            gb = xb.shape[0] // views
+            g0 = start // views
+            zeros_x, zeros_c = torch.zeros(gb, *xb.shape[1:]), torch.zeros(gb, camb.shape[-1])
+            refs = dict(ref=torch.cat([zeros_x, zeros_x if ref is None else ref[g0:g0 + gb]]),
+                        ref_camera=torch.cat([zeros_c, zeros_c if ref_camera is None else ref_camera[g0:g0 + gb]]))
         for t in ddim.timesteps:
             tt = torch.full((2 * xb.shape[0],), int(t), dtype=torch.long)
-            pred = unet(torch.cat([xb, xb]), tt, torch.cat([ub, cb]), camera=torch.cat([camb, camb]),
-                        num_frames=views)
+            if framed:
+                pred = mv_forward(unet, torch.cat([xb, xb]), tt, torch.cat([ub, cb]), torch.cat([camb, camb]),
+                                  views, **refs)
+            else:
+                pred = unet(torch.cat([xb, xb]), tt, torch.cat([ub, cb]), camera=torch.cat([camb, camb]),
+                            num_frames=views)
             pu, pc = pred.chunk(2)
             xb = ddim.step(pu + ev.cfg * (pc - pu), t, xb).prev_sample
         out.append(xb)
@@ -1344,7 +1535,10 @@ def mse_groups(ev: EvalSettings, held: GroupSet) -> int:
 @torch.no_grad()
 def x0_mse_mv(unet, text_encoder, sched, cond_ids: Tensor, held: GroupSet, s: Settings, ev: EvalSettings) -> dict:
     """x̂0 MSE ([0, 1] scale) on held-out groups (prompt and empty prompt, with the cameras) at t in
-    MSE_TIMESTEPS; about ``ev.mse_images`` images in whole groups, one background per group."""
+    MSE_TIMESTEPS; about ``ev.mse_images`` images in whole groups, one background per group. A UNet with a
+    reference frame: ``cond``/``uncond`` with the dropped image (the text-only figures), and ``cond_image``/
+    ``uncond_image`` with a reference view of each group's object from another held-out group (over white, its
+    camera; drawn from its own stream, so the text-only figures use the same draws as a text-only folder's)."""
     gen = generator(ev.seed, "eval-mse")
     n = held.views
     k = mse_groups(ev, held)
@@ -1357,6 +1551,11 @@ def x0_mse_mv(unet, text_encoder, sched, cond_ids: Tensor, held: GroupSet, s: Se
     uncond = emb_all[-1:].expand_as(cond)
     cam = held.camera[idx]
     chunk = max(1, ev.batch // n) * n
+    passes = [("cond", cond, None), ("uncond", uncond, None)]
+    if has_reference_frame(unet):
+        ref_img, ref = reference_images(held, held.obj[gi], generator(ev.seed, "eval-mse-reference"), exclude_group=gi)
+        image = (ref, held.camera[ref_img])
+        passes += [("cond_image", cond, image), ("uncond_image", uncond, image)]
     out = {}
     for t_val in MSE_TIMESTEPS:
         t = torch.full((x0.shape[0],), t_val, dtype=torch.long)
@@ -1364,10 +1563,14 @@ def x0_mse_mv(unet, text_encoder, sched, cond_ids: Tensor, held: GroupSet, s: Se
         x_t = sched.add_noise(x0, noise, t)
         abar = sched.alphas_cumprod[t]
         row = {}
-        for name, emb in (("cond", cond), ("uncond", uncond)):
-            pred = torch.cat([unet(x_t[i:i + chunk], t[i:i + chunk], emb[i:i + chunk], camera=cam[i:i + chunk],
-                                   num_frames=n) for i in range(0, x0.shape[0], chunk)])
-            x0_hat = to_x0(pred, x_t, abar, sched.config.prediction_type)
+        for name, emb, image in passes:
+            preds = []
+            for i in range(0, x0.shape[0], chunk):
+                kw = {} if image is None else dict(ref=image[0][i // n:(i + chunk) // n],
+                                                   ref_camera=image[1][i // n:(i + chunk) // n])
+                preds.append(mv_forward(unet, x_t[i:i + chunk], t[i:i + chunk], emb[i:i + chunk], cam[i:i + chunk],
+                                        n, **kw))
+            x0_hat = to_x0(torch.cat(preds), x_t, abar, sched.config.prediction_type)
             row[name] = float(((x0_hat - x0) / 2.0).pow(2).mean())
         out[str(t_val)] = row
     return out
@@ -1423,7 +1626,13 @@ def evaluate_mv(folder: Path, ev: EvalSettings, objects: Optional[list[ObjectSpe
     """Score a saved multi-view folder (loaded with from_pretrained): ``ev.samples_per_caption`` sample groups per
     object at seeded anchor cameras (expanded by view_groups), each scored against every object's renders at
     exactly those cameras (prompt accuracy, multi-view consistency PSNR), the same for the 2D baseline, the x̂0
-    MSE on held-out groups; writes samples.png and returns the figures."""
+    MSE on held-out groups; writes samples.png and returns the figures.
+
+    An image-conditioned folder (its UNet has a reference frame): the figures above are its text-only ones (the
+    image dropped in both CFG passes, so they mean what they mean for a text-only folder), and the
+    ``image_conditioning`` block adds the same groups sampled with a picture (same cameras, same initial noise):
+    for each group a held-out render of the named object at a random held-out camera, over white, with that
+    camera (the stream ``eval-mv-reference``), CFG against the empty prompt + dropped image (ImageDream's)."""
     from dreamcore.priors.mv_cameras import camera_condition
 
     t0 = time.perf_counter()
@@ -1473,6 +1682,20 @@ def evaluate_mv(folder: Path, ev: EvalSettings, objects: Optional[list[ObjectSpe
             "baseline_2d_prompt_accuracy": float(bsc["prompt_hit"][sel].mean()) if bsc else None,
             "baseline_2d_consistency_psnr": float(bsc["psnr_named"][sel].mean()) if bsc else None,
         })
+    image = None
+    if has_reference_frame(unet):
+        ref_img, ref = reference_images(held_out, group_obj, generator(ev.seed, "eval-mv-reference"))
+        print(f"evaluating with the image: the same {g} groups, each given a held-out render of its object ...",
+              flush=True)
+        t_i = time.perf_counter()
+        image_samples = ddim_sample_mv(unet, emb[group_obj.repeat_interleave(n)], emb[-1:], camera_condition(cams),
+                                       n, sched, ev, mean_img, generator(ev.seed, "eval-mv-samples"), ref=ref,
+                                       ref_camera=held_out.camera[ref_img])
+        t_image = time.perf_counter() - t_i
+        image01 = (image_samples + 1.0) / 2.0
+        isc = score_groups(image01, group_obj, color, alpha, n)
+        image = {"ref_img": ref_img, "ref01": (ref + 1.0) / 2.0, "samples01": image01, "sc": isc,
+                 "sampling_s": round(t_image, 1)}
     b = {"folder": base["folder"], "note": base["note"]}
     if bsc is not None:
         b.update({"prompt_accuracy": float(bsc["prompt_hit"].mean()),
@@ -1500,18 +1723,64 @@ def evaluate_mv(folder: Path, ev: EvalSettings, objects: Optional[list[ObjectSpe
         "sampling_s": round(t_sampling, 1),
         "sampling_s_per_group": round(t_sampling / max(1, g), 3),
     }
+    if image is not None:
+        result["image_conditioning"] = image_figures(image, sc, group_obj, prompts, held_out, multi)
     save_grid_mv(folder / "samples.png", samples01, group_obj, prompts, color, alpha, sc["bg"], n,
-                 base.get("samples01"))
+                 base.get("samples01"), image)
     print(format_table_mv(result), flush=True)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
 
+def image_figures(image: dict, sc: dict, group_obj: Tensor, prompts: list[str], held_out: GroupSet,
+                  multi: bool) -> dict:
+    """The ``image_conditioning`` block of a multi-view evaluation: prompt accuracy and consistency PSNR of the
+    groups sampled with the picture (``image["sc"]``) beside the same groups sampled without it (``sc``), overall
+    and per object, and which held-out render each group was given."""
+    isc = image["sc"]
+
+    def figures(x: dict, sel=None) -> dict:
+        sel = torch.ones_like(group_obj, dtype=torch.bool) if sel is None else sel
+        out = {"prompt_accuracy": float(x["prompt_hit"][sel].mean()),
+               "consistency_psnr": float(x["psnr_named"][sel].mean())}
+        if sel.all():
+            out["consistency_psnr_view_bg"] = float(x["psnr_named_view_bg"].mean())
+            out["psnr_other"] = float(x["psnr_other"].mean()) if multi else None
+        return out
+
+    with_image, without = figures(isc), figures(sc)
+    per_object = []
+    for k, prompt in enumerate(prompts):
+        sel = group_obj == k
+        w, wo = figures(isc, sel), figures(sc, sel)
+        per_object.append({"prompt": prompt, "object": k, "groups": int(sel.sum()), "with_image": w,
+                           "without_image": wo,
+                           "consistency_gain_db": w["consistency_psnr"] - wo["consistency_psnr"]})
+    n = held_out.views
+    refs = [{"group": k, "object": int(group_obj[k]), "held_out_group": int(i) // n, "view": int(i) % n,
+             "elevation": round(float(held_out.elevation[i]), 2), "azimuth": round(float(held_out.azimuth[i]), 2)}
+            for k, i in enumerate(image["ref_img"].tolist())]
+    return {
+        "reference": "per sample group, a held-out render of the named object at a random held-out camera (seeded "
+                     "stream eval-mv-reference), over white, its own camera; the same cameras and initial noise "
+                     "as the text-only samples; CFG against the empty prompt + dropped image",
+        "with_image": with_image,
+        "without_image": without,
+        "consistency_gain_db": with_image["consistency_psnr"] - without["consistency_psnr"],
+        "prompt_accuracy_gain": with_image["prompt_accuracy"] - without["prompt_accuracy"],
+        "per_object": per_object,
+        "references": refs,
+        "sampling_s": image["sampling_s"],
+    }
+
+
 def save_grid_mv(path: Path, samples01: Tensor, group_obj: Tensor, prompts: list[str], color: Tensor,
-                 alpha: Tensor, bg: Tensor, views: int, baseline01: Optional[Tensor] = None) -> None:
+                 alpha: Tensor, bg: Tensor, views: int, baseline01: Optional[Tensor] = None,
+                 image: Optional[dict] = None) -> None:
     """samples.png of the multi-view mode: one row per sample group (its prompt at the left): the group's views,
     a gap, the named object's renders at the same cameras on the background fitted to the group, and, when the
-    2D baseline ran, a gap and its independent samples for the same cameras."""
+    2D baseline ran, a gap and its independent samples for the same cameras; for an image-conditioned folder
+    (``image``: evaluate_mv's) then the group's reference picture and its views sampled with it."""
     from PIL import Image, ImageDraw
 
     res = samples01.shape[-1]
@@ -1519,32 +1788,41 @@ def save_grid_mv(path: Path, samples01: Tensor, group_obj: Tensor, prompts: list
     cell = res * scale + 2
     gap = 8
     head = 16
-    blocks = 3 if baseline01 is not None else 2
+    g = group_obj.shape[0]
+    # (title, cells, the picture of cell v of group k)
+    blocks = [("multi-view sample" + (" (no image)" if image is not None else ""), views,
+               lambda k, v: samples01[k * views + v]),
+              ("renders of the named object", views,
+               lambda k, v: composite(color[int(group_obj[k]), k * views + v][None],
+                                      alpha[int(group_obj[k]), k * views + v][None],
+                                      bg[k, int(group_obj[k])][None])[0])]
+    if baseline01 is not None:
+        blocks.append(("2D baseline (independent views)", views, lambda k, v: baseline01[k * views + v]))
+    if image is not None:
+        blocks.append(("picture", 1, lambda k, v: image["ref01"][k]))
+        blocks.append(("multi-view sample given the picture", views, lambda k, v: image["samples01"][k * views + v]))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = 12 + int(max(probe.textlength(p) for p in prompts))
-    width = label_w + blocks * (views * cell + gap)
-    g = group_obj.shape[0]
-    img = Image.new("RGB", (width, head + g * cell), (255, 255, 255))
+    lefts = []
+    x = label_w
+    for title, cells, _ in blocks:
+        lefts.append(x)
+        x += max(cells * cell, int(probe.textlength(title)) + 4 if cells == 1 else 0) + gap
+    img = Image.new("RGB", (x, head + g * cell), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    titles = ["multi-view sample", "renders of the named object", "2D baseline (independent views)"]
-    for j in range(blocks):
-        draw.text((label_w + j * (views * cell + gap), 2), titles[j], fill=(0, 0, 0))
+    for (title, _, _), left in zip(blocks, lefts):
+        draw.text((left, 2), title, fill=(0, 0, 0))
 
     def paste(t: Tensor, x: int, y: int) -> None:
         arr = (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")
         img.paste(Image.fromarray(arr).resize((res * scale, res * scale), Image.NEAREST), (x, y))
 
     for k in range(g):
-        o = int(group_obj[k])
         y = head + k * cell + 1
-        draw.text((4, y + cell // 2 - 6), prompts[o], fill=(0, 0, 0))
-        for v in range(views):
-            i = k * views + v
-            paste(samples01[i], label_w + v * cell, y)
-            paste(composite(color[o, i:i + 1], alpha[o, i:i + 1], bg[k, o][None])[0],
-                  label_w + views * cell + gap + v * cell, y)
-            if baseline01 is not None:
-                paste(baseline01[i], label_w + 2 * (views * cell + gap) + v * cell, y)
+        draw.text((4, y + cell // 2 - 6), prompts[int(group_obj[k])], fill=(0, 0, 0))
+        for (_, cells, cell_image), left in zip(blocks, lefts):
+            for v in range(cells):
+                paste(cell_image(k, v), left + v * cell, y)
     img.save(path)
 
 
@@ -1578,8 +1856,38 @@ def format_table_mv(result: dict) -> str:
               "object", "",
               f"x̂0 MSE on {result['x0_mse_groups']} of the {result['held_out_groups']} held-out groups:", "",
               "| t | x̂0 MSE, prompt | x̂0 MSE, empty prompt |", "|---|---|---|"]
+    image = "cond_image" in next(iter(result["x0_mse"].values()), {})
+    if image:
+        lines[-2:] = ["| t | x̂0 MSE, prompt | x̂0 MSE, empty prompt | prompt + picture | empty prompt + picture |",
+                      "|---|---|---|---|---|"]
     for t, row in result["x0_mse"].items():
-        lines.append(f"| {t} | {row['cond']:.5f} | {row['uncond']:.5f} |")
+        lines.append(f"| {t} | {row['cond']:.5f} | {row['uncond']:.5f} |" + (
+            f" {row['cond_image']:.5f} | {row['uncond_image']:.5f} |" if image else ""))
+    if result.get("image_conditioning"):
+        lines += ["", format_table_image(result["image_conditioning"])]
+    return "\n".join(lines)
+
+
+def format_table_image(block: dict) -> str:
+    """The image-conditioned figures (evaluate_mv's ``image_conditioning`` block): each object's consistency PSNR
+    and prompt accuracy sampled with its picture beside the same groups sampled with the image dropped."""
+    lines = ["With the picture vs. without (the same groups, cameras and initial noise):", "",
+             "| prompt | groups | consistency PSNR without → with (dB) | gain (dB) | prompt acc without → with |",
+             "|---|---|---|---|---|"]
+
+    def row(name: str, groups, wo: dict, w: dict) -> str:
+        gain = w["consistency_psnr"] - wo["consistency_psnr"]
+        return (f"| {name} | {groups} | {wo['consistency_psnr']:.1f} → {w['consistency_psnr']:.1f} | {gain:+.1f} | "
+                f"{100 * wo['prompt_accuracy']:.0f} % → {100 * w['prompt_accuracy']:.0f} % |")
+
+    for r in block["per_object"]:
+        lines.append(row(r["prompt"], r["groups"], r["without_image"], r["with_image"]))
+    lines.append(row("**all**", sum(r["groups"] for r in block["per_object"]), block["without_image"],
+                     block["with_image"]))
+    lines += ["", f"Picture: {block['reference']}; with a background fitted per view: "
+                  f"{block['without_image']['consistency_psnr_view_bg']:.1f} → "
+                  f"{block['with_image']['consistency_psnr_view_bg']:.1f} dB. Sampling with the picture took "
+                  f"{block['sampling_s']} s."]
     return "\n".join(lines)
 
 
@@ -1587,8 +1895,10 @@ def render_report_mv(meta: dict) -> str:
     """report.md of a multi-view folder: settings, timings, evaluation, integration notes."""
     s = meta.get("settings", {})
     n = meta.get("views")
-    lines = ["# Tiny pixel-space multi-view prior", "",
-             f"Trained by `tools/train_tiny_prior.py --views {n}` (seed {s.get('seed')}, {s.get('steps')} steps at "
+    image = bool(s.get("image_conditioning"))
+    lines = ["# Tiny pixel-space multi-view prior" + (", image-conditioned" if image else ""), "",
+             f"Trained by `tools/train_tiny_prior.py --views {n}{' --image-conditioning' if image else ''}` (seed "
+             f"{s.get('seed')}, {s.get('steps')} steps at "
              f"batch {s.get('batch')} = {s.get('batch', 0) // max(1, n or 1)} groups of {n} views, "
              f"{s.get('resolution')} px, {s.get('prediction_type')}; camera condition with front azimuth "
              f"{meta.get('front_azimuth')}°).", "", "## Objects", "",
@@ -1611,11 +1921,24 @@ def render_report_mv(meta: dict) -> str:
               f"{meta.get('parameters', {}).get('text_encoder', 0) / 1e6:.3f} M (width {s.get('text_width')}, "
               f"{s.get('max_length')} positions); vocabulary {len(meta.get('vocabulary', []))}.",
               f"- Folder size: {meta.get('folder_mb', '?')} MB.", "", "## Timings", ""]
+    if s.get("image_conditioning"):
+        lines[-4:-4] = [
+            f"- Image conditioning (ImageDream's reference frame, `reference_frame: true`, `reference_camera: own`): "
+            f"each group of {n} views gets a last, clean frame — a view of the same object from another training "
+            "group's random camera, composited over white, with that camera's 16 numbers, at the group's timestep "
+            f"and caption; its output is not in the loss. Dropped (all-zero frame and camera) for "
+            f"{100 * s.get('image_dropout', 0):.0f} % of the groups, independently of the caption, so "
+            f"{100 * s.get('image_dropout', 0) * s.get('caption_dropout', 0):.0f} % drop both (the unconditional "
+            "of image-to-3D) and the folder keeps serving text-to-3D with the image dropped."]
     lines += report_timings_and_loss(meta)
     ev = meta.get("evaluation")
     if ev:
         st = ev["settings"]
         lines += ["", "## Evaluation", "",
+                  *(["This folder is image-conditioned: the first table and the x̂0 MSE's prompt columns are its "
+                     "text-only figures (the image dropped in both CFG passes, as for a text-only folder); the last "
+                     "table gives the same groups sampled with a picture.", ""]
+                    if ev.get("image_conditioning") else []),
                   f"{ev['groups_per_object']} sample groups of {ev['views']} views per prompt ({st['ddim_steps']} "
                   f"DDIM steps, trailing, CFG {st['cfg']}) at seeded cameras; every object is rendered at exactly "
                   "those cameras and, per group and object, one solid background is fitted over the views before "
@@ -1726,6 +2049,13 @@ def build_parser() -> argparse.ArgumentParser:
     mv.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                     help="continue training this multi-view folder's weights (same objects and model size)")
     mv.add_argument("--no-baseline", action="store_true", help="skip the 2D baseline of the evaluation")
+    mv.add_argument("--image-conditioning", action="store_true",
+                    help="also condition on a picture (ImageDream's reference frame): each group gets a clean view "
+                         "of its object from another random camera, over white, as a last frame with its own camera; "
+                         "one folder then serves text-to-3D (image dropped) and image-to-3D")
+    mv.add_argument("--image-dropout", type=float, default=None, metavar="P",
+                    help="with --image-conditioning: probability that a group's picture is dropped (all-zero frame "
+                         "and camera; default 0.5), independent of the 10%% caption dropout")
     return p
 
 
@@ -1763,6 +2093,16 @@ def settings_from_args(a) -> tuple[Settings, EvalSettings]:
         if a.views == 1:
             raise SystemExit("--init-from continues a multi-view folder: give --views N > 1")
         s.init_from = str(a.init_from)
+    if a.image_conditioning or a.image_dropout is not None:
+        if not a.image_conditioning:
+            raise SystemExit("--image-dropout goes with --image-conditioning")
+        if a.views == 1:
+            raise SystemExit("--image-conditioning is a multi-view option: give --views N > 1")
+        s.image_conditioning = True
+        if a.image_dropout is not None:
+            if not 0.0 <= a.image_dropout <= 1.0:
+                raise SystemExit(f"--image-dropout {a.image_dropout}: a probability in [0, 1]")
+            s.image_dropout = float(a.image_dropout)
     s.warmup_steps = min(d.warmup_steps, max(1, s.steps // 10))  # 100, or a tenth of a short run
     ev = EvalSettings(
         samples_per_caption=_pick(a.eval_samples, "samples_per_caption", a.quick, de.samples_per_caption),
