@@ -570,3 +570,32 @@ def test_dropped_references_are_exact_zeros_for_frame_and_camera():
     assert 0 < int(drop.sum()) < drop.numel()
     assert torch.equal(x[drop], torch.zeros_like(x[drop])) and torch.equal(cam[drop], torch.zeros_like(cam[drop]))
     assert (x[~drop].flatten(1).abs().amax(1) > 0).all() and (cam[~drop].abs().amax(1) > 0).all()
+
+
+def test_a_text_only_folder_is_continued_with_the_image_condition_all_its_weights_carried_over(tmp_path):
+    """The reference frame adds no parameters: --image-conditioning --init-from a text-only folder starts from
+    every one of its weights (a 1-step continuation stays near it) and ends with the image UNet config."""
+    from safetensors.torch import load_file
+
+    text_argv = [a for a in _image_argv(tmp_path / "text") if a != "--image-conditioning"]
+    threads = torch.get_num_threads()
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        assert ttp.main(text_argv + ["--steps", "2", "--no-baseline"]) == 0
+        assert ttp.main(_image_argv(tmp_path / "image") + ["--steps", "1", "--no-baseline", "--seed", "3",
+                                                           "--init-from", str(tmp_path / "text")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+    config = json.loads((tmp_path / "image" / "unet" / "config.json").read_text())
+    assert config["reference_frame"] is True and config["reference_camera"] == "own"
+    rel = "unet/diffusion_pytorch_model.safetensors"
+    src, cont = load_file(str(tmp_path / "text" / rel)), load_file(str(tmp_path / "image" / rel))
+    assert set(src) == set(cont)
+    moved = sum(float((src[k] - cont[k]).pow(2).sum()) for k in src)
+    scale = sum(float(src[k].pow(2).sum()) for k in src)
+    assert moved < 1e-3 * scale

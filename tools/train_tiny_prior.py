@@ -568,12 +568,18 @@ def load_weights_from(folder: Path, unet, text_encoder, tokenizer, s: Settings) 
         return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
 
     src_cfg, new_cfg = plain(source.config), plain(unet.config)
-    if bool(source.has_reference_frame) != bool(unet.has_reference_frame):
-        had = "an image-conditioned" if source.has_reference_frame else "a text-only"
-        raise SystemExit(f"--init-from {folder}: {had} folder (UNet reference_frame "
-                         f"{src_cfg.get('reference_frame')}) cannot be continued as "
-                         f"{'an image-conditioned' if unet.has_reference_frame else 'a text-only'} one: "
-                         f"{'drop' if source.has_reference_frame else 'give'} --image-conditioning, or train fresh")
+    if source.has_reference_frame and not unet.has_reference_frame:
+        raise SystemExit(f"--init-from {folder}: an image-conditioned folder (UNet reference_frame "
+                         f"{src_cfg.get('reference_frame')}) cannot be continued as a text-only one: give "
+                         "--image-conditioning, or train fresh")
+    if unet.has_reference_frame and not source.has_reference_frame:
+        # a text-only folder taught to take a picture: the reference frame adds no parameters (it is one more
+        # frame in the multi-view self-attention, with a camera through the same MLP), so every weight carries over
+        print(f"--init-from {folder}: a text-only folder, continued with the image condition (reference frame)",
+              flush=True)
+        for key in ("reference_frame", "reference_camera"):
+            src_cfg.pop(key, None)
+            new_cfg.pop(key, None)
     if src_cfg != new_cfg:
         diff = sorted(k for k in set(src_cfg) | set(new_cfg) if src_cfg.get(k) != new_cfg.get(k))
         raise SystemExit(f"--init-from {folder}: its UNet config differs from the one asked for ({', '.join(diff)})")
