@@ -3,6 +3,7 @@
     import dreamcore
 
     run = dreamcore.generate("a toy robot", config="text-nerf", overrides={"run.steps": 500}, run_dir="out/robot")
+    run = dreamcore.generate("a toy robot", config="image-to-3d", image="robot.png")   # image to 3D
     run.metrics["glb_psnr"]                       # metrics.json
     image = run.render(azimuth=45, elevation=20, resolution=256)   # a new view, from the last checkpoint
     image.save("robot-45.png")
@@ -40,14 +41,17 @@ register = registry.register
 def generate(prompt: str | None = None, config: str | Path = "text-nerf",
              overrides: Mapping[str, Any] | Sequence[str] | None = None, run_dir: str | Path | None = None,
              progress: bool = True, negative_prompt: str | None = None, seed: int | None = None,
-             announce=print) -> "Run":
+             announce=print, image: str | Path | None = None) -> "Run":
     """Optimize one scene and export it, as ``dreamcore generate`` does; returns the finished :class:`Run`.
     ``prompt=None`` keeps the config's own (a reconstruction recipe); ``run_dir=None`` makes a new folder under
-    ``runs/``; ``progress`` shows the step bar. Errors in the input are :class:`DreamcoreError` raised before any
-    work; an interrupted run (Ctrl-C) keeps its checkpoint and can be continued with :func:`resume`."""
+    ``runs/``; ``progress`` shows the step bar. ``image``: image-to-3D from that picture (PNG, JPEG or WebP;
+    ``config="image-to-3d"``), kept in the run folder as ``reference.png``; the prompt may then be empty where
+    the prior takes the picture as a condition (the tiny multi-view prior needs the object's name for now).
+    Errors in the input (a bad picture too) are :class:`DreamcoreError` raised before any work; an interrupted
+    run (Ctrl-C) keeps its checkpoint and can be continued with :func:`resume`."""
     from dreamcore.runner.generate import generate as run_generate
 
-    cfg = job_config(prompt, config, overrides, run_dir, negative_prompt, seed)
+    cfg = job_config(prompt, config, overrides, run_dir, negative_prompt, seed, image=image)
     cfg.run.progress = bool(progress)
     return load_run(run_generate(cfg, announce=announce), load_system=False)
 
@@ -116,9 +120,10 @@ class Run:
 
     @property
     def files(self) -> dict[str, Path]:
-        """The exported files present: glb, obj, mtl, png (texture), ply, turntable."""
+        """The exported files present: glb, obj, mtl, png (texture), ply, turntable; and an image-to-3D run's
+        picture as it used it (``reference``: reference.png, the cut-out)."""
         names = {"glb": "model.glb", "obj": "model.obj", "mtl": "model.mtl", "png": "model.png",
-                 "ply": "model.ply", "turntable": "turntable.mp4"}
+                 "ply": "model.ply", "turntable": "turntable.mp4", "reference": "reference.png"}
         out = {k: self.path / v for k, v in names.items() if (self.path / v).is_file()}
         if "turntable" not in out and (self.path / "turntable.gif").is_file():
             out["turntable"] = self.path / "turntable.gif"

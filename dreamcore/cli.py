@@ -23,8 +23,9 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
     words, overrides = _split(ns.args)
     if ns.resume:
-        if words or ns.prompt is not None or ns.negative_prompt is not None:
-            raise DreamcoreError(f"--resume takes key=value overrides only, got {' '.join(words)!r}")
+        if words or ns.prompt is not None or ns.negative_prompt is not None or ns.image is not None:
+            raise DreamcoreError("--resume takes key=value overrides only (the run keeps its prompt and picture), "
+                                 f"got {' '.join(words + (['--image'] if ns.image is not None else []))!r}")
         run = resume(ns.resume, overrides, progress=True)
     else:
         if words and ns.prompt is not None:
@@ -32,8 +33,9 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         # taken literally, whatever it holds ("a chair: red", "a cat # fluffy", "yes"); --prompt for one that
         # starts with "-" or holds "="
         prompt = ns.prompt if ns.prompt is not None else (" ".join(words) if words else None)
-        run = generate(prompt, ns.config or "dreamfusion", overrides, negative_prompt=ns.negative_prompt,
-                       progress=True)
+        # --image: image-to-3D (the prompt may then be left out; configs/image-to-3d.yaml is the recipe)
+        run = generate(prompt, ns.config or ("image-to-3d" if ns.image is not None else "dreamfusion"), overrides,
+                       negative_prompt=ns.negative_prompt, progress=True, image=ns.image)
     _report(run.path)
     return 0
 
@@ -155,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", "-p", default=None, help="the prompt, taken literally (for one that starts with - "
                    "or holds =); else the words before the overrides")
     g.add_argument("--negative-prompt", "-n", default=None, help="the negative prompt, taken literally")
+    g.add_argument("--image", "-i", default=None, metavar="PICTURE",
+                   help="image to 3D: a PNG, JPEG or WebP picture of the object (its background removed, framed "
+                        "and seen from image.azimuth/image.elevation, default the front); default recipe "
+                        "image-to-3d. The prompt (the object's name) is optional")
     g.add_argument("args", nargs="*", help='the prompt words and/or key=value overrides (e.g. run.steps=500)')
     g.set_defaults(func=cmd_generate)
     d = sub.add_parser("demo", help="reference prior on the shipped asset: NeRF + SDS + export, on CPU")

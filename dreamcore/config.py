@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 from dreamcore import registry
 from dreamcore.errors import DreamcoreError
 from dreamcore.files import data_dir, resolve_path
+from dreamcore.reference_image import ImageConfig
 from dreamcore.schedule import Scheduled, step_count
 from dreamcore.views import ViewPromptConfig
 
@@ -139,16 +140,16 @@ class InitConfig:
 class RefineConfig:
     """A second stage run into ``<run.dir>/<dir>`` when this run finishes, started from it (``init.from_run``):
     DreamGaussian's and Magic3D's mesh refinement in one command. It inherits this run's prompt, negative
-    prompt, plugins, view prompts, prior, eval and run seed/device/threads/progress (except the sections named
-    in ``own``), and writes the mesh formats of ``export.formats`` — all of them when it keeps this run's kind
-    of representation — which are then copied into this run's folder (this run writes the rest, e.g. ``ply``
-    before a mesh stage)."""
+    prompt, plugins, view prompts, prior, eval, image (image-to-3D's picture) and run seed/device/threads/
+    progress (except the sections named in ``own``), and writes the mesh formats of ``export.formats`` — all of
+    them when it keeps this run's kind of representation — which are then copied into this run's folder (this
+    run writes the rest, e.g. ``ply`` before a mesh stage)."""
 
     config: str = ""  # the stage's YAML (a path relative to the config file that names it); "" = no refinement
     dir: str = "refine"
     overrides: list[str] = field(default_factory=list)  # key=value for the stage, after its own file
     # inherited sections the stage takes from its own file instead (e.g. [prior]: StableDreamer's image-space
-    # prior, then a latent one); any of prompt, negative_prompt, plugins, views, prior, eval
+    # prior, then a latent one); any of prompt, negative_prompt, plugins, views, prior, eval, image
     own: list[str] = field(default_factory=list)
 
 
@@ -171,6 +172,7 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)  # image-to-3D: the picture (dreamcore.reference_image)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -303,16 +305,24 @@ def prompt_line(key: str, text: str) -> str:
 
 def job_config(prompt: str | None, config: str | Path = "text-nerf",
                overrides: "Mapping[str, Any] | Sequence[str] | None" = None, run_dir: str | Path | None = None,
-               negative_prompt: str | None = None, seed: int | None = None) -> Config:
+               negative_prompt: str | None = None, seed: int | None = None,
+               image: str | Path | None = None) -> Config:
     """The merged config of a run: ``config`` (a shipped recipe's name or a YAML path), then ``overrides``, then
-    the prompt, negative prompt, seed and run folder given here (taken literally)."""
+    the prompt, negative prompt, seed, picture (``image.path``, image-to-3D) and run folder given here (taken
+    literally). With a picture the prompt may be empty."""
     lines = override_lines(overrides)
     if prompt is not None:
-        lines.append(prompt_line("prompt", prompt))
+        empty_allowed = image is not None and isinstance(prompt, str)  # the picture says what the object is
+        lines.append(f"prompt={json.dumps(prompt, ensure_ascii=False)}" if empty_allowed
+                     else prompt_line("prompt", prompt))
     if negative_prompt is not None:
         lines.append(prompt_line("negative_prompt", negative_prompt))
     if seed is not None:
         lines.append(f"run.seed={int(seed)}")
+    if image is not None:
+        if not str(image).strip():
+            raise DreamcoreError("the image path is empty: name a PNG, JPEG or WebP picture")
+        lines.append(f"image.path={json.dumps(str(image), ensure_ascii=False)}")
     if run_dir is not None:
         lines.append(f"run.dir={json.dumps(str(run_dir))}")
     return load_config(config_path(str(config)), lines)

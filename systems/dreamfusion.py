@@ -3,6 +3,8 @@
 One training step (Poole et al. 2022, Alg. 1): render views (whole images, or random pixel subsets when the
 prior allows it), apply the guidance against the prior with the prompt's (view-dependent) condition, add
 regularizers (opacity sparsity, binary opacity, normal orientation). The runner owns the loop; this class owns the parts.
+With an ``image`` (image-to-3D) the step also renders the picture's own camera and adds the reference-view losses
+of :mod:`dreamcore.systems.reference_view`; the Gaussian and mesh systems inherit the step, so all three take it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dreamcore.renderers.background import build_background
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.schedule import Scheduled
 from dreamcore.system import System
+from dreamcore.systems.reference_view import ReferenceView
 from dreamcore import rng
 
 
@@ -39,6 +42,8 @@ class DreamFusionSystem(System):
 
     def __init__(self, cfg: "DreamFusionSystem.Config", full: FullConfig) -> None:
         self.cfg, self.full = cfg, full
+        # image-to-3D (``image.path``): the picture's reference-view losses beside the guidance
+        self.reference: Optional[ReferenceView] = ReferenceView(full.image, full) if full.image.path else None
         self.prior = registry.build("prior", full.prior)
         if cfg.rays_per_view > 0 and not self.prior.supports_pixel_subsets:
             raise DreamcoreError(
@@ -51,6 +56,8 @@ class DreamFusionSystem(System):
         self.guidance = registry.build("guidance", full.guidance)
         self._check_channels()
         self.guidance.setup(self.prior, full.run.steps)
+        if self.reference is not None:  # an image-conditioned prior sees the picture (before the prompt's encoding)
+            self.reference.condition(self.prior)
         self.embeddings = self.prior.encode_prompt(full.prompt, full.negative_prompt, full.views)
 
     def initialize_from(self, source: System) -> dict:
@@ -82,6 +89,9 @@ class DreamFusionSystem(System):
         if c != 3 and not latent:
             raise DreamcoreError(f"representation.color_channels={c} renders latents: it needs a latent prior with "
                                  "prior.latent_mode=true")
+        if c != 3 and self.reference is not None:
+            raise DreamcoreError(f"image.path: the picture is compared with RGB renders, but this field renders {c} "
+                                 "latent channels (representation.color_channels=3 and prior.latent_mode=false)")
 
     # -- what the runner checkpoints and optimizes -------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -119,6 +129,8 @@ class DreamFusionSystem(System):
         lam = self.cfg.lambda_orientation(step)
         if lam > 0 and "orientation" in render.extras:
             losses["orientation"] = lam * render.extras["orientation"]
+        if self.reference is not None:  # image-to-3D: the picture at its own camera
+            losses.update(self.reference.losses(self, step, generator))
         return losses
 
     def after_step(self, step: int, generator: torch.Generator) -> None:

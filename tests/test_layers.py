@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # single module
 CORE = {"dreamcore", "dreamcore.errors", "dreamcore.files", "dreamcore.trust", "dreamcore.schedule", "dreamcore.registry",
         "dreamcore.builtins", "dreamcore.config", "dreamcore.cameras", "dreamcore.views", "dreamcore.packed", "dreamcore.rng",
-        "dreamcore.precision"}
+        "dreamcore.precision", "dreamcore.reference_image"}
 SINGLE_MODULES = {**{m: "core" for m in CORE}, "dreamcore.metrics": "metrics", "dreamcore.cli": "top",
                   "dreamcore.api": "top", "dreamcore.system": "contract"}
 

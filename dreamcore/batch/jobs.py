@@ -109,11 +109,14 @@ def slug(prompt: str) -> str:
 
 
 def job_hash(cfg: Config) -> str:
-    """SHA-256 (first 10 hex digits) of the merged config without the settings in UNHASHED_RUN_KEYS; the
-    prompt and seed are part of it."""
+    """SHA-256 (first 10 hex digits) of the merged config without the settings in UNHASHED_RUN_KEYS (nor the
+    ``image`` section while it names no picture, so that job names from before it existed stay); the prompt
+    and seed are part of it."""
     tree = to_tree(cfg)
     for key in UNHASHED_RUN_KEYS:
         tree["run"].pop(key, None)
+    if not cfg.image.path:
+        tree.pop("image", None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

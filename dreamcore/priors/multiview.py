@@ -155,6 +155,10 @@ class MultiViewPrior(StableDiffusionPrior):
             raise DreamcoreError(f"set_reference_image: expected rgb [H, W, 3] and one camera, got "
                                  f"{tuple(rgb.shape)} and {len(camera)} cameras")
         rgb = rgb.float().clamp(0, 1)
+        if rgb.shape[0] != self.resolution or rgb.shape[1] != self.resolution:  # area: no aliasing when shrinking
+            rgb = torch.nn.functional.interpolate(rgb.permute(2, 0, 1)[None], size=(self.resolution,) * 2,
+                                                  mode="area" if rgb.shape[0] > self.resolution else "bilinear")
+            rgb = rgb[0].permute(1, 2, 0)
         self.reference_x = self.to_model_space(rgb[None]).detach().float()
         self.reference_cameras = camera
         if self.image_encoder is not None:
@@ -187,10 +191,19 @@ class MultiViewPrior(StableDiffusionPrior):
     def encode_prompt(self, prompt: str, negative_prompt: str = "", views=None):
         """The text conditions, extended by :meth:`with_image` for an image-conditioned model: the prompt's with
         the image (when one is set), the negative and empty prompts' with the dropped image."""
-        e = super().encode_prompt(prompt, negative_prompt, views)
+        present = self.accepts_image and self.reference_x is not None
+        if present and not prompt.strip():  # a picture alone is a condition (ImageDream's prompt may be empty)
+            from dreamcore.priors.base import PromptEmbeddings
+
+            uncond = self.uncond_embedding(negative_prompt)
+            e = PromptEmbeddings(cond={"default": self.embed("")}, uncond=uncond, prompt="",
+                                 null=uncond if not negative_prompt else self.uncond_embedding(""))
+            if self.cfg.free_text_encoder:
+                self.free_text_encoders()
+        else:
+            e = super().encode_prompt(prompt, negative_prompt, views)
         if not self.accepts_image:
             return e
-        present = self.reference_x is not None
         return replace(e, cond={k: self.with_image(v, present) for k, v in e.cond.items()},
                        uncond=self.with_image(e.uncond, False),
                        null=None if e.null is None else self.with_image(e.null, False))

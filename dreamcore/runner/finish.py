@@ -110,6 +110,26 @@ def evaluate_run(system: System, cfg: Config, run_dir: Path, score_glb: bool = T
     return metrics
 
 
+@torch.no_grad()
+def reference_fit(system: System, cfg: Config) -> dict:
+    """Image-to-3D: how well the scene reproduces its picture at the picture's own camera (``image``), over
+    white at the render resolution — ``ref_psnr`` and the silhouette IoU ``ref_iou``; {} without a picture."""
+    if not cfg.image.path:
+        return {}
+    from dreamcore.reference_image import load_reference
+    from dreamcore.runner.rundir import follow_reference
+
+    if cfg.run.dir:
+        follow_reference(cfg, Path(cfg.run.dir))
+    c = cfg.camera
+    ref = load_reference(cfg.image, c.resolution, c.distance_range, c.fov_range)
+    device = next(system.representation.parameters()).device
+    white = torch.ones(1, 3)
+    out = system.render_views(ref.camera.to(device), ref.resolution, ref.resolution, white.to(device))
+    return {"ref_psnr": round(psnr(out.rgb.float().cpu(), ref.over(white)), 3),
+            "ref_iou": round(silhouette_iou(out.alpha.float().cpu(), ref.alpha), 4)}
+
+
 def _to_scene(asset, transform):
     from dataclasses import replace
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from dreamcore import registry
 from dreamcore.config import Config, load_config
 from dreamcore.errors import DreamcoreError
-from dreamcore.runner.finish import check_scoring_target, evaluate_run, export_run
+from dreamcore.runner.finish import check_scoring_target, evaluate_run, export_run, reference_fit
 from dreamcore.runner.refine import first_stage_formats, promote, refined_formats, stage_config
-from dreamcore.runner.rundir import RunDir, default_run_dir
+from dreamcore.runner.rundir import REFERENCE_NAME, RunDir, default_run_dir, follow_reference
 from dreamcore.runner.trainer import Trainer
 
 
@@ -46,9 +46,10 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
 
     exporters_for(cfg.export.formats)  # an unknown format fails now, not after the optimization
     check_scoring_target(cfg)  # so does a missing eval.mesh
-    if not cfg.prompt.strip():
+    if not cfg.prompt.strip() and not cfg.image.path:
         raise DreamcoreError('the prompt is empty: pass it as `dreamcore generate "a red chair"` or prompt="..."')
     run = RunDir(Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg))
+    picture = reference_picture(cfg, run.path)  # a bad picture is refused now, before any work
     run.check_not_busy()  # another live process works in this folder: say who, before any work
     if run.has_checkpoint() and not resume:
         raise DreamcoreError(
@@ -63,6 +64,8 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     with collect_log("dreamcore.meshes") as notes:  # what the mesh readers said, for the run's log.txt
         trainer = Trainer(cfg, run, resume=resume)  # loads the prior and checkpoint: bad input fails before any write
     with run.locked():  # one process per run folder (a second is refused, naming this one's PID)
+        if picture is not None:
+            keep_reference(picture, cfg, run)
         run.write_config(cfg)
         if trainer.recovered:
             run.log(f"warning: {trainer.recovered}")
@@ -88,6 +91,34 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
     return run.path
 
 
+def reference_picture(cfg: Config, run_dir: Path):
+    """The cut-out of ``image.path`` (image-to-3D), read and keyed now so that a bad picture is refused before
+    any work; None without one. A run folder names its own copy (:func:`keep_reference`), found beside its
+    config when the folder was moved since."""
+    from dreamcore.reference_image import cut_out
+
+    if not cfg.image.path:
+        return None
+    follow_reference(cfg, run_dir)
+    return cut_out(cfg.image.path, cfg.image)
+
+
+def keep_reference(picture, cfg: Config, run: RunDir) -> None:
+    """Write the picture's cut-out into the run folder as ``reference.png`` (the only file written for it; its
+    name never comes from the picture's) and point ``image.path`` there, so config.yaml names what the run
+    used and a resume or refinement stage reads the same pixels."""
+    from dreamcore.files import atomic_write_bytes
+
+    own = (run.path / REFERENCE_NAME).resolve()
+    source = Path(picture.source).expanduser().resolve()
+    if source != own:
+        atomic_write_bytes(own, picture.png_bytes())
+        h, w = picture.rgba.shape[:2]
+        run.log(f"image: {picture.source} -> {REFERENCE_NAME} ({w - 2}×{h - 2} pixels of object; background: "
+                f"{picture.method})")
+    cfg.image.path = str(own)
+
+
 def run_refinement(cfg: Config, run_dir: Path, metrics: dict, announce=print) -> dict:
     """Run (or resume) the refinement stage of the finished first stage in ``run_dir``; copy its exported files
     up and return the combined metrics: the stage's own (final asset), the first stage's under ``"stage1"``."""
@@ -111,7 +142,8 @@ def finish_run(system, cfg: Config, run_dir: Path) -> dict:
     and score it: {"export": ..., metrics...}."""
     formats = first_stage_formats(cfg)
     export = export_run(system, replace(cfg, export=replace(cfg.export, formats=formats)), run_dir) if formats else {}
-    return {"export": export, **evaluate_run(system, cfg, run_dir, score_glb=not refined_formats(cfg))}
+    return {"export": export, **evaluate_run(system, cfg, run_dir, score_glb=not refined_formats(cfg)),
+            **reference_fit(system, cfg)}
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:

@@ -19,7 +19,7 @@ from dreamcore.config import Config, config_path, load_config
 from dreamcore.errors import DreamcoreError
 
 # top-level sections and run fields the refinement stage takes from the first stage
-INHERITED = ("prompt", "negative_prompt", "plugins", "views", "prior", "eval")
+INHERITED = ("prompt", "negative_prompt", "plugins", "views", "prior", "eval", "image")
 INHERITED_RUN = ("seed", "device", "threads", "progress")
 
 

@@ -25,6 +25,16 @@ except ImportError:  # not POSIX: no lock (documented)
     fcntl = None
 
 LOCK_NAME = ".lock"
+REFERENCE_NAME = "reference.png"  # image-to-3D: the cut-out of the run's picture, which its config.yaml names
+
+
+def follow_reference(cfg: Config, run_dir: Path) -> None:
+    """Point ``image.path`` at ``run_dir``'s own ``reference.png`` when it names a run folder's copy that is no
+    longer where it was (the folder was moved or copied since)."""
+    path = Path(cfg.image.path).expanduser() if cfg.image.path else None
+    own = run_dir / REFERENCE_NAME
+    if path is not None and path.name == REFERENCE_NAME and not path.exists() and own.is_file():
+        cfg.image.path = str(own.resolve())
 
 
 class RunBusyError(DreamcoreError):
