@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamcore-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text gpu-wheels gpu-check gpu-check-dry clean
+.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text bench-image gpu-wheels gpu-check gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -67,6 +67,11 @@ tiny-mv-image-prior: $(STAMP)
 # guidance x prior x object x 3 seeds, hours
 bench-text: $(STAMP)
 	$(BIN)/python tools/bench_text_to_3d.py --docs docs/benchmarks.md
+
+# the image-to-3D benchmark (bench/image_to_3d.md, .json and .png, rows in bench/image_to_3d/rows, its tables in
+# docs/benchmarks.md): objects x views x {multiview, 2d} x 3 seeds, hours
+bench-image: $(STAMP)
+	$(BIN)/python tools/bench_image_to_3d.py --docs docs/benchmarks.md
 
 # the GPU check (tools/gpu_check.py). Here, with the network: fetch the wheels the bare GPU machine lacks (~19 MiB)
 gpu-wheels:

@@ -256,11 +256,12 @@ def load_ring(path: Path):
 def make_row(job: dict, metrics: dict, seconds: float | None, threads: int | None, commit: str | None,
              scored: list[dict], rows_dir: Path, teacher: float | None) -> dict:
     """The row of a finished run (:mod:`bench_rows`): its scores, object accuracy, teacher gap, wall time, thread
-    count, commit and config hash, written to ``rows_dir/<name>.json`` with its ring frames beside it."""
+    count, commit and config hash, written to ``rows_dir/<name>.json`` with its ring frames beside it. A job's
+    ``row_keys`` (another benchmark's, e.g. the image-to-3D view) are kept in the row too."""
     run_dir = Path(job["dir"])
     rows_dir = Path(rows_dir)
     rows_dir.mkdir(parents=True, exist_ok=True)
-    keep = ("recipe", "guidance", "prior", "object", "seed", "name", "config_hash")
+    keep = ("recipe", "guidance", "prior", "object", "seed", "name", "config_hash", *job.get("row_keys", ()))
     row = {k: job[k] for k in keep}
     row["object_path"] = bench_rows.relative_path(job["object_path"])
     row["dir"] = bench_rows.relative_path(run_dir)  # where the run folder was (not kept by the benchmark)
@@ -283,7 +284,8 @@ def run_one(job: dict, extra: list[str], threads: int, scored: list[dict] | None
             rows_dir: Path | None = None, teacher: float | None = None) -> dict:
     """One run's result: its row (``rows_dir``) when the row's config hash is the job's (no run at all); else the
     finished run folder when its ``config.yaml`` has that hash; else ``dreamcore generate`` in a subprocess (its
-    own process: a crash is one failed row). A finished run becomes a row."""
+    own process: a crash is one failed row), with the job's ``cli`` arguments (e.g. ``--image PICTURE --prompt
+    TEXT``) before its overrides. A finished run becomes a row."""
     run_dir = Path(job["dir"])
     scored = scored if scored is not None else [{"prompt": job["object"], "path": job["object_path"]}]
     row_file = Path(rows_dir) / f"{job['name']}.json" if rows_dir is not None else None
@@ -312,8 +314,8 @@ def run_one(job: dict, extra: list[str], threads: int, scored: list[dict] | None
     commit = bench_rows.git_commit()
     commit_file.write_text(f"{commit}\n")
     threads_file.write_text(f"{threads}\n")
-    args = [sys.executable, "-m", "dreamcore.cli", "generate", "--config", job["recipe"], *run_args(job, extra),
-            f"run.threads={threads}", f"run.dir={run_dir}"]
+    args = [sys.executable, "-m", "dreamcore.cli", "generate", *job.get("cli", ()), "--config", job["recipe"],
+            *run_args(job, extra), f"run.threads={threads}", f"run.dir={run_dir}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -499,10 +501,11 @@ def row_floors(row: dict) -> dict:
     return MV_FLOORS if row["prior"] == "multiview" else FLOORS
 
 
-def floor_failures(row: dict) -> list[str]:
-    """The names of the floors a summary row misses (a missing figure misses its floor)."""
+def floor_failures(row: dict, floors: dict | None = None) -> list[str]:
+    """The names of the floors (default :func:`row_floors`) a summary row misses (a missing figure misses its
+    floor)."""
     out = []
-    for key, bound in row_floors(row).items():
+    for key, bound in (row_floors(row) if floors is None else floors).items():
         v = row.get(key)
         if v is None or (v > bound if key in UPPER_BOUNDS else v < bound):
             out.append(FLOOR_NAMES[key])
@@ -678,7 +681,10 @@ def informative_order(jobs: list[dict]) -> list[dict]:
 class BudgetGate:
     """Whether a run may start under a budget of ``minutes`` (None: always): a run whose row is already there
     costs nothing; another starts only if the time spent plus its expected time (the median wall time of the
-    present rows of its recipe and guidance, else of its recipe, else nothing) stays within the budget."""
+    present rows of its recipe and guidance, else of its recipe, else nothing: :attr:`matches`) stays within the
+    budget."""
+
+    matches: tuple[tuple[str, ...], ...] = (("recipe", "guidance"), ("recipe",))
 
     def __init__(self, minutes: float | None, rows: list[dict], t0: float):
         self.limit = None if minutes is None else 60.0 * minutes
@@ -686,7 +692,7 @@ class BudgetGate:
         self.rows = rows
 
     def expected(self, job: dict) -> float:
-        for match in (("recipe", "guidance"), ("recipe",)):
+        for match in self.matches:
             secs = [r["seconds"] for r in self.rows if all(r.get(k) == job[k] for k in match)
                     and isinstance(r.get("seconds"), (int, float))]
             if secs:
@@ -701,6 +707,41 @@ class BudgetGate:
             if row is not None and row["config_hash"] == job.get("config_hash"):
                 return True
         return time.perf_counter() - self.t0 + self.expected(job) <= self.limit
+
+
+def run_all(jobs: list[dict], run, budget: float | None, rows_dir: Path, workers: int,
+            gate_class=BudgetGate) -> tuple[list[dict], float]:
+    """``run(job)`` for every job, ``workers`` at a time, those the budget (``gate_class``, MINUTES or None) lets
+    start; the others come back marked ``skipped``. Returns the results and the start time."""
+    t0 = time.perf_counter()
+    gate = gate_class(budget, bench_rows.load_rows(rows_dir), t0)
+
+    def one(j):
+        if not gate.may_start(j, rows_dir):
+            return {**j, "skipped": "budget"}
+        return run(j)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, jobs)), t0
+
+
+def shown_objects(objects: list[dict], present: list[dict]) -> list[dict]:
+    """``objects``, then the other objects of the rows ``present`` (a report shows every row)."""
+    names = {o["prompt"] for o in objects}
+    return list(objects) + list({r["object"]: {"prompt": r["object"], "path": str(resolve_path(r["object_path"]))}
+                                 for r in present if r["object"] not in names}.values())
+
+
+def invocation_note(jobs: list[dict], results: list[dict], t0: float, present: list[dict], rows_dir: Path,
+                    how: str, reused_from: str = "rows") -> str:
+    """The report's closing line: what this invocation planned, ran (``how``), reused, lost and left."""
+    skipped = sum(bool(r.get("skipped")) for r in results)
+    failed = sum("error" in r for r in results)
+    ran = sum(not r.get("reused") and not r.get("skipped") and "error" not in r for r in results)
+    return (f"\nThis invocation: {len(jobs)} runs planned, {ran} run in {time.perf_counter() - t0:.0f} s ({how}), "
+            f"{len(jobs) - ran - skipped - failed} reused from {reused_from}, {failed} failed"
+            + (f", {skipped} left for a later budget" if skipped else "")
+            + f"; the report holds all {len(present)} rows of {bench_rows.relative_path(rows_dir)}.\n")
 
 
 def main(argv=None) -> int:
@@ -761,32 +802,17 @@ def main(argv=None) -> int:
     print(f"{len(jobs)} runs ({len(combos)} recipe/prior pairs: {', '.join(combos)}; × {len(guidances)} guidances × "
           f"{len(objects)} objects × {args.seeds} seeds), {args.jobs} at a time; rows in {rows_dir}"
           + (f"; budget {args.budget:g} min" if args.budget else ""), flush=True)
-    t0 = time.perf_counter()
-    gate = BudgetGate(args.budget, bench_rows.load_rows(rows_dir), t0)
-
-    def one(j):
-        if not gate.may_start(j, rows_dir):
-            return {**j, "skipped": "budget"}
-        return run_one(j, quick.get(j["recipe"], []) + extra, args.threads, scored, rows_dir,
-                       teacher_psnr(teachers.get(j["prior"]), j["object"]))
-
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(one, jobs))
-    skipped = [r for r in results if r.get("skipped")]
+    results, t0 = run_all(jobs, lambda j: run_one(j, quick.get(j["recipe"], []) + extra, args.threads, scored,
+                                                  rows_dir, teacher_psnr(teachers.get(j["prior"]), j["object"])),
+                          args.budget, rows_dir, args.jobs)
     failed = [r for r in results if "error" in r]
     # the report: every row present (this invocation's and earlier ones'), and this invocation's failures
     present = bench_rows.load_rows(rows_dir)
     report_results = present + failed
-    names = {o["prompt"] for o in objects}
-    shown = list(objects) + list({r["object"]: {"prompt": r["object"], "path": str(resolve_path(r["object_path"]))}
-                                  for r in present if r["object"] not in names}.values())
+    shown = shown_objects(objects, present)
     seeds = max([r.get("seed", 0) + 1 for r in report_results] + [1])
     rows, report = summarize(report_results, shown, seeds, scored)
-    ran = sum(not r.get("reused") and not r.get("skipped") and "error" not in r for r in results)
-    report += (f"\nThis invocation: {len(jobs)} runs planned, {ran} run in {time.perf_counter() - t0:.0f} s "
-               f"({args.jobs} at a time), {len(jobs) - ran - len(skipped) - len(failed)} reused from rows or run "
-               f"folders, {len(failed)} failed" + (f", {len(skipped)} left for a later budget" if skipped else "")
-               + f"; the report holds all {len(present)} rows of {bench_rows.relative_path(rows_dir)}.\n")
+    report += invocation_note(jobs, results, t0, present, rows_dir, f"{args.jobs} at a time", "rows or run folders")
     results = report_results
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
