@@ -50,12 +50,53 @@ def test_prompt_files_text_and_jsonl(tmp_path):
     ('{"prompt": "a", "sed": 1}', "unknown keys \\['sed'\\]"),
     ('{"prompt": "a", "seed": "one"}', '"seed" must be an integer'),
     ('{"prompt": ""}', '"prompt" must be a non-empty string'),
+    ('{"prompt": "a", "image": ""}', '"image" must be a picture'),
+    ('{"prompt": "a", "image": "missing.png"}', "line 1: image.path .*missing.png.*: no such file"),
     ('{"prompt": "a", "overrides": "run.steps=3"}', '"overrides" must be a list'),
     ('{"prompt": "a"', "line 1 is not JSON"),
 ])
 def test_bad_prompt_lines_are_named(tmp_path, line, problem):
     with pytest.raises(DreamcoreError, match=problem):
         read_prompts(write(tmp_path / "p.jsonl", line + "\n"))
+
+
+def picture(path, colour=(200, 30, 30)):
+    """A red square on a white border: a picture the keying accepts."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.full((32, 32, 3), 255, np.uint8)
+    img[8:24, 10:22] = colour
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_jsonl_lines_may_carry_a_picture_relative_to_the_prompt_file(tmp_path):
+    (tmp_path / "pics").mkdir()
+    picture(tmp_path / "pics" / "cube.png")
+    (tmp_path / "lists").mkdir()
+    prompts = write(tmp_path / "lists" / "p.jsonl", '{"prompt": "a red cube", "image": "../pics/cube.png"}\n'
+                                                    '{"image": "../pics/cube.png"}\n{"prompt": "a mug"}\n')
+    lines = read_prompts(prompts)
+    assert lines[0].image == str((tmp_path / "pics" / "cube.png").resolve()) and lines[2].image is None
+    assert lines[1].prompt == ""  # a picture alone
+    jobs = expand_jobs(lines, "image-to-3d", [], None, tmp_path / "B")
+    cfg = jobs[0].load()
+    assert cfg.image.path == lines[0].image and cfg.prompt == "a red cube"
+    assert jobs[1].load().prompt == "" and jobs[1].name.startswith("picture-cube-")
+    assert jobs[2].load().image.path == ""
+    # the job's name follows the picture's bytes, not where it lies
+    before = jobs[0].name
+    picture(tmp_path / "pics" / "cube.png", colour=(30, 30, 200))
+    assert expand_jobs(lines[:1], "image-to-3d", [], None, tmp_path / "B")[0].name != before
+    (tmp_path / "moved").mkdir()
+    picture(tmp_path / "moved" / "cube.png")
+    moved = write(tmp_path / "moved" / "p.jsonl", '{"prompt": "a red cube", "image": "cube.png"}\n')
+    assert expand_jobs(read_prompts(moved), "image-to-3d", [], None, tmp_path / "B")[0].name == before
+    # a bad picture is refused in words, naming the line, before any job exists
+    (tmp_path / "pics" / "bad.png").write_bytes(b"not a picture")
+    with pytest.raises(DreamcoreError, match="p.jsonl line 1: .*bad.png"):
+        read_prompts(write(tmp_path / "lists" / "p.jsonl", '{"prompt": "x", "image": "../pics/bad.png"}\n'))
 
 
 def test_empty_or_missing_prompt_files(tmp_path):

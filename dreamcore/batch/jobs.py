@@ -40,9 +40,14 @@ class Job:
         cfg.run.progress = False
         return cfg
 
+    image: str = ""  # image-to-3D: the picture (absolute path; ``image.path``)
+
     def config_overrides(self) -> list[str]:
-        # the prompt taken literally ("a chair: red", "#1", "yes"): never read as YAML
-        return [*self.overrides, prompt_line("prompt", self.prompt), f"run.seed={self.seed}"]
+        # the prompt taken literally ("a chair: red", "#1", "yes"): never read as YAML; an empty one only with a
+        # picture (generate refuses it otherwise)
+        out = [*self.overrides, f"prompt={json.dumps(self.prompt)}" if not self.prompt else
+               prompt_line("prompt", self.prompt), f"run.seed={self.seed}"]
+        return out + ([f"image.path={json.dumps(self.image)}"] if self.image else [])
 
 
 @dataclass
@@ -50,11 +55,14 @@ class Line:
     prompt: str
     seed: int | None = None
     overrides: list[str] = field(default_factory=list)
+    image: str | None = None  # image-to-3D: the picture (an absolute path), read and checked before any work
 
 
 def read_prompts(path: str | Path) -> list[Line]:
     """One prompt a line (``#`` comments and blank lines skipped), or JSONL objects
-    ``{"prompt": ..., "seed": ..., "overrides": [...]}`` (a file whose first entry starts with ``{``)."""
+    ``{"prompt": ..., "seed": ..., "overrides": [...], "image": ...}`` (a file whose first entry starts with
+    ``{``). ``image`` (image-to-3D, as ``dreamcore generate --image``): a picture's path, relative to the prompt
+    file's folder unless absolute; the prompt may then be empty (a picture alone, for a prior that takes one)."""
     path = Path(path)
     if not path.is_file():
         raise DreamcoreError(f"prompt file {path} does not exist")
@@ -79,17 +87,37 @@ def _json_line(path: Path, n: int, text: str) -> Line:
         raise DreamcoreError(f"{where} is not JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(rec, dict):
         raise DreamcoreError(f"{where} must be a JSON object with a \"prompt\", got {type(rec).__name__}")
-    unknown = set(rec) - {"prompt", "seed", "overrides"}
+    unknown = set(rec) - {"prompt", "seed", "overrides", "image"}
     if unknown:
-        raise DreamcoreError(f"{where}: unknown keys {sorted(unknown)} (allowed: prompt, seed, overrides)")
-    prompt, seed, overrides = rec.get("prompt"), rec.get("seed"), rec.get("overrides", [])
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise DreamcoreError(f"{where}: \"prompt\" must be a non-empty string")
+        raise DreamcoreError(f"{where}: unknown keys {sorted(unknown)} (allowed: prompt, seed, overrides, image)")
+    prompt, seed, overrides = rec.get("prompt", ""), rec.get("seed"), rec.get("overrides", [])
+    image = rec.get("image")
+    if image is not None:
+        if not isinstance(image, str) or not image.strip():
+            raise DreamcoreError(f"{where}: \"image\" must be a picture's path (a non-empty string)")
+        image = _picture(path, where, image.strip())
+    if not isinstance(prompt, str) or (not prompt.strip() and image is None):
+        raise DreamcoreError(f"{where}: \"prompt\" must be a non-empty string (or give an \"image\")")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise DreamcoreError(f"{where}: \"seed\" must be an integer, got {seed!r}")
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         raise DreamcoreError(f"{where}: \"overrides\" must be a list of \"key=value\" strings")
-    return Line(prompt.strip(), seed, list(overrides))
+    return Line(prompt.strip(), seed, list(overrides), image)
+
+
+def _picture(prompt_file: Path, where: str, name: str) -> str:
+    """A line's picture: its absolute path (relative names are the prompt file's folder's), read and keyed now
+    (:func:`dreamcore.reference_image.cut_out`) so that a bad one is refused in words before any work."""
+    from dreamcore.reference_image import ImageConfig, cut_out
+
+    picture = Path(name).expanduser()
+    if not picture.is_absolute():
+        picture = prompt_file.resolve().parent / picture
+    try:
+        cut_out(str(picture), ImageConfig(path=str(picture)))
+    except DreamcoreError as e:
+        raise DreamcoreError(f"{where}: {e}") from None
+    return str(picture.resolve())
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -117,6 +145,8 @@ def job_hash(cfg: Config) -> str:
         tree["run"].pop(key, None)
     if not cfg.image.path:
         tree.pop("image", None)
+    else:  # the picture is its bytes, wherever it lies
+        tree["image"]["path"] = hashlib.sha256(Path(cfg.image.path).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -128,12 +158,13 @@ def expand_jobs(prompts: list[Line], config: str, overrides: list[str], seeds: l
     jobs: dict[str, Job] = {}
     for line in prompts:
         for seed in (seeds if seeds is not None else [line.seed if line.seed is not None else 0]):
-            job = Job("", line.prompt, seed, path, [*overrides, *line.overrides])
+            job = Job("", line.prompt, seed, path, [*overrides, *line.overrides], image=line.image or "")
             try:
                 cfg = load_config(path, job.config_overrides())
             except DreamcoreError as e:
                 raise DreamcoreError(f"prompt {line.prompt!r} (seed {seed}): {e}") from None
-            job.name = f"{slug(line.prompt)}-{job_hash(cfg)}"
+            name = line.prompt or f"picture {Path(line.image).stem}" if line.image else line.prompt
+            job.name = f"{slug(name)}-{job_hash(cfg)}"
             job.dir = str(Path(out) / job.name)
             jobs.setdefault(job.name, job)
     return list(jobs.values())
