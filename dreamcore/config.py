@@ -127,6 +127,11 @@ class EvalConfig:
     radius: float = 0.9
     janus_views: int = 8  # a ring of azimuths at ``janus_elevation`` for the Janus score
     janus_elevation: float = 15.0
+    # the exported GLB's frame before it is scored: "none" (as written: text-to-3D makes the object in the scene's
+    # own frame), "bbox" (moved and scaled as ``mesh`` is normalized — its bounding-box centre to the origin, its
+    # farthest vertex to ``radius`` — so that both are in one frame: image-to-3D, where the picture's framing
+    # fixes no absolute position or size); its rotation is never changed (a back on the front still scores)
+    align: Literal["none", "bbox"] = "none"
 
 
 @dataclass

@@ -371,3 +371,40 @@ def test_a_picture_alone_is_a_prompt_for_an_image_conditioned_prior(tmp_path, ro
     # without the picture in the prior, an empty prompt is no condition at all: refused in words
     assert main(common + [f"run.dir={tmp_path / 'off'}", "image.condition_prior=false"]) != 0
     assert "prompt is empty" in capsys.readouterr().err
+
+
+def test_scoring_in_one_frame_moves_the_glb_as_the_target_was_normalized(tmp_path):
+    """eval.align=bbox: a GLB that is the object shifted and scaled (what a centred, rescaled picture gives) scores
+    as the object itself; as written (align none) it does not. Its rotation is never changed."""
+    from dataclasses import replace
+
+    from dreamcore.meshes.asset import SceneTransform
+    from dreamcore.meshes.io import asset_to_trimesh, load_mesh, normalize
+    from dreamcore.meshes.render import render_mesh
+    from dreamcore.runner.finish import evaluate_run
+
+    robot = normalize(load_mesh(resolve_path("assets/robot.glb")), 0.9)[0]
+    moved = replace(robot, vertices=robot.vertices * 0.7 + torch.tensor([0.25, -0.1, 0.15]))
+    turned = replace(robot, vertices=robot.vertices * torch.tensor([-1.0, 1.0, -1.0]))  # 180° about +Y
+
+    class Scene:  # the scored run's field: only its renders are used
+        scene_transform = SceneTransform()
+        representation = torch.nn.Linear(1, 1)
+
+        def render_views(self, cams, h, w, background):
+            return render_mesh(robot, cams, h, w, background=background)
+
+    def score(asset, align):
+        run = tmp_path / f"{align}-{id(asset)}"
+        run.mkdir()
+        asset_to_trimesh(asset, linear_colors=True).export(run / "model.glb")
+        cfg = load_config(config_path("image-to-3d"), ["eval.mesh=assets/robot.glb", f"eval.align={align}",
+                                                       "eval.views=6", "eval.resolution=32", "eval.janus_views=4"])
+        return evaluate_run(Scene(), cfg, run)
+
+    as_written, aligned = score(moved, "none"), score(moved, "bbox")
+    assert as_written["glb_iou"] < 0.6 and aligned["glb_iou"] > 0.95
+    assert aligned["glb_align"]["scale"] == pytest.approx(1 / 0.7, rel=1e-3)
+    assert score(turned, "bbox")["glb_janus"] > 0.5  # a back on the front is not aligned away
+    with pytest.raises(DreamcoreError, match="eval.align"):
+        load_config(config_path("image-to-3d"), ["eval.align=icp"])

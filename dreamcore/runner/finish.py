@@ -85,6 +85,9 @@ def evaluate_run(system: System, cfg: Config, run_dir: Path, score_glb: bool = T
     if score_glb and glb.is_file():
         target = targets[0]
         in_scene = _to_scene(load_mesh(glb), system.scene_transform)
+        if ev.align == "bbox":  # into the target's frame: as eval.mesh itself was normalized
+            in_scene, moved = normalize(in_scene, ev.radius)
+            metrics["glb_align"] = {"center": [round(v, 5) for v in moved.center], "scale": round(moved.scale, 5)}
         m = render_mesh(in_scene, cams, r, r, supersample=2, background=white)
         metrics["glb_psnr"] = round(psnr(m.rgb, gts[0].rgb), 3)
         metrics["glb_iou"] = round(silhouette_iou(m.alpha, gts[0].alpha), 4)
