@@ -28,7 +28,8 @@ silhouette's long side over the bounding sphere's projected diameter, which the 
 as ``image.fill``, so the picture is framed at the object's true size; ``--fill recipe`` keeps the recipe's
 (0.85), a number sets it. The loader still centres the silhouette, which an object's own projection need not be:
 the report gives each picture's **framing IoU** — the framed picture's silhouette against the object's render at
-the reference camera, ``eval.resolution`` px — the ceiling of the reference view before any 3D is made.
+the reference camera, ``eval.resolution`` px — the ceiling of the reference view before any 3D is made (the
+held-out scores are taken in one frame, the recipe's ``eval.align: bbox``).
 
 Every finished run becomes a **row** (``tools/bench_rows.py``, as the text-only benchmark's): ``--rows`` (default
 ``bench/image_to_3d/rows``) ``/<recipe>-<prior>-<object>-<view>-<seed>.json`` (prior ``multiview_empty`` for the
