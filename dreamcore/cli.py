@@ -119,8 +119,8 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
 def cmd_studio(ns: argparse.Namespace) -> int:
     from dreamcore.studio.app import read_limits, serve
 
-    limits = read_limits(ns.limits, max_upload_mb=ns.max_upload_mb, max_queue=ns.max_queue,
-                         max_per_page=ns.max_per_page, max_steps=ns.max_steps)
+    limits = read_limits(ns.limits, max_upload_mb=ns.max_upload_mb, max_image_mb=ns.max_image_mb,
+                         max_queue=ns.max_queue, max_per_page=ns.max_per_page, max_steps=ns.max_steps)
     serve(ns.host, ns.port, ns.runs, ns.auth, ns.slots, ns.threads, limits=limits, cache_dir=ns.cache_dir)
     return 0
 
@@ -197,9 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="CPU threads per job (default: all)")
     s.add_argument("--limits", default=None, metavar="FILE", help="a YAML mapping of the studio's limits "
                    "(max_steps, max_resolution, max_grid, max_texture_size, max_batch_size, max_views, max_points, "
-                   "max_upload_mb, max_queue, max_per_page; the defaults: StudioLimits in dreamcore/studio/safety.py); "
+                   "max_upload_mb, max_image_mb, max_queue, max_per_page; the defaults: StudioLimits in "
+                   "dreamcore/studio/safety.py); "
                    "the flags below override it")
-    s.add_argument("--max-upload-mb", type=float, default=None, help="upload size limit in MB")
+    s.add_argument("--max-upload-mb", type=float, default=None, help="mesh upload size limit in MB")
+    s.add_argument("--max-image-mb", type=float, default=None, help="picture upload size limit in MB (Image to "
+                   "3D; default 10)")
     s.add_argument("--max-queue", type=int, default=None, help="jobs queued or running on the server")
     s.add_argument("--max-per-page", type=int, default=None, help="jobs queued or running per page, or per user "
                    "with --auth")

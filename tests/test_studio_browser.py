@@ -86,3 +86,108 @@ def test_after_a_restart_the_gallery_resumes_and_cancel_keeps_the_checkpoint(see
     assert seen["gallery_job3_resumable"], seen["gallery_job3_row"]
     assert seen["resume_logged"] and seen["resumed_at_step"] > seen["killed_at_step"]
     assert "cancelled" in seen["cancelled"] and seen["checkpoint_kept"]
+
+
+# -- the Image to 3D tab (issue 37) ---------------------------------------------------------------------------------
+
+IMAGE_SCENARIO = '''
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2] + "/tools")
+sys.path.insert(0, sys.argv[2] + "/tests")
+import studio_browser as sb
+from playwright.sync_api import sync_playwright
+from test_studio_image import TINY, disc
+
+work = Path(sys.argv[1])
+runs, res = work / "runs", {"interfaces_up": sb.up_interfaces()}
+notes = work / "notes.png"
+notes.write_text("this is not a picture")
+photo = disc(work / "photo.jpg", "JPEG", quality=95)
+
+def choose(page, path):
+    clear = page.query_selector("#picture button[aria-label='Clear']")
+    if clear is not None:
+        clear.click()
+    page.set_input_files("#picture input[type=file]", str(path))
+    page.wait_for_selector(f"#picture td.filename[aria-label='{path.name}']", timeout=20000)
+
+server = sb.start_server(runs, work / "server.log")
+try:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=sb.chromium(), args=sb.CHROMIUM_ARGS)
+        page, outside = sb.open_page(browser)
+        page.get_by_role("tab", name="Image to 3D").click()
+        choose(page, notes)
+        res["bad_picture"] = sb.click_for_message(page, "#image-generate", "content")
+        page.fill("#elevation input", "120")
+        choose(page, photo)
+        res["bad_view"] = sb.click_for_message(page, "#image-generate", "elevation")
+        res["runs_after_refusals"] = sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))
+        page.fill("#image-prompt textarea", "a red ball")
+        page.fill("#azimuth input", "30")
+        page.fill("#elevation input", "5")
+        page.fill("#image-overrides textarea", "\\n".join(TINY))
+        page.click("#image-generate")
+        job = sb._queued(page, set())
+        res["job"] = job
+        page.wait_for_selector("#input-picture img", timeout=20000)
+        res["input_shown"] = page.get_attribute("#input-picture img", "src")
+        seen = []
+        sb.wait_for(page, lambda s: s["status"] in ("done", "failed"), 240, seen)
+        res["final"] = sb.job_status(page)
+        res["steps_seen"] = sorted({s["step"] for s in seen})
+        page.wait_for_selector("#downloads a", timeout=30000)
+        page.wait_for_selector("#viewer canvas", timeout=30000)
+        res["downloads"] = sorted(Path(x.get_attribute("href") or "").name
+                                  for x in page.query_selector_all("#downloads a"))
+        res["command"] = page.input_value("#command textarea")
+        res["run_files"] = sorted(p.name for p in (runs / job).iterdir())
+        res["input_files"] = sorted(p.name for p in (runs / job / "input").iterdir())
+        res["record"] = json.loads((runs / job / "studio.json").read_text())
+        page.get_by_role("tab", name="Gallery").click()
+        page.click("#gallery-refresh")
+        time.sleep(1.5)
+        res["gallery_captions"] = page.inner_text("#gallery-thumbs")
+        res["outside_requests"] = sorted(set(outside))
+        browser.close()
+finally:
+    sb.stop_server(server)
+print("RESULT " + json.dumps(res))
+'''
+
+
+@pytest.fixture(scope="module")
+def seen_image(tmp_path_factory) -> dict:
+    import shlex
+
+    work = tmp_path_factory.mktemp("studio-image")
+    script = work / "scenario.py"
+    script.write_text(IMAGE_SCENARIO)
+    inner = " ".join(map(shlex.quote, [sys.executable, str(script), str(work), str(ROOT)]))
+    r = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {inner}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=420)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, (r.stdout[-2000:], r.stderr[-3000:])
+    res = json.loads(lines[-1][len("RESULT "):])
+    assert res["interfaces_up"] == ["lo"] and res["outside_requests"] == []  # nothing beyond the machine
+    return res
+
+
+def test_the_image_tab_refuses_a_bad_picture_or_view_in_words(seen_image):
+    assert "judged by its content, not its name" in seen_image["bad_picture"]
+    assert "elevation 120 is outside [-90, 90] degrees" in seen_image["bad_view"]
+    assert seen_image["runs_after_refusals"] == []
+
+
+def test_the_image_tab_uploads_a_picture_and_shows_its_model_beside_it(seen_image):
+    job = seen_image["job"]
+    assert seen_image["final"]["status"] == "done" and seen_image["final"]["step"] == seen_image["final"]["total"]
+    assert seen_image["input_shown"] and "/runs/" not in seen_image["input_shown"]  # a served copy
+    assert seen_image["input_files"] == ["picture.jpg"]  # typed by its bytes, named by the server
+    assert "reference.png" in seen_image["run_files"] and "model.glb" in seen_image["run_files"]
+    assert seen_image["record"]["azimuth"] == 30.0 and seen_image["record"]["elevation"] == 5.0
+    assert "model.glb" in seen_image["downloads"] and "config.yaml" in seen_image["downloads"]
+    assert seen_image["command"].startswith("dreamcore generate --image ") and f"/{job}/input/picture.jpg" in \
+        seen_image["command"]
+    assert "input picture · a red ball" in seen_image["gallery_captions"]

@@ -1,6 +1,7 @@
-"""The studio's page (Gradio Blocks): a new asset from a prompt, a mesh reconstructed with the reference prior,
-the running job's progress (its own bar: step / total, it/s, ETA, loss) and latest validation image refreshed
-by a timer, cancel and resume, the finished GLB in a 3D viewer with its turntable, metrics, downloads and the CLI
+"""The studio's page (Gradio Blocks): a new asset from a prompt, a mesh reconstructed with the reference prior, an
+asset from one picture (Image to 3D: PNG, JPEG or WebP, typed by its bytes, size-limited, keyed before it is
+queued), the running job's progress (its own bar: step / total, it/s, ETA, loss) and latest validation image
+refreshed by a timer, cancel and resume, the finished GLB in a 3D viewer with its turntable, metrics, downloads and the CLI
 command, and a gallery of the runs in the runs folder. All work happens in the job queue's processes; the page
 only reads run folders. Offline: no analytics, no share links, no web fonts.
 
@@ -32,9 +33,10 @@ import zipfile
 from pathlib import Path
 
 from dreamcore.errors import DreamcoreError
+from dreamcore.studio import runs
 from dreamcore.studio.queue import JobQueue
-from dreamcore.studio.recipes import PRESETS, RECONSTRUCT_RECIPES, TEXT_RECIPES, recipes
-from dreamcore.studio.safety import MESH_SUFFIXES, StudioLimits
+from dreamcore.studio.recipes import IMAGE_RECIPES, PRESETS, RECONSTRUCT_RECIPES, TEXT_RECIPES, recipes
+from dreamcore.studio.safety import MESH_SUFFIXES, PictureRefused, StudioLimits
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REFRESH_S = 2.0
@@ -72,7 +74,7 @@ def progress_html(st: dict | None) -> str:
     pct = 100.0 * (1.0 if status == "done" else p.fraction)
     error = f"<div class='job-error'>{html.escape(st['error'])}</div>" if st.get("error") else ""
     return (f"<div id='job-status' data-status='{status}' data-step='{p.step}' data-total='{p.total}'>"
-            f"<b>{html.escape(st['prompt'])}</b> — {status}<br>{' · '.join(figures)}"
+            f"<b>{html.escape(runs.title(st))}</b> — {status}<br>{' · '.join(figures)}"
             f"<div class='bar'><div class='fill' style='width:{pct:.1f}%'></div></div>{error}</div>")
 
 
@@ -180,23 +182,34 @@ def gallery_rows(queue: JobQueue, owner: str = "") -> list[list]:
         status = r.status if pos is None else ("running" if pos == 0 else f"queued ({pos})")
         m = r.metrics
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.job.get("created", 0)))
-        rows.append([r.dir.name, r.job.get("prompt", ""), r.job.get("recipe", ""), status, when,
+        rows.append([r.dir.name, runs.title(r.job), r.job.get("recipe", ""), status, when,
                      m.get("glb_psnr"), m.get("glb_iou"), "yes" if r.resumable and pos is None else ""])
     return rows
 
 
 def gallery_thumbs(queue: JobQueue, served: Served | None = None,
                    owner: str = "") -> tuple[list[tuple[str, str]], list[str]]:
-    """Thumbnails (each run's newest validation image, captioned prompt · status; served copies with
-    ``served``) and the runs they belong to: the runs of ``owner`` (every run for ``""``)."""
+    """Thumbnails (each run's newest validation image, captioned prompt · status, and before it the picture an
+    Image to 3D run was given; served copies with ``served``) and the runs they belong to: the runs of ``owner``
+    (every run for ``""``)."""
     thumbs, names = [], []
     for r in queue.jobs(owner):
+        if r.picture is not None:
+            path = served.copy(r.dir.name, r.picture, input_name(r.picture)) if served else str(r.picture)
+            if path:
+                thumbs.append((path, f"input picture · {runs.title(r.job)}"))
+                names.append(r.dir.name)
         if r.thumbnail is not None:
             path = served.copy(r.dir.name, r.thumbnail) if served else str(r.thumbnail)
             if path:
-                thumbs.append((path, f"{r.job.get('prompt', '')} · {r.status}"))
+                thumbs.append((path, f"{runs.title(r.job)} · {r.status}"))
                 names.append(r.dir.name)
     return thumbs, names
+
+
+def input_name(picture: Path) -> str:
+    """The name of a run's input picture among the copies the page is sent (beside model.glb, step-N.png)."""
+    return f"input-picture{picture.suffix}"
 
 
 def in_words(gr, fn, log_path: Path):
@@ -253,6 +266,7 @@ def build_app(queue: JobQueue, served: Served | None = None):
     served = served or Served(get_upload_folder())
     text = recipes()
     recon = recipes(RECONSTRUCT_RECIPES)
+    from_image = recipes(IMAGE_RECIPES)
     css = ("#job-status .bar{height:14px;background:#ddd;border-radius:7px;overflow:hidden;margin-top:6px}"
            "#job-status .fill{height:100%;background:#3b82f6;transition:width .5s}"
            ".job-error{color:#b91c1c;margin-top:6px}")
@@ -282,6 +296,43 @@ def build_app(queue: JobQueue, served: Served | None = None):
             discard_staged(upload)
         return name, (f"Queued `{name}`: the mesh is reconstructed with the closed-form reference prior "
                       "(no diffusion weights needed).")
+
+    def submit_image(picture, prompt, azimuth, elevation, recipe, preset, seed, overrides, page_job, request):
+        """Queue an Image to 3D job: the picture is checked (size, type by its bytes, decoded and keyed) and
+        stored in the job's run folder under a name of the server's before anything is queued; nothing of the
+        sender's file name is used. Once queued, or refused for what it is, Gradio's staged copy goes and the
+        page's file field is cleared; refused for anything else (the view, an override), it stays chosen, to be
+        sent again once that is fixed."""
+        if picture is None:
+            return page_job, "**Not started:** choose a picture (PNG, JPEG or WebP).", gr.skip()
+        try:
+            owner, _ = who(request, per_user)
+            name = queue.submit(prompt or "", recipe, preset, int(seed or 0), "", _lines(overrides),
+                                image=_path(picture), azimuth=azimuth, elevation=elevation, owner=owner,
+                                recipes_offered=IMAGE_RECIPES)
+        except PictureRefused as e:
+            discard_staged(picture)
+            return page_job, f"**Not started:** {e}", None
+        except DreamcoreError as e:
+            return page_job, f"**Not started:** {e}", gr.skip()
+        except BaseException:
+            discard_staged(picture)
+            raise
+        discard_staged(picture)
+        return name, (f"Queued `{name}`: the picture's background is removed and the object is made from it, "
+                      "seen from the azimuth and elevation given."), None
+
+    def show_input(page_job, request):
+        """The picture the page's job was given (Image to 3D), beside its result; hidden for other jobs."""
+        if not page_job:
+            return gr.update(value=None, visible=False)
+        try:
+            queue.status(page_job, who(request, per_user)[1])
+        except DreamcoreError:
+            return gr.update(value=None, visible=False)
+        picture = runs.input_picture(queue.runs_dir / page_job)
+        path = served.copy(page_job, picture, input_name(picture)) if picture is not None else None
+        return gr.update(value=path, visible=path is not None)
 
     def refresh(page_job, shown, request):
         if not page_job:
@@ -365,15 +416,15 @@ def build_app(queue: JobQueue, served: Served | None = None):
     # typing.get_type_hints (the names in this module are strings, and gr is not one of its globals: the classes
     # themselves are set). in_words keeps them visible: functools.wraps copies __annotations__ and sets
     # __wrapped__, which inspect.signature follows.
-    handlers = (submit, submit_mesh, refresh, show_result, cancel, resume, delete, open_run, pick_row, pick_thumb,
-                gallery_view)
+    handlers = (submit, submit_mesh, submit_image, show_input, refresh, show_result, cancel, resume, delete, open_run,
+                pick_row, pick_thumb, gallery_view)
     for f in handlers:
         f.__annotations__["request"] = gr.Request
     pick_thumb.__annotations__["evt"] = gr.SelectData
     pick_row.__annotations__["evt"] = gr.SelectData
     log = queue.runs_dir / ERROR_LOG
-    (submit, submit_mesh, refresh, show_result, cancel, resume, delete, open_run, pick_row, pick_thumb,
-     gallery_view) = (in_words(gr, f, log) for f in handlers)
+    (submit, submit_mesh, submit_image, show_input, refresh, show_result, cancel, resume, delete, open_run, pick_row,
+     pick_thumb, gallery_view) = (in_words(gr, f, log) for f in handlers)
 
     # files Gradio staged or cached (uploads already copied into their run folders) go after a day
     with gr.Blocks(title="dreamcore studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
@@ -403,6 +454,28 @@ def build_app(queue: JobQueue, served: Served | None = None):
                 recon_seed = gr.Number(0, precision=0, label="Seed")
             recon_overrides = gr.Textbox(lines=2, label="key=value overrides", elem_id="recon-overrides")
             go_mesh = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
+        with gr.Tab("Image to 3D"):
+            gr.Markdown("Make an asset from one picture of an object: a PNG, JPEG or WebP file (told by its content, "
+                        f"not its name), at most {queue.image_limit / 2**20:g} MB. Its background is removed (its "
+                        "transparency, else a key on the border colour) before the job is queued. Say where the "
+                        "picture was taken from: azimuth 0 is the object's front, elevation 0 its height.")
+            # no file_types: Gradio would refuse a file by its name; the queue judges the bytes
+            picture = gr.File(label="Picture", elem_id="picture")
+            image_prompt = gr.Textbox(label="Prompt (optional: the object's name)", placeholder="a toy robot",
+                                      elem_id="image-prompt")
+            with gr.Row():
+                azimuth = gr.Number(0, label="Azimuth of the picture (degrees, -360..360; 0 = front)",
+                                    elem_id="azimuth")
+                elevation = gr.Number(0, label="Elevation (degrees, -90..90; positive = from above)",
+                                      elem_id="elevation")
+            image_recipe = gr.Dropdown([(f"{r.name} — {r.description}", r.name) for r in from_image],
+                                       value=from_image[0].name if from_image else None, label="Recipe",
+                                       elem_id="image-recipe")
+            with gr.Row():
+                image_preset = gr.Radio(list(PRESETS), value="draft", label="Quality", elem_id="image-preset")
+                image_seed = gr.Number(0, precision=0, label="Seed", elem_id="image-seed")
+            image_overrides = gr.Textbox(lines=2, label="key=value overrides", elem_id="image-overrides")
+            go_image = gr.Button("Make 3D", variant="primary", elem_id="image-generate")
         with gr.Tab("Gallery"):
             thumb_names = gr.State([])
             thumbs = gr.Gallery(label="Runs (a click opens one)", columns=6, height=240, allow_preview=False,
@@ -421,6 +494,8 @@ def build_app(queue: JobQueue, served: Served | None = None):
             resume_btn = gr.Button("Resume", elem_id="resume")
             delete_btn = gr.Button("Delete", variant="stop", elem_id="delete")
         with gr.Row():
+            input_picture = gr.Image(label="Input picture", type="filepath", interactive=False, visible=False,
+                                     elem_id="input-picture")
             preview = gr.Image(label="Latest validation", type="filepath", interactive=False, elem_id="preview")
             viewer = gr.Model3D(label="model.glb", clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="viewer")
         with gr.Row():
@@ -433,6 +508,9 @@ def build_app(queue: JobQueue, served: Served | None = None):
         go.click(submit, [prompt, negative, recipe, preset, seed, overrides, page_job], [page_job, message])
         go_mesh.click(submit_mesh, [upload, recon_recipe, recon_preset, recon_seed, recon_overrides, page_job],
                       [page_job, message])
+        go_image.click(submit_image, [picture, image_prompt, azimuth, elevation, image_recipe, image_preset,
+                                      image_seed, image_overrides, page_job], [page_job, message, picture])
+        page_job.change(show_input, [page_job], [input_picture])
         timer = gr.Timer(REFRESH_S)
         timer.tick(refresh, [page_job, shown], [status, preview, shown, finished])
         finished.change(show_result, [finished], [viewer, video, metrics, files, command])
@@ -550,7 +628,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, runs_dir: str = "runs/studi
         # which is blocked as well (GRADIO_ALLOWED_PATHS cannot open it)
         demo.launch(server_name=host, server_port=port, share=False, auth=credentials, inbrowser=False,
                     prevent_thread_lock=True, allowed_paths=[], blocked_paths=[str(queue.runs_dir)],
-                    max_file_size=queue.upload_limit, theme=theme, css=demo.dreamcore_css, quiet=True,
+                    max_file_size=max(queue.upload_limit, queue.image_limit), theme=theme, css=demo.dreamcore_css,
+                    quiet=True,
                     footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False)
     except Exception:
         queue.close()

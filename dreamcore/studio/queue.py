@@ -37,13 +37,14 @@ from dreamcore.errors import DreamcoreError
 from dreamcore.runner.refine import stage_config
 from dreamcore.runner.rundir import prompt_slug
 from dreamcore.studio import runs
-from dreamcore.studio.recipes import RECONSTRUCT_RECIPES, TEXT_RECIPES, preset_overrides
-from dreamcore.studio.safety import StudioLimits, UnsafeInput, check_limits, check_overrides, save_upload
+from dreamcore.studio.recipes import IMAGE_RECIPES, RECONSTRUCT_RECIPES, TEXT_RECIPES, preset_overrides
+from dreamcore.studio.safety import (PictureRefused, StudioLimits, UnsafeInput, check_limits, check_overrides,
+                                     check_view, save_picture, save_upload)
 from dreamcore.trust import untrusted_environment
 
 WORKER_LOG = "studio-worker.txt"  # the job process's own output, in its run folder
 STOP_WAIT_S = 120.0
-STUDIO_RECIPES = (*TEXT_RECIPES, *RECONSTRUCT_RECIPES)  # what the page offers, both tabs together
+STUDIO_RECIPES = (*TEXT_RECIPES, *RECONSTRUCT_RECIPES, *IMAGE_RECIPES)  # what the page offers, all tabs together
 
 
 class JobQueue:
@@ -85,24 +86,44 @@ class JobQueue:
     def upload_limit(self, value: int) -> None:
         self.limits.max_upload_mb = value / 2**20
 
+    @property
+    def image_limit(self) -> int:
+        """The largest picture (Image to 3D), in bytes (``limits.max_image_mb``)."""
+        return int(self.limits.max_image_mb * 2**20)
+
     # -- requests -------------------------------------------------------------------------------------------
     def submit(self, prompt: str, recipe: str, preset: str = "standard", seed: int = 0, negative_prompt: str = "",
                overrides: list[str] | None = None, upload: str | Path | None = None, *, owner: str = "",
-               recipes_offered: Sequence[str] | None = None) -> str:
+               recipes_offered: Sequence[str] | None = None, image: str | Path | None = None,
+               azimuth: float | str | None = 0.0, elevation: float | str | None = 0.0) -> str:
         """Check the request as the CLI would (raising its message), write its run folder's ``studio.json`` and
         queue it; returns the job's name (its folder under the runs folder). ``upload``, a mesh file sent by a
         page, is checked and unpacked into the run folder's ``input/`` and becomes the reference mesh.
 
+        ``image`` (Image to 3D; an ``IMAGE_RECIPES`` recipe needs one, the others take none), a picture sent by a
+        page: at most ``limits.max_image_mb``, typed by its bytes (PNG, JPEG or WebP), copied into the run folder
+        as ``input/picture.<png|jpg|webp>`` (a name of the server's, never the sender's), then read and keyed as
+        the job will read it (:func:`dreamcore.reference_image.cut_out` with the job's ``image`` settings), so a
+        picture that does not decode or is empty after keying is refused in words and nothing is queued. It
+        becomes the job's ``image.path`` (the run folder keeps its cut-out as ``reference.png``), taken from
+        ``azimuth`` / ``elevation`` (degrees, :func:`~dreamcore.studio.safety.check_view`); the prompt may be
+        empty then.
+
         ``recipe`` must be one of ``recipes_offered`` (the page passes its tab's list: ``TEXT_RECIPES`` for a new
-        asset, ``RECONSTRUCT_RECIPES`` for an upload; default both), never a path or another config. ``owner``
-        (the page's user, or its session without ``--auth``) is recorded in ``studio.json``; the request is
-        refused while the server has ``limits.max_queue`` jobs queued or running, or that owner
-        ``limits.max_per_page``."""
+        asset, ``RECONSTRUCT_RECIPES`` for an upload, ``IMAGE_RECIPES`` for a picture; default all), never a path
+        or another config. ``owner`` (the page's user, or its session without ``--auth``) is recorded in
+        ``studio.json``; the request is refused while the server has ``limits.max_queue`` jobs queued or running,
+        or that owner ``limits.max_per_page``."""
         self._check_recipe(recipe, STUDIO_RECIPES if recipes_offered is None else recipes_offered)
+        if recipe in IMAGE_RECIPES and image is None:
+            raise UnsafeInput(f"the recipe {recipe} makes an object from a picture: upload one (PNG, JPEG or WebP)")
+        if image is not None and (recipe not in IMAGE_RECIPES or upload is not None):
+            raise UnsafeInput(f"a picture is taken by the Image to 3D recipes ({', '.join(IMAGE_RECIPES)}) alone")
         self._check_room(owner)
         prompt = (prompt or "").strip()
-        if not prompt:
+        if not prompt and image is None:
             raise DreamcoreError("the prompt is empty")
+        view = check_view(azimuth, elevation) if image is not None else None
         page = check_overrides(list(overrides or []), self.runs_dir, self.owns(owner))
         config = str(config_path(recipe).resolve())
         try:  # the recipe as the page leaves it (its length, its export), which the preset adapts
@@ -112,11 +133,14 @@ class JobQueue:
         merged = [*preset_overrides(preset, recipe_cfg), *page]
         if negative_prompt.strip():
             merged.append(prompt_line("negative_prompt", negative_prompt.strip()))
+        if view is not None:  # the form's camera, over any the page's overrides set
+            merged += [f"image.azimuth={json.dumps(view[0])}", f"image.elevation={json.dumps(view[1])}"]
         job = Job("", prompt, int(seed), config, merged)
-        if upload is None:  # the CLI's parser: a wrong key fails here, nothing starts
+        if upload is None and image is None:  # the CLI's parser: a wrong key fails here, nothing starts
             self._check_bounds(load_config(config, job.config_overrides()))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        job.name = f"{prompt_slug(prompt).strip('-') or 'job'}-{stamp}-{secrets.token_hex(2)}"
+        stem = prompt_slug(prompt).strip("-") or ("picture" if image is not None else "job")
+        job.name = f"{stem}-{stamp}-{secrets.token_hex(2)}"
         job.dir = str(self.runs_dir / job.name)
         if upload is not None:
             try:
@@ -126,9 +150,20 @@ class JobQueue:
             except BaseException:
                 shutil.rmtree(job.dir, ignore_errors=True)  # a refused request leaves nothing behind
                 raise
+        if image is not None:
+            try:
+                picture = save_picture(image, Path(job.dir) / "input", self.image_limit)
+                job.image = str(picture)  # the job's image.path (Job.config_overrides)
+                cfg = load_config(config, job.config_overrides())
+                self._check_bounds(cfg)
+                _check_picture(picture, cfg.image)
+            except BaseException:
+                shutil.rmtree(job.dir, ignore_errors=True)
+                raise
         runs.write_job(Path(job.dir), {**job.to_dict(), "recipe": recipe, "preset": preset,
                                        "negative_prompt": negative_prompt, "page_overrides": page,
-                                       "owner": owner, "created": time.time(), "status": "queued"})
+                                       "owner": owner, "created": time.time(), "status": "queued",
+                                       **({"azimuth": view[0], "elevation": view[1]} if view else {})})
         with self.lock:
             try:
                 self._check_room(owner, locked=True)  # again: another page may have taken the room meanwhile
@@ -319,10 +354,18 @@ class JobQueue:
     def _ended(self, name: str, rc: int, log) -> None:
         log.close()
         with self.lock:
-            self.running.pop(name, None)
-            self.owner_of.pop(name, None)
             cancelled = name in self.cancelled
-            self.cancelled.discard(name)
+        try:
+            self._record_end(name, rc, cancelled)
+        finally:
+            # only once its record says how it ended is the job let go (resumed, deleted): a Delete right after
+            # a Cancel would otherwise remove the folder this record is written to
+            with self.lock:
+                self.running.pop(name, None)
+                self.owner_of.pop(name, None)
+                self.cancelled.discard(name)
+
+    def _record_end(self, name: str, rc: int, cancelled: bool) -> None:
         rec = self._record(name)
         job = _job_of(rec)
         result = read_result(job)
@@ -359,4 +402,19 @@ class JobQueue:
 
 def _job_of(rec: dict) -> Job:
     """The batch job a studio record describes (what its worker process runs)."""
-    return Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")})
+    return Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")},
+               image=rec.get("image") or "")
+
+
+def _check_picture(path: Path, image_cfg) -> None:
+    """Read and key the stored picture as the job will (its ``image`` settings, the page's overrides included),
+    so that one that does not decode, or keeps no object once its background is removed, is refused now in
+    words (which name no path of the server's: :class:`~dreamcore.studio.safety.PictureRefused`)."""
+    from dataclasses import replace
+
+    from dreamcore.reference_image import cut_out
+
+    try:
+        cut_out(path, replace(image_cfg, path=str(path)), what="the picture")
+    except DreamcoreError as e:
+        raise PictureRefused(str(e).replace(f" {str(path)!r}", "")) from None

@@ -1,5 +1,5 @@
-"""The studio's choices: the text-to-3D recipes of ``configs/`` (each described by the sentence its file opens
-with) and the quality presets, which are plain overrides laid under the page's own."""
+"""The studio's choices: the text-to-3D, reconstruction and image-to-3D recipes of ``configs/`` (each described by
+the sentence its file opens with) and the quality presets, which are plain overrides laid under the page's own."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dreamcore.config import config_path
 TEXT_RECIPES = ("text-nerf", "text-gaussians", "dreamfusion", "dreamfusion-sd", "dreamfusion-if", "dreamgaussian",
                 "magic3d-coarse", "prolificdreamer", "luciddreamer", "latent-nerf", "sjc", "stabledreamer")
 RECONSTRUCT_RECIPES = ("reference-nerf", "reference-gaussians", "reference-dmtet")
+IMAGE_RECIPES = ("image-to-3d",)  # recipes that make an object from a picture (the Image to 3D tab; image.path)
 
 # quality presets: how long the run is (run.time_scale, which scales the recipe's schedules with its step count)
 # and how big its outputs are. draft: at most DRAFT_STEPS steps (a couple of minutes on a laptop CPU with the

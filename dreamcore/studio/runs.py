@@ -79,10 +79,29 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def cli_command(rec: dict) -> str:
-    """The command that reproduces the job from a terminal."""
-    args = ["dreamcore", "generate", rec.get("prompt", ""), "--config", f"configs/{rec['recipe']}.yaml",
+    """The command that reproduces the job from a terminal (``--image PICTURE`` for an Image to 3D job)."""
+    picture = ["--image", rec["image"]] if rec.get("image") else []
+    args = ["dreamcore", "generate", *picture, rec.get("prompt", ""), "--config", f"configs/{rec['recipe']}.yaml",
             *rec.get("overrides", []), f"run.seed={rec.get('seed', 0)}", f"run.dir={rec.get('dir', '')}"]
     return " ".join(shlex.quote(a) for a in args)
+
+
+PICTURES = ("picture.png", "picture.jpg", "picture.webp")  # an Image to 3D job's upload, in its input/
+
+
+def input_picture(run_dir: Path) -> Path | None:
+    """The picture an Image to 3D job was given (``input/picture.*``, stored by the queue), or None."""
+    for name in PICTURES:
+        path = Path(run_dir) / "input" / name
+        if path.is_file():
+            return path
+    return None
+
+
+def title(rec: dict) -> str:
+    """What the page calls a job: its prompt, or for a picture without one "a picture"."""
+    prompt = rec.get("prompt", "")
+    return prompt if prompt or not rec.get("image") else "(a picture)"
 
 
 @dataclass
@@ -95,6 +114,7 @@ class RunSummary:
     progress: Progress
     metrics: dict = field(default_factory=dict)
     thumbnail: Path | None = None
+    picture: Path | None = None  # Image to 3D: the picture it was given
 
     @property
     def resumable(self) -> bool:
@@ -114,7 +134,8 @@ def list_runs(runs_dir: Path, owner: str = "") -> list[RunSummary]:
         status = rec.get("status", "unknown")
         if status in ("running", "queued") and not _alive(rec.get("pid")):
             status = "interrupted"
-        out.append(RunSummary(d, rec, status, read_progress(d), read_metrics(d), latest_validation(d)))
+        out.append(RunSummary(d, rec, status, read_progress(d), read_metrics(d), latest_validation(d),
+                              input_picture(d)))
     out.sort(key=lambda r: r.job.get("created", 0), reverse=True)
     return out
 

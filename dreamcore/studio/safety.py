@@ -1,7 +1,8 @@
-"""What a web page may send: ``key=value`` overrides and uploaded model files. Nothing from a page reaches code or
-a path outside the runs folder: ``plugins`` and the other keys that name code or storage are refused, every value
-that reads as a path must lie inside the runs folder (it is rewritten to that absolute path), and uploads are
-size-limited, typed by their bytes (not their name) and unpacked without leaving their folder."""
+"""What a web page may send: ``key=value`` overrides, uploaded model files and pictures (Image to 3D). Nothing from a
+page reaches code or a path outside the runs folder: ``plugins`` and the other keys that name code or storage are
+refused, every value that reads as a path must lie inside the runs folder (it is rewritten to that absolute path),
+and uploads are size-limited, typed by their bytes (not their name or the browser's content type), stored under
+names the server chooses and unpacked without leaving their folder."""
 
 from __future__ import annotations
 
@@ -45,13 +46,19 @@ class StudioLimits:
     max_batch_size: int = 16  # views per step
     max_views: int = 256  # evaluation views, validation views, turntable frames; the length of any list
     max_points: int = 2_000_000  # Gaussians, sampled points, a mesh's faces
-    max_upload_mb: float = 200.0
+    max_upload_mb: float = 200.0  # a mesh upload (Reconstruct a mesh)
+    max_image_mb: float = 10.0  # a picture upload (Image to 3D)
     max_queue: int = 64  # jobs waiting or running on this server
     max_per_page: int = 4  # jobs waiting or running for one page (one browser session, or one user with --auth)
 
 
 class UnsafeInput(DreamcoreError):
     """A page sent something the studio does not run (a message for the page, nothing started)."""
+
+
+class PictureRefused(UnsafeInput):
+    """The picture itself is refused (too large, not a picture, undecodable, empty after keying): the page must
+    choose another, where other refusals (its view, its overrides) leave the chosen picture usable."""
 
 
 def _looks_like_path(value: str) -> bool:
@@ -353,3 +360,68 @@ def _unpack_zip(src: Path, dest: Path, limit_bytes: int) -> Path:
         raise UnsafeInput(f"the uploaded zip must hold exactly one model file ({'/'.join(MESH_SUFFIXES)}); "
                           f"found {found}")
     return meshes[0]
+
+
+# -- pictures (Image to 3D) ------------------------------------------------------------------------------------------
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what the page's file picker offers (the bytes decide)
+PICTURE_NAME = "picture"  # the stored picture: <run folder>/input/picture.<png|jpg|webp>, never the sender's name
+PICTURE_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+MAX_AZIMUTH = 360.0
+
+
+def save_picture(src: str | Path, dest_dir: str | Path, limit_bytes: int) -> Path:
+    """Copy an uploaded picture into ``dest_dir`` (the job's ``input/``) as ``picture.<png|jpg|webp>`` and return
+    that path. Refused with :class:`PictureRefused` before anything is written: a file over ``limit_bytes``, an
+    empty one, and one whose first bytes are no PNG, JPEG or WebP signature (its name and the browser's content
+    type play no part). The copy reads at most ``limit_bytes`` + 1 bytes (a file that grows meanwhile is refused).
+    Whether it decodes and keeps an object once its background is removed is checked by the caller
+    (:func:`dreamcore.reference_image.cut_out`, with the job's own ``image`` settings)."""
+    from dreamcore.reference_image import sniff_format
+
+    src = Path(src)
+    try:
+        info = src.stat()
+    except OSError:
+        raise PictureRefused("the uploaded picture cannot be read; upload it again") from None
+    if not src.is_file():
+        raise PictureRefused("the uploaded picture is not a file")
+    limit_mb = limit_bytes / 2**20
+    if info.st_size > limit_bytes:
+        raise PictureRefused(f"the picture is {info.st_size / 2**20:.1f} MB, over the studio's limit of "
+                             f"{limit_mb:.3g} MB for pictures (dreamcore studio --max-image-mb)")
+    if info.st_size == 0:
+        raise PictureRefused("the uploaded picture is empty")
+    with open(src, "rb") as f:
+        data = f.read(limit_bytes + 1)
+    if len(data) > limit_bytes:
+        raise PictureRefused(f"the picture is over the studio's limit of {limit_mb:.3g} MB for pictures")
+    kind = sniff_format(data[:16])
+    if kind is None:
+        raise PictureRefused("the upload is not a PNG, JPEG or WebP picture (judged by its content, not its name)")
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / f"{PICTURE_NAME}.{PICTURE_EXTENSIONS[kind]}"
+    out.write_bytes(data)
+    return out
+
+
+def check_view(azimuth, elevation) -> tuple[float, float]:
+    """The picture's camera as the page gives it (degrees): finite numbers, azimuth in [-360, 360] (0 = the
+    object's front), elevation in [-90, 90]; a blank field is 0 (the front, at the object's height). Refused in
+    words with :class:`UnsafeInput` otherwise."""
+    out = []
+    for what, value, bound in (("azimuth", azimuth, MAX_AZIMUTH), ("elevation", elevation, 90.0)):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            value = 0.0
+        if isinstance(value, bool):
+            raise UnsafeInput(f"the picture's {what} must be a number of degrees, not {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise UnsafeInput(f"the picture's {what} must be a number of degrees, not {shown}") from None
+        if not math.isfinite(number) or abs(number) > bound:
+            raise UnsafeInput(f"the picture's {what} {number:g} is outside [-{bound:g}, {bound:g}] degrees")
+        out.append(number)
+    return out[0], out[1]
