@@ -538,6 +538,39 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     raise DreamcoreError(f"{where}: unsupported config type {tp}")
 
 
+# settings added after runs were recorded whose neutral value leaves a run as it was before they existed: key →
+# (neutral value, what goes from the tree at that value). Hashes that name runs (batch job names, benchmark rows)
+# leave them out (:func:`without_neutral`), so adding such a setting never renames or invalidates older runs; a
+# new setting that does not change the default run belongs here
+NEUTRAL_SETTINGS: dict[str, tuple[Any, str]] = {
+    "image.path": ("", "image"),  # no picture: the whole image section is off
+    "eval.align": ("none", "eval.align"),
+}
+
+
+def without_neutral(tree: dict) -> dict:
+    """A copy of a config tree (:func:`to_tree`) without the :data:`NEUTRAL_SETTINGS` that are at their neutral
+    value."""
+    import copy
+
+    tree = copy.deepcopy(tree)
+
+    def find(dotted: str):
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        return (node, leaf) if isinstance(node, dict) else (None, leaf)
+
+    for key, (neutral, drop) in NEUTRAL_SETTINGS.items():
+        node, leaf = find(key)
+        if node is not None and leaf in node and node[leaf] == neutral:
+            parent, last = find(drop)
+            if parent is not None:
+                parent.pop(last, None)
+    return tree
+
+
 def to_tree(obj: Any) -> Any:
     """A parsed config back to plain YAML-able data (what the run folder's ``config.yaml`` holds)."""
     if isinstance(obj, Scheduled):

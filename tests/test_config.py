@@ -167,3 +167,22 @@ def test_every_step_like_count_is_marked_for_time_scale():
     for cls in classes:
         walk(cls)
     assert not unmarked, unmarked
+
+
+def test_settings_added_later_at_their_neutral_value_leave_run_hashes_alone():
+    """NEUTRAL_SETTINGS: a setting added after runs were recorded (the image section, eval.align) is left out of
+    the trees that name runs while it is at its neutral value, and kept otherwise."""
+    from dreamcore.config import NEUTRAL_SETTINGS, config_path, load_config, to_tree, without_neutral
+
+    plain = without_neutral(to_tree(load_config(config_path("text-nerf"))))
+    assert "image" not in plain and "align" not in plain["eval"] and "mesh" in plain["eval"]
+    older = to_tree(load_config(config_path("text-nerf")))
+    older.pop("image")
+    older["eval"].pop("align")
+    assert plain == older  # as a tree from before these settings existed
+    on = without_neutral(to_tree(load_config(config_path("text-nerf"), ["eval.align=bbox", "image.path=x.png"])))
+    assert on["eval"]["align"] == "bbox" and on["image"]["path"] == "x.png"
+    for key in NEUTRAL_SETTINGS:  # every entry names a real setting
+        node = to_tree(load_config(config_path("text-nerf")))
+        for part in key.split("."):
+            node = node[part]

@@ -3,7 +3,8 @@ is filled a few runs at a time across sessions and machines and never lost with 
 
 A row is keyed by the **config hash** of its run: the SHA-256 of the run's merged config (what its ``config.yaml``
 holds) with the keys that cannot change the result left out (:data:`UNSCORED_KEYS`: the run folder, the thread
-count, the progress bar; :data:`OFF_SECTIONS` while switched off), every absolute path under the checkout
+count, the progress bar; settings added later at their neutral value, ``dreamcore.config.NEUTRAL_SETTINGS``), every
+absolute path under the checkout
 written relative to it (a fresh clone elsewhere gives the same hash), and every file or folder the config names
 replaced by the SHA-256 of its content (a prior folder's weights, the scored mesh: a retrained prior is a new row,
 a moved checkout is not). A benchmark reuses a row whose hash matches the run it would start, and runs again
@@ -24,9 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # config keys that cannot change a run's scores (dotted paths into the merged config tree)
 UNSCORED_KEYS = ("run.dir", "run.threads", "run.progress")
-# sections that are off while their switch is empty, and then cannot change a run either: left out of the hash,
-# so that adding such a section to the config (image-to-3D's ``image``) keeps the rows made before it
-OFF_SECTIONS = {"image": "path"}
 # files of a folder that describe it rather than make it (a prior's report and sample sheet)
 DESCRIPTIVE_SUFFIXES = (".md", ".png", ".log")
 
@@ -87,10 +85,9 @@ def canonical_tree(tree, root: Path = ROOT):
 
 def config_hash(tree: dict, root: Path = ROOT, unscored: tuple[str, ...] = UNSCORED_KEYS) -> str:
     """The config hash of a run's merged config tree (see the module docstring)."""
-    tree = json.loads(json.dumps(tree, default=str))  # a deep copy in plain JSON types
-    for section, switch in OFF_SECTIONS.items():
-        if isinstance(tree.get(section), dict) and not tree[section].get(switch):
-            tree.pop(section)
+    from dreamcore.config import without_neutral
+
+    tree = without_neutral(json.loads(json.dumps(tree, default=str)))  # a plain-JSON copy
     for dotted in unscored:
         *parents, leaf = dotted.split(".")
         node = tree

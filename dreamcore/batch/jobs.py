@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dreamcore.config import Config, config_path, load_config, prompt_line, to_tree
+from dreamcore.config import Config, config_path, load_config, prompt_line, to_tree, without_neutral
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.rundir import prompt_slug
 
@@ -138,14 +138,12 @@ def slug(prompt: str) -> str:
 
 def job_hash(cfg: Config) -> str:
     """SHA-256 (first 10 hex digits) of the merged config without the settings in UNHASHED_RUN_KEYS (nor the
-    ``image`` section while it names no picture, so that job names from before it existed stay); the prompt
-    and seed are part of it."""
-    tree = to_tree(cfg)
+    settings added later that are at their neutral value, :data:`dreamcore.config.NEUTRAL_SETTINGS`, so job
+    names from before they existed stay); the prompt and seed are part of it, and a picture's bytes."""
+    tree = without_neutral(to_tree(cfg))  # settings added later, at their neutral value, rename no job
     for key in UNHASHED_RUN_KEYS:
         tree["run"].pop(key, None)
-    if not cfg.image.path:
-        tree.pop("image", None)
-    else:  # the picture is its bytes, wherever it lies
+    if cfg.image.path:  # the picture is its bytes, wherever it lies
         tree["image"]["path"] = hashlib.sha256(Path(cfg.image.path).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
