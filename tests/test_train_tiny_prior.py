@@ -599,3 +599,26 @@ def test_a_text_only_folder_is_continued_with_the_image_condition_all_its_weight
     moved = sum(float((src[k] - cont[k]).pow(2).sum()) for k in src)
     scale = sum(float(src[k].pow(2).sum()) for k in src)
     assert moved < 1e-3 * scale
+
+
+def test_groups_that_keep_their_picture_drop_the_caption_at_their_own_rate():
+    """--image-caption-dropout: the caption of a group with its picture is dropped at that rate (1: every such
+    group is picture-only), the groups without the picture keep caption_dropout (0 here: all captioned)."""
+    n, data = 4, _image_data(groups=8)
+    s = ttp.Settings(batch=64, views=n, caption_dropout=0.0, image_conditioning=True, image_dropout=0.5,
+                     image_caption_dropout=1.0)
+    seen = {}
+    _image_step(data, s, _recording_unet(seen))
+    g = 64 // n
+    captions = seen["context"][:, 0, 0].view(g, n + 1)[:, 0]  # the caption index of each group (2 = empty)
+    has_picture = seen["camera"].view(g, n + 1, 16)[:, n].abs().amax(1) > 0
+    assert 0 < int(has_picture.sum()) < g
+    assert (captions[has_picture] == 2).all() and (captions[~has_picture] != 2).all()
+    s0 = ttp.Settings(batch=64, views=n, caption_dropout=0.0, image_conditioning=True, image_dropout=0.5,
+                      image_caption_dropout=0.0)
+    seen0 = {}
+    _image_step(data, s0, _recording_unet(seen0))
+    assert (seen0["context"][:, 0, 0] != 2).all()
+    with pytest.raises(SystemExit, match="--image-caption-dropout 1.5"):
+        ttp.main(["--object", f"{ROOT / 'assets' / 'robot.glb'}:a toy robot", "--out", "unused", "--views", "4",
+                  "--image-conditioning", "--image-caption-dropout", "1.5", "--quick"])
