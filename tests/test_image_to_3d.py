@@ -408,3 +408,15 @@ def test_scoring_in_one_frame_moves_the_glb_as_the_target_was_normalized(tmp_pat
     assert score(turned, "bbox")["glb_janus"] > 0.5  # a back on the front is not aligned away
     with pytest.raises(DreamcoreError, match="eval.align"):
         load_config(config_path("image-to-3d"), ["eval.align=icp"])
+
+
+def test_the_nerf_image_recipe_runs_and_scores_in_one_frame(tmp_path, robot_pictures):
+    out = tmp_path / "nerf"
+    assert main(["generate", "--image", str(robot_pictures.rgb), "a toy robot", "--config",
+                 "configs/image-to-3d-nerf.yaml", "run.steps=3", "run.val_every=0", "run.progress=false",
+                 "run.checkpoint_every=0", "export.resolution=32", "export.formats=[glb]", "export.isosurface_search=[]",
+                 "export.texture_size=64", "eval.views=2", "eval.resolution=16", "eval.mesh=assets/robot.glb",
+                 f"run.dir={out}"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "model.glb").is_file() and (out / "reference.png").is_file()
+    assert "glb_align" in metrics and "ref_psnr" in metrics and " ref_rgb=" in (out / "log.txt").read_text()
