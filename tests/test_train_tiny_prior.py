@@ -2,6 +2,7 @@
 a few steps) writes a diffusers-format folder that diffusers/transformers load offline, with SD's schedule, a
 word-level tokenizer, the evaluation figures, and identical weights when run twice with the same seed."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -51,6 +52,23 @@ def _meshes(folder: Path) -> list[Path]:
     return paths
 
 
+@contextlib.contextmanager
+def offline_keeping_threads():
+    """The tool's runs offline (HF_HUB_OFFLINE=1), with the test process's torch thread count and environment
+    restored afterwards (the tool sets its own threads)."""
+    threads = torch.get_num_threads()
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
 def _argv(meshes, out):
     args = []
     for path, prompt in zip(meshes, PROMPTS):
@@ -65,18 +83,9 @@ def runs(tmp_path_factory):
     """Two --quick runs with the same seed (threads restored afterwards)."""
     tmp = tmp_path_factory.mktemp("tiny_prior")
     meshes = _meshes(tmp)
-    threads = torch.get_num_threads()
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
+    with offline_keeping_threads():
         assert ttp.main(_argv(meshes, tmp / "a")) == 0
         assert ttp.main(_argv(meshes, tmp / "b")) == 0
-    finally:
-        torch.set_num_threads(threads)
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
     return tmp / "a", tmp / "b", meshes
 
 
@@ -206,18 +215,9 @@ def mv_runs(runs, tmp_path_factory):
     """Two --views 4 --quick runs with the same seed, scored against the 2D run's folder as the baseline."""
     tmp = tmp_path_factory.mktemp("tiny_mv_prior")
     two_d, _, meshes = runs
-    threads = torch.get_num_threads()
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
+    with offline_keeping_threads():
         for name in ("a", "b"):
             assert ttp.main(_argv(meshes, tmp / name) + ["--views", "4", "--baseline-2d", str(two_d)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
     return tmp / "a", tmp / "b", meshes
 
 
@@ -387,18 +387,9 @@ def _image_argv(out):
 def image_runs(tmp_path_factory):
     """Two --quick --views 4 --image-conditioning runs with the same seed on two objects of assets/."""
     root = tmp_path_factory.mktemp("tiny_mv_image_prior")
-    threads = torch.get_num_threads()
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
+    with offline_keeping_threads():
         for name in ("a", "b"):
             assert ttp.main(_image_argv(root / name)) == 0
-    finally:
-        torch.set_num_threads(threads)
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
     return root / "a", root / "b"
 
 
@@ -578,19 +569,10 @@ def test_a_text_only_folder_is_continued_with_the_image_condition_all_its_weight
     from safetensors.torch import load_file
 
     text_argv = [a for a in _image_argv(tmp_path / "text") if a != "--image-conditioning"]
-    threads = torch.get_num_threads()
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
+    with offline_keeping_threads():
         assert ttp.main(text_argv + ["--steps", "2", "--no-baseline"]) == 0
         assert ttp.main(_image_argv(tmp_path / "image") + ["--steps", "1", "--no-baseline", "--seed", "3",
                                                            "--init-from", str(tmp_path / "text")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
     config = json.loads((tmp_path / "image" / "unet" / "config.json").read_text())
     assert config["reference_frame"] is True and config["reference_camera"] == "own"
     rel = "unet/diffusion_pytorch_model.safetensors"

@@ -58,8 +58,7 @@ class AsyncScoreDistillation(Guidance):
         c = self.cfg
         num = prior.schedule.num_steps
         lo, _ = common.timestep_bounds(c.t_min(step), c.t_max(step), num)
-        delta = (c.plus_ratio(step) * (t - lo).to(torch.float64)).clamp_min(0.0)
-        delta = torch.minimum(delta, (num - 1 - t).to(torch.float64))
+        delta = common.plus_ratio_delta(t, lo, num, c.plus_ratio(step))
         if c.plus_random:
             delta = delta * rng.uniform(t.shape, generator, device=t.device).to(torch.float64)
         return (t + delta.floor().long()).clamp(1, num - 1)

@@ -35,6 +35,13 @@ def timestep_bounds(t_min: float, t_max: float, num_steps: int) -> tuple[int, in
     return lo, hi
 
 
+def plus_ratio_delta(t: Tensor, lo: int, num_steps: int, ratio: float) -> Tensor:
+    """The shift toward a noisier timestep of ASD's and DSD's second branch (float64 [B]): ``ratio·(t − lo)``,
+    at least 0 and at most ``num_steps − 1 − t`` (the caller scales it by a random fraction and floors it)."""
+    delta = (ratio * (t - lo).to(torch.float64)).clamp_min(0.0)
+    return torch.minimum(delta, (num_steps - 1 - t).to(torch.float64))
+
+
 def weighting(kind: Weighting, alpha: Tensor, sigma: Tensor) -> Tensor:
     """w(t) [B] from α_t, σ_t [B]."""
     if kind == "sds":

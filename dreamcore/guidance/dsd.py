@@ -111,8 +111,7 @@ class DSDGuidance(Guidance):
         c = self.cfg
         num = prior.schedule.num_steps
         lo, _ = common.timestep_bounds(c.t_min(step), c.t_max(step), num)
-        delta = (c.plus_ratio(step) * (t - lo).to(torch.float64)).clamp_min(0.0)
-        delta = torch.minimum(delta, (num - 1 - t).to(torch.float64))
+        delta = common.plus_ratio_delta(t, lo, num, c.plus_ratio(step))
         if c.plus_random:
             b = t.shape[0]
             group = prior.views_per_sample if b > 1 else 1
