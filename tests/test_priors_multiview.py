@@ -509,16 +509,22 @@ def test_a_batch_that_is_not_whole_groups_fails_before_training(folders, tmp_pat
     assert not (out / "ckpt").exists() or not any((out / "ckpt").iterdir())
 
 
+def with_full_size_unet(prior: MultiViewPrior, published: dict) -> MultiViewPrior:
+    """``prior`` with its tiny UNet swapped for the published architecture ``published`` (a unet/config.json) with
+    seeded random weights, frozen."""
+    torch.manual_seed(0)
+    unet = MultiViewUNet(**{k: v for k, v in published.items() if not k.startswith("_")}).eval().requires_grad_(False)
+    prior.unet = unet
+    object.__setattr__(prior, "_unet_forward", unet)
+    return prior
+
+
 @pytest.mark.slow
 def test_full_size_mvdream_unet_with_random_weights_runs_one_guidance_step(folders, tmp_path):
     """The published architecture (867 M parameters, random weights) inside the prior: one SDS step with CFG on
     one 4-view group of 32² latents (MVDream's 256² renders), as on a real checkpoint."""
-    prior = make_prior(folders["latent"], tmp_path)
-    config = {k: v for k, v in MVDREAM_UNET_CONFIG.items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    unet = MultiViewUNet(**config).eval().requires_grad_(False)
-    prior.unet = unet
-    object.__setattr__(prior, "_unet_forward", unet)
+    prior = with_full_size_unet(make_prior(folders["latent"], tmp_path), MVDREAM_UNET_CONFIG)
+    unet = prior.unet
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 4, 32, 32, generator=g)
     cams = prior.view_group(sample_orbit(1, g))
@@ -539,12 +545,8 @@ def test_full_size_imagedream_unet_with_random_weights_runs_one_guidance_step(im
     """The published ImageDream UNet (MVDream's + the 16-token image prompt, random weights) inside the prior with a
     picture set: one SDS step (ImageDream's ω = 5, x̂₀ form, rescale 0.2) on a 4-view group + its reference frame of
     32² latents; the picture's tokens stand in for CLIP ViT-H's (the tiny folder's encoder is 12 wide)."""
-    prior = make_prior(image_folders["imagedream"], tmp_path)
-    config = {k: v for k, v in IMAGEDREAM_UNET_CONFIG.items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    unet = MultiViewUNet(**config).eval().requires_grad_(False)
-    prior.unet = unet
-    object.__setattr__(prior, "_unet_forward", unet)
+    prior = with_full_size_unet(make_prior(image_folders["imagedream"], tmp_path), IMAGEDREAM_UNET_CONFIG)
+    unet = prior.unet
     g = torch.Generator().manual_seed(0)
     prior.reference_x = torch.randn(1, 4, 32, 32, generator=g)
     prior.reference_cameras = orbit([0.0], [0.0])
