@@ -14,13 +14,14 @@ from dreamcore.config import config_path, load_config
 from dreamcore.errors import DreamcoreError
 from dreamcore.studio import runs
 from dreamcore.studio.queue import JobQueue
-from dreamcore.studio.recipes import PRESETS, RECONSTRUCT_RECIPES, describe, preset_overrides, recipes
+from dreamcore.studio.recipes import IMAGE_RECIPES, PRESETS, RECONSTRUCT_RECIPES, describe, preset_overrides, recipes
 from dreamcore.studio.safety import UnsafeInput
 
 
 def test_every_recipe_with_every_preset_is_a_valid_config():
-    offered = recipes() + recipes(RECONSTRUCT_RECIPES)
-    assert {"text-nerf", "reference-nerf"} <= {r.name for r in offered}
+    offered = recipes() + recipes(RECONSTRUCT_RECIPES) + recipes(IMAGE_RECIPES)
+    assert {"text-nerf", "text-mv-gaussians", "reference-nerf", "image-to-3d-nerf"} <= {r.name for r in offered}
+    assert recipes()[0].name == "text-mv-nerf"  # the page's default: the multi-view prior (no Janus objects)
     assert all(r.description for r in offered)
     for r in offered:
         plain = load_config(r.path)
@@ -40,7 +41,7 @@ def test_every_recipe_with_every_preset_is_a_valid_config():
 def test_every_offered_recipe_is_described_in_whole_sentences():
     """The recipe dropdowns show the sentence each config opens with: whole (a comment wraps it over lines), never
     cut at a line's end or a length, and short enough for a dropdown."""
-    for r in recipes() + recipes(RECONSTRUCT_RECIPES):
+    for r in recipes() + recipes(RECONSTRUCT_RECIPES) + recipes(IMAGE_RECIPES):
         d = r.description
         assert d.endswith((".", "!", "?")) and d[0].isupper(), (r.name, d)
         assert not re.search(r"\b(al|e\.g|i\.e|Sec)\.$", d), (r.name, d)  # an abbreviation ends no sentence

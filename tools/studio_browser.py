@@ -10,7 +10,12 @@ passes the Khronos validator (where ``.cache/node`` has it); a job whose process
 and the app keeps serving; after a server restart the gallery lists that job as resumable, Resume continues it
 from its checkpoint and Cancel stops it with the checkpoint saved.
 
+``--showcase FILE`` instead queues one job as an artist would (``--prompt``, ``--recipe``, ``--preset``; default
+"a toy robot" on text-mv-nerf at standard quality, no overrides), waits for it to finish and keeps the page then:
+the README's picture of the studio.
+
     python tools/studio_browser.py [--json FILE] [--screenshot FILE] [--work DIR]
+    python tools/studio_browser.py --showcase docs/studio.png [--prompt P] [--recipe R] [--preset Q] [--json FILE]
 """
 
 from __future__ import annotations
@@ -52,11 +57,11 @@ def chromium() -> str:
     return path
 
 
-def start_server(runs: Path, log: Path) -> subprocess.Popen:
+def start_server(runs: Path, log: Path, threads: int = 1) -> subprocess.Popen:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     # SIGINT ignored, as in a process a background shell starts: the studio must stop on the signal regardless
     proc = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "studio", "--runs", str(runs), "--port", str(PORT),
-                             "--threads", "1"], cwd=ROOT, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                             "--threads", str(threads)], cwd=ROOT, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     for _ in range(240):
         try:
@@ -328,12 +333,48 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
     return res
 
 
+def showcase(work: Path, out: Path, prompt: str, recipe: str, preset: str, timeout_s: float = 3600) -> dict:
+    """One job queued from the New asset tab with the page's own settings, the page kept once it has finished
+    (the viewer drawing the model); returns the job's final status and its time."""
+    from playwright.sync_api import sync_playwright
+
+    runs, log = work / "runs", work / "server.log"
+    t_start = time.time()
+    server = start_server(runs, log, threads=os.cpu_count() or 1)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+            page, outside = open_page(browser)
+            job = generate(page, prompt, recipe, preset, [], set())
+            final = wait_for(page, lambda s: s["status"] in ("done", "failed", "cancelled"), timeout_s)
+            if final["status"] != "done":
+                raise SystemExit(f"studio_browser: the showcase job {job} ended {final['status']}: {final['text']}")
+            page.wait_for_selector("#downloads a", timeout=30000)
+            page.wait_for_selector("#viewer canvas", timeout=30000)
+            time.sleep(6)  # the viewer loads the GLB and draws
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out), full_page=True)
+            browser.close()
+    finally:
+        stop_server(server)
+    record = json.loads((runs / job / "studio.json").read_text())
+    metrics_file = runs / job / "metrics.json"
+    return {"job": job, "status": final["text"], "recipe": recipe, "preset": preset, "prompt": prompt,
+            "steps": final["total"], "job_seconds": record.get("seconds"), "outside_requests": sorted(set(outside)),
+            "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
+            "seconds": round(time.time() - t_start, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="tools/studio_browser.py")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--screenshot", type=Path, default=None)
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--showcase", type=Path, default=None, help="one standard job; keep the finished page here")
+    p.add_argument("--prompt", default="a toy robot")
+    p.add_argument("--recipe", default="text-mv-nerf")
+    p.add_argument("--preset", default="standard")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if not ns.inside:
@@ -344,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     work = ns.work or Path(tempfile.mkdtemp(prefix="studio-browser-"))
     shutil.rmtree(work / "runs", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    res = {"interfaces_up": up_interfaces(), **scenario(work, ns.screenshot)}
+    if ns.showcase is not None:
+        res = {"interfaces_up": up_interfaces(), **showcase(work, ns.showcase.resolve(), ns.prompt, ns.recipe,
+                                                             ns.preset)}
+    else:
+        res = {"interfaces_up": up_interfaces(), **scenario(work, ns.screenshot)}
     text = json.dumps(res, indent=2)
     print(text)
     if ns.json:

@@ -9,11 +9,14 @@ from pathlib import Path
 
 from dreamcore.config import config_path
 
-# recipes that make an object from a prompt (the rest reconstruct a given mesh or refine another run)
-TEXT_RECIPES = ("text-nerf", "text-gaussians", "dreamfusion", "dreamfusion-sd", "dreamfusion-if", "dreamgaussian",
-                "magic3d-coarse", "prolificdreamer", "luciddreamer", "latent-nerf", "sjc", "stabledreamer")
+# recipes that make an object from a prompt (the rest reconstruct a given mesh or refine another run); the first is
+# the page's default: the multi-view prior's NeRF, the one without Janus objects (README, the multi-view benchmark)
+TEXT_RECIPES = ("text-mv-nerf", "text-mv-gaussians", "text-nerf", "text-gaussians", "dreamfusion", "dreamfusion-sd",
+                "dreamfusion-if", "dreamgaussian", "magic3d-coarse", "prolificdreamer", "luciddreamer", "latent-nerf", "sjc",
+                "stabledreamer")
 RECONSTRUCT_RECIPES = ("reference-nerf", "reference-gaussians", "reference-dmtet")
-IMAGE_RECIPES = ("image-to-3d",)  # recipes that make an object from a picture (the Image to 3D tab; image.path)
+# recipes that make an object from a picture (the Image to 3D tab; image.path)
+IMAGE_RECIPES = ("image-to-3d", "image-to-3d-nerf")
 
 # quality presets: how long the run is (run.time_scale, which scales the recipe's schedules with its step count)
 # and how big its outputs are. draft: at most DRAFT_STEPS steps (a couple of minutes on a laptop CPU with the
