@@ -184,9 +184,9 @@ def test_latent_and_pixel_folders_load_through_the_same_prior(folders, tmp_path)
 
 
 def every_guidance():
-    from dreamcore import registry
+    from dreamcore.guidance.editing import generation_methods
 
-    return registry.names("guidance")
+    return generation_methods()  # the editing methods (dds, pds) need a source: tests/test_guidance_edit.py
 
 
 # -- ImageDream: the image condition ------------------------------------------------------------------------------

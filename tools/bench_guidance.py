@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dreamcore import registry  # noqa: E402
+from dreamcore.guidance.editing import generation_methods  # noqa: E402
 from dreamcore.config import load_config  # noqa: E402
 from dreamcore.errors import DreamcoreError  # noqa: E402
 from dreamcore.runner.generate import generate  # noqa: E402
@@ -200,7 +200,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.steps, args.seeds, args.diversity_steps = 20, 2, 10
-    methods = [m for m in args.methods.split(",") if m] or registry.names("guidance")
+    methods = [m for m in args.methods.split(",") if m] or generation_methods()
     work = Path(args.work)
     if work.exists() and args.fresh:
         import shutil

@@ -771,7 +771,7 @@ def main(argv=None) -> int:
                     help="smoke run: 1 object (object accuracy still against all), 1 seed, sds, a few steps")
     ap.add_argument("overrides", nargs="*", help="key=value for every run")
     args = ap.parse_args(argv)
-    from dreamcore import registry
+    from dreamcore.guidance.editing import generation_methods
 
     folder = resolve_path(args.prior_folder)
     mv_folder = resolve_path(args.mv_prior_folder or MV_FOLDER)
@@ -784,7 +784,7 @@ def main(argv=None) -> int:
     priors = usable_priors(recipes, priors, mv_folder, asked)
     objects = [parse_object(o) for o in args.object] or default_objects(folder, mv_folder)
     scored = list(objects)  # object accuracy chooses among all of them, even when --quick runs only the first
-    guidances = [g for g in args.guidances.split(",") if g] or registry.names("guidance")
+    guidances = [g for g in args.guidances.split(",") if g] or generation_methods()
     extra = list(args.overrides)
     quick = {}
     if args.quick:

@@ -20,6 +20,7 @@ from torch import nn
 
 from dreamcore.errors import DreamcoreError, storage_problem
 from dreamcore.files import atomic_write_bytes, sha256_file, write_durably
+from dreamcore.rng import RunGenerator
 
 CKPT_NAME = "last.safetensors"
 PREV_NAME = "prev.safetensors"
@@ -50,7 +51,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, modules: dict[str, nn.Module], op
                     tensors[f"{prefix}{pid}.{k}"] = v.detach().cpu().contiguous().clone()
         meta["param_groups" if oname == "" else f"param_groups@{oname}"] = [dict(g) for g in state["param_groups"]]
     tensors["rng.torch"] = generator.get_state().clone()
-    if hasattr(generator, "host_state"):  # the run's host-side random.Random (dreamcore.rng.RunGenerator)
+    if isinstance(generator, RunGenerator):  # the run's host-side random.Random beside the device generator
         meta["rng.host"] = generator.host_state()
     meta.update(extra or {})
     data = save(tensors, metadata={"dreamcore": json.dumps(meta)})
@@ -178,7 +179,7 @@ def load_checkpoint(ckpt_dir: Path, modules: dict[str, nn.Module], optimizer: to
         opt.load_state_dict({"state": state, "param_groups": meta[groups_key]})
     if generator is not None:
         generator.set_state(tensors["rng.torch"])
-        if "rng.host" in meta and hasattr(generator, "set_host_state"):
+        if "rng.host" in meta and isinstance(generator, RunGenerator):
             generator.set_host_state(meta["rng.host"])
     if recovered:
         meta["recovered"] = recovered
