@@ -9,6 +9,9 @@
     image.save("robot-45.png")
     run.export("out/robot-hi", formats=["glb", "obj"], texture_size=2048)
 
+    run = dreamcore.edit("out/robot", "a toy robot with a blue chest", source_prompt="a toy robot",
+                         region="box:-0.3,0.1,-0.2,0.3,0.5,0.3")   # a new run: the robot, edited in that box
+
     run = dreamcore.load_run("out/robot")         # a finished (or interrupted) run folder
     dreamcore.list_components()                   # {"guidance": ["sds", "vsd", ...], ...}
 
@@ -32,7 +35,7 @@ from dreamcore import registry
 from dreamcore.config import Config, job_config, load_config, override_lines
 from dreamcore.errors import DreamcoreError
 
-__all__ = ["Run", "Render", "generate", "resume", "load_run", "list_components", "register", "job_config",
+__all__ = ["Run", "Render", "generate", "edit", "resume", "load_run", "list_components", "register", "job_config",
            "override_lines"]
 
 register = registry.register
@@ -52,6 +55,27 @@ def generate(prompt: str | None = None, config: str | Path = "text-nerf",
     from dreamcore.runner.generate import generate as run_generate
 
     cfg = job_config(prompt, config, overrides, run_dir, negative_prompt, seed, image=image)
+    cfg.run.progress = bool(progress)
+    return load_run(run_generate(cfg, announce=announce), load_system=False)
+
+
+def edit(source: str | Path, prompt: str, source_prompt: str, region: str | None = None,
+         falloff: float | None = None, config: str | Path = "edit-dds",
+         overrides: Mapping[str, Any] | Sequence[str] | None = None, run_dir: str | Path | None = None,
+         progress: bool = True, announce=print) -> "Run":
+    """Edit the finished run in folder ``source`` (a NeRF or Gaussians run) toward ``prompt``, as ``dreamcore
+    edit`` does; returns the new run (its own folder: ``run_dir``, or a new one under ``runs/``; the source is
+    never written to). ``source_prompt`` says what the asset shows now; ``region`` (``box:x0,y0,z0,x1,y1,z1`` in
+    the frame of the source's ``model.glb``, or ``mesh:part.glb``, a closed mesh; ""/None = all of it) is where it
+    may change, with a soft edge ``falloff`` wide (scene units; None: as the config has it, default 0).
+    ``config``: the edit recipe (``edit-dds``, ``edit-pds``, ``edit-sds``) laid over the source run's own config,
+    then ``overrides``. Prompts are taken literally. Bad input is a :class:`DreamcoreError` before any work; an
+    interrupted edit resumes with :func:`resume` like any run (its config names its source, ``init.from_run``,
+    which must stay where it is)."""
+    from dreamcore.runner.edit import edit_config
+    from dreamcore.runner.generate import generate as run_generate
+
+    cfg = edit_config(source, prompt, source_prompt, region, falloff, config, overrides, run_dir)
     cfg.run.progress = bool(progress)
     return load_run(run_generate(cfg, announce=announce), load_system=False)
 

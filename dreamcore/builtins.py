@@ -67,6 +67,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "system": {
         "dreamfusion": "dreamcore.systems.dreamfusion",
+        "edit": "dreamcore.systems.edit",
         "gaussian": "dreamcore.systems.gaussian",
         "mesh": "dreamcore.systems.mesh",
     },

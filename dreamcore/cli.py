@@ -1,4 +1,4 @@
-"""Command line: ``dreamcore generate|demo|export|batch|list``. User errors print one line and exit 2."""
+"""Command line: ``dreamcore generate|edit|demo|export|batch|list``. User errors print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -36,6 +36,22 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         # --image: image-to-3D (the prompt may then be left out; configs/image-to-3d.yaml is the recipe)
         run = generate(prompt, ns.config or ("image-to-3d" if ns.image is not None else "dreamfusion"), overrides,
                        negative_prompt=ns.negative_prompt, progress=True, image=ns.image)
+    _report(run.path)
+    return 0
+
+
+def cmd_edit(ns: argparse.Namespace) -> int:
+    """Edit a finished run toward a target prompt, into a new run folder (the source is only read)."""
+    from dreamcore.api import edit
+
+    words, overrides = _split(ns.args)
+    if words and ns.prompt is not None:
+        raise DreamcoreError(f"give the target prompt once: as words or with --prompt, not both ({' '.join(words)!r})")
+    prompt = ns.prompt if ns.prompt is not None else " ".join(words)
+    if ns.source_prompt is None:
+        raise DreamcoreError('dreamcore edit needs --source-prompt "what the asset shows now" (e.g. "a toy robot")')
+    run = edit(ns.source, prompt, ns.source_prompt, region=ns.region, falloff=ns.falloff,
+               config=ns.config or "edit-dds", overrides=overrides, progress=True)
     _report(run.path)
     return 0
 
@@ -163,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "image-to-3d. The prompt (the object's name) is optional")
     g.add_argument("args", nargs="*", help='the prompt words and/or key=value overrides (e.g. run.steps=500)')
     g.set_defaults(func=cmd_generate)
+    ed = sub.add_parser("edit", help="edit a finished NeRF or Gaussians run toward a new prompt (a new run folder)")
+    ed.add_argument("source", metavar="SOURCE", help="the folder of the finished run to edit (never written to)")
+    ed.add_argument("--source-prompt", "-s", default=None, help="what the asset shows now, taken literally "
+                    "(required)")
+    ed.add_argument("--prompt", "-p", default=None, help="the target prompt, taken literally (for one that starts "
+                    "with - or holds =); else the words before the overrides")
+    ed.add_argument("--region", "-r", default=None, metavar="SPEC", help="where it may change: box:x0,y0,z0,x1,y1,z1 "
+                    "(the frame of the source's model.glb) or mesh:part.glb (a closed mesh); default: all of it")
+    ed.add_argument("--falloff", type=float, default=None, help="width of the region's soft edge, scene units "
+                    "(default 0: a hard edge)")
+    ed.add_argument("--config", "-c", metavar="RECIPE|YAML", help="the edit recipe laid over the source run's "
+                    "config: edit-dds (default), edit-pds, edit-sds, or a YAML path")
+    ed.add_argument("args", nargs="*", help="the target prompt's words and/or key=value overrides (e.g. "
+                    "run.steps=200 run.dir=out/blue-chest)")
+    ed.set_defaults(func=cmd_edit)
     d = sub.add_parser("demo", help="reference prior on the shipped asset: NeRF + SDS + export, on CPU")
     d.add_argument("args", nargs="*", help="key=value overrides")
     d.set_defaults(func=cmd_demo)

@@ -545,6 +545,7 @@ def convert(tp: Any, value: Any, where: str) -> Any:
 NEUTRAL_SETTINGS: dict[str, tuple[Any, str]] = {
     "image.path": ("", "image"),  # no picture: the whole image section is off
     "eval.align": ("none", "eval.align"),
+    "prior.reference.meshes": ({}, "prior.reference.meshes"),  # the reference prior's prompt → mesh map (editing)
 }
 
 

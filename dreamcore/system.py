@@ -7,7 +7,8 @@ have defaults, so the runner calls each one unconditionally.
 
 The runner's use, in order: build (``registry.build("system", cfg.system, full=cfg)``); a new run calls
 :meth:`initialize`, or :meth:`initialize_from` with an earlier run's restored system (``init.from_run``); a
-resumed run restores :meth:`trainable_modules` from its checkpoint instead. Then the optimizer is made from
+resumed run restores :meth:`trainable_modules` from its checkpoint instead — first handing a system that
+:meth:`keeps_source` its ``init.from_run`` system again (:meth:`attach_source`). Then the optimizer is made from
 :meth:`parameter_groups` and handed to :meth:`attach_optimizer`; each step sets learning rates with
 :meth:`lr_scales`, calls :meth:`training_step` (the losses), steps, and calls :meth:`after_step`. Validation
 and scoring call :meth:`render_views`; export writes every format from :meth:`export_source`.
@@ -63,6 +64,18 @@ class System:
     def initialize_from(self, source: "System") -> dict:
         """Start from an earlier run's restored, frozen system (``init.from_run``); returns a report."""
         raise DreamcoreError(f"system '{self.full.system.name}' cannot start from another run (init.from_run)")
+
+    def keeps_source(self) -> bool:
+        """Whether this run needs its ``init.from_run`` system for as long as it exists, not only to start from (an
+        edit renders and blends its frozen source at every step, and keeps it out of its own checkpoints). Such a
+        run gets the source again through :meth:`attach_source` whenever it is restored from a checkpoint
+        (resume, re-export, :func:`dreamcore.load_run`), before the checkpoint is loaded."""
+        return False
+
+    def attach_source(self, source: "System") -> None:
+        """Take the restored, frozen ``init.from_run`` system of a run that :meth:`keeps_source` (a resumed or
+        reloaded run; a new one gets it through :meth:`initialize_from`)."""
+        return None
 
     # -- the step ----------------------------------------------------------------------------------------------
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:

@@ -4,5 +4,6 @@ This folder is the package ``dreamcore.systems``: the wheel installs it as ``dre
 ``package-dir``); in the checkout ``dreamcore/systems/__init__.py`` loads it under that name."""
 
 from dreamcore.systems import dreamfusion  # noqa: F401
+from dreamcore.systems import edit  # noqa: F401
 from dreamcore.systems import gaussian  # noqa: F401
 from dreamcore.systems import mesh  # noqa: F401

@@ -109,17 +109,29 @@ class DreamFusionSystem(System):
         return groups + self.guidance.parameter_groups()
 
     # -- the step ------------------------------------------------------------------------------------------------
-    def render_training(self, cameras: Cameras, generator: torch.Generator) -> RenderOutput:
-        """The training views (whole images, or random pixel subsets when ``rays_per_view`` > 0)."""
+    def render_training(self, cameras: Cameras, generator: torch.Generator,
+                        representation: Optional[nn.Module] = None) -> RenderOutput:
+        """The training views (whole images, or random pixel subsets when ``rays_per_view`` > 0) of this run's
+        representation, or of ``representation`` seen the same way (an edit's frozen source)."""
         res = self.full.camera.resolution
         pixels = self._sample_pixels(len(cameras), res, generator)
-        return self.renderer(self.representation, cameras, res, res, self.background.colors(cameras),
-                             pixel_index=pixels, generator=generator)
+        scene = self.representation if representation is None else representation
+        return self.renderer(scene, cameras, res, res, self.background.colors(cameras), pixel_index=pixels,
+                             generator=generator)
 
     def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         render = self.render_training(cameras, generator)
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
+        losses.update(self.regularizers(render, step))
+        if self.reference is not None:  # image-to-3D: the picture at its own camera
+            losses.update(self.reference.losses(self, step, generator))
+        return losses
+
+    def regularizers(self, render: RenderOutput, step: int) -> dict[str, Tensor]:
+        """The render's regularizers at their scheduled weights (those at 0 left out): opacity sparsity, binary
+        opacity, normal orientation."""
+        losses = {}
         lam = self.cfg.lambda_opacity(step)
         if lam > 0:
             losses["opacity"] = lam * render.alpha.mean()
@@ -129,8 +141,6 @@ class DreamFusionSystem(System):
         lam = self.cfg.lambda_orientation(step)
         if lam > 0 and "orientation" in render.extras:
             losses["orientation"] = lam * render.extras["orientation"]
-        if self.reference is not None:  # image-to-3D: the picture at its own camera
-            losses.update(self.reference.losses(self, step, generator))
         return losses
 
     def after_step(self, step: int, generator: torch.Generator) -> None:

@@ -7,9 +7,10 @@ schedules, the active SH degree, and adaptive density control (Kerbl et al. 2023
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from torch import Tensor
 
 from dreamcore import registry
 from dreamcore.cameras import Cameras
@@ -34,6 +35,9 @@ class GaussianSystem(DreamFusionSystem):
                                  f"got '{full.representation.name}'")
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._render: Optional[RenderOutput] = None
+        # which Gaussians density control may clone, split, prune or reset (bool [N], asked before each densification
+        # and opacity reset); None: all of them. The edit system keeps those outside its region as they are.
+        self.editable: Optional[Callable[[], Tensor]] = None
 
     def initialize(self) -> None:
         """A new run's Gaussians: the representation's own ball, or points sampled on ``init_file`` (mapped
@@ -63,9 +67,12 @@ class GaussianSystem(DreamFusionSystem):
     def lr_scales(self, step: int) -> dict[str, float]:
         return self.representation.lr_scales(step)
 
-    def render_training(self, cameras: Cameras, generator: torch.Generator) -> RenderOutput:
-        self._render = super().render_training(cameras, generator)
-        return self._render
+    def render_training(self, cameras: Cameras, generator: torch.Generator,
+                        representation: Optional[torch.nn.Module] = None) -> RenderOutput:
+        render = super().render_training(cameras, generator, representation)
+        if representation is None:  # this run's own Gaussians: their screen-space gradients drive densification
+            self._render = render
+        return render
 
     def after_step(self, step: int, generator: torch.Generator) -> None:
         rep, c = self.representation, self.cfg.densify
@@ -79,6 +86,9 @@ class GaussianSystem(DreamFusionSystem):
             densify.accumulate(rep, render.extras["means2d"], render.extras["radii"], w, h)
         if s >= c.start and s % c.every == 0:
             prune_screen = c.opacity_reset_every > 0 and s > c.opacity_reset_every
-            densify.densify_and_prune(rep, c, self.optimizer, generator, prune_screen)
+            densify.densify_and_prune(rep, c, self.optimizer, generator, prune_screen, self._editable())
         if c.opacity_reset_every > 0 and s % c.opacity_reset_every == 0:
-            densify.reset_opacity(rep, c.reset_opacity, self.optimizer)
+            densify.reset_opacity(rep, c.reset_opacity, self.optimizer, self._editable())
+
+    def _editable(self) -> Optional[Tensor]:
+        return None if self.editable is None else self.editable()

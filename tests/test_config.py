@@ -182,7 +182,11 @@ def test_settings_added_later_at_their_neutral_value_leave_run_hashes_alone():
     assert plain == older  # as a tree from before these settings existed
     on = without_neutral(to_tree(load_config(config_path("text-nerf"), ["eval.align=bbox", "image.path=x.png"])))
     assert on["eval"]["align"] == "bbox" and on["image"]["path"] == "x.png"
-    for key in NEUTRAL_SETTINGS:  # every entry names a real setting
-        node = to_tree(load_config(config_path("text-nerf")))
+    reference = without_neutral(to_tree(load_config(config_path("reference-nerf"))))
+    assert "meshes" not in reference["prior"]["reference"] and "mesh" in reference["prior"]["reference"]
+    mapped = to_tree(load_config(config_path("reference-nerf"), ['prior.reference.meshes={"a": assets/robot.glb}']))
+    assert without_neutral(mapped)["prior"]["reference"]["meshes"] == {"a": "assets/robot.glb"}
+    for key in NEUTRAL_SETTINGS:  # every entry names a real setting (the reference prior's in its recipe)
+        node = to_tree(load_config(config_path("reference-nerf" if key.startswith("prior.reference.") else "text-nerf")))
         for part in key.split("."):
             node = node[part]

@@ -126,6 +126,12 @@ class Prior(nn.Module):
         :meth:`reference_assets`; only for priors that have some."""
         raise DreamcoreError(f"prior '{type(self).__name__}' has no reference views (it knows no object)")
 
+    def reference_object(self, prompt: str) -> int:
+        """Which of :meth:`reference_assets` ``prompt`` describes — the object a run with that prompt is scored
+        against and shown beside: 0 (the first) unless the prior maps prompts to objects (the reference prior's
+        ``reference.meshes``)."""
+        return 0
+
     @classmethod
     def preflight(cls, cfg) -> None:
         """Cheap checks of ``cfg`` without building the prior (a later stage's prior is checked before the first

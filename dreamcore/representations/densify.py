@@ -101,14 +101,18 @@ def accumulate(gaussians, means2d: Tensor, radii: Tensor, width: int, height: in
 
 @torch.no_grad()
 def densify_and_prune(gaussians, cfg: DensifyConfig, optimizer: Optional[torch.optim.Optimizer],
-                      generator: torch.Generator, prune_screen: bool) -> dict[str, int]:
-    """Clone, split, then prune; returns the counts. Statistics are reset."""
+                      generator: torch.Generator, prune_screen: bool,
+                      editable: Optional[Tensor] = None) -> dict[str, int]:
+    """Clone, split, then prune; returns the counts. Statistics are reset. ``editable`` (bool [N]): only those
+    Gaussians are cloned, split or pruned (an edit's region; the others stay as they are); None: all."""
     params = gaussians.parameters_by_name()
     n = len(gaussians)
     grads = gaussians.grad_accum / gaussians.grad_count.clamp_min(1)
     max_scale = gaussians.scales.amax(dim=1)
     big = max_scale > cfg.percent_dense * cfg.extent
     candidates = grads >= cfg.grad_threshold
+    if editable is not None:
+        candidates &= editable
     room = max(cfg.max_gaussians - n, 0)
     if int(candidates.sum()) > room:  # keep the largest gradients within the budget (a split adds one net)
         order = torch.argsort(grads, descending=True, stable=True)
@@ -143,6 +147,8 @@ def densify_and_prune(gaussians, cfg: DensifyConfig, optimizer: Optional[torch.o
     if prune_screen and cfg.max_screen_radius > 0:
         radii = torch.cat([gaussians.max_radii, gaussians.max_radii.new_zeros(n_new)])
         prune |= radii > cfg.max_screen_radius
+    if editable is not None:  # new Gaussians come from editable ones
+        prune &= torch.cat([editable, editable.new_ones(n_new)])
     if bool(prune.all()):  # never remove the last Gaussian
         prune[torch.argmax(gaussians.opacity)] = False
     keep = ~prune
@@ -155,8 +161,18 @@ def densify_and_prune(gaussians, cfg: DensifyConfig, optimizer: Optional[torch.o
 
 
 @torch.no_grad()
-def reset_opacity(gaussians, value: float, optimizer: Optional[torch.optim.Optimizer]) -> None:
-    """Clamp opacities to ≤ ``value`` and zero their Adam moments (3DGS's opacity reset)."""
+def reset_opacity(gaussians, value: float, optimizer: Optional[torch.optim.Optimizer],
+                  editable: Optional[Tensor] = None) -> None:
+    """Clamp opacities to ≤ ``value`` and zero their Adam moments (3DGS's opacity reset); with ``editable``
+    (bool [N]) only those Gaussians' (opacity and moments of the others kept)."""
     cap = math.log(value / (1 - value))
-    gaussians.opacity_logits.data.clamp_(max=cap)
-    reset_moments(gaussians.opacity_logits, optimizer)
+    logits = gaussians.opacity_logits
+    if editable is None:
+        logits.data.clamp_(max=cap)
+        reset_moments(logits, optimizer)
+        return
+    logits.data.copy_(torch.where(editable, logits.data.clamp(max=cap), logits.data))
+    st = _state(optimizer, logits)
+    for k in MOMENTS:
+        if k in st:
+            st[k].masked_fill_(editable, 0.0)

@@ -37,11 +37,17 @@ def export_run(system: System, cfg: Config, run_dir: Path) -> dict:
 
 
 def scoring_targets(system: System, cfg: Config) -> list:
-    """The objects held-out views are scored against, in the scene frame: ``eval.mesh`` (normalized like the
-    reference prior's mesh), else the reference prior's mesh and its extra objects; [] when there is none."""
+    """The objects held-out views are scored against, in the scene frame, the one scored first: ``eval.mesh``
+    (normalized like the reference prior's mesh), else the reference prior's objects with the one the run's
+    prompt names first (:meth:`~dreamcore.priors.base.Prior.reference_object`: its mesh, or its entry of
+    ``prior.reference.meshes``), the others after it in their order; [] when there is none."""
     if cfg.eval.mesh:
         return [normalize(load_mesh(resolve_path(cfg.eval.mesh)), cfg.eval.radius)[0]]
-    return system.prior.reference_assets()
+    assets = list(system.prior.reference_assets())
+    if not assets:
+        return []
+    first = system.prior.reference_object(cfg.prompt)
+    return [assets[first]] + [a for i, a in enumerate(assets) if i != first]
 
 
 def check_scoring_target(cfg: Config) -> None:

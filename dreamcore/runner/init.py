@@ -38,8 +38,20 @@ def load_run_system(run_dir: str | Path, device: torch.device | str = "cpu") -> 
         raise DreamcoreError(f"init.from_run={run_dir}: the run has no checkpoint yet (ckpt/last.safetensors)")
     cfg = load_config(run.path / "config.yaml", [])
     system = build_system(cfg)
+    reattach_source(system, cfg, device)
     modules = system.trainable_modules()
     checkpoint.load_checkpoint(run.ckpt_dir, modules, None, None)
     for mod in modules.values():
         mod.to(device).eval().requires_grad_(False)
     return system
+
+
+def reattach_source(system: System, cfg, device: torch.device | str = "cpu") -> None:
+    """Hand a restored run whose system keeps its source (:meth:`System.keeps_source`, an edit) its
+    ``init.from_run`` system again, before its checkpoint is loaded; other systems need nothing."""
+    if not system.keeps_source():
+        return
+    if not cfg.init.from_run:
+        raise DreamcoreError(f"system '{cfg.system.name}' keeps the run it started from, but this run's config "
+                             "names none (init.from_run is empty)")
+    system.attach_source(load_run_system(cfg.init.from_run, device))

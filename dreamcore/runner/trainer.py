@@ -21,7 +21,7 @@ from dreamcore.cameras import Cameras, sample_orbit, turntable_cameras
 from dreamcore.config import Config
 from dreamcore.rng import RunGenerator, integers
 from dreamcore.runner import checkpoint
-from dreamcore.runner.init import build_system
+from dreamcore.runner.init import build_system, reattach_source
 from dreamcore.runner.rundir import RunDir
 
 
@@ -49,6 +49,8 @@ class Trainer:
                 self._initialize_from(cfg.init.from_run)
             else:
                 self.system.initialize()
+        else:  # ... but an edit gets its frozen source back (System.keeps_source)
+            reattach_source(self.system, cfg)
         for mod in self.system.trainable_modules().values():
             mod.to(self.device)
         groups = [g for g in self.system.parameter_groups() if g["params"]]
@@ -223,7 +225,7 @@ class Trainer:
         rows = [out.rgb, out.alpha.expand(-1, -1, -1, 3)]
         prior = self.system.prior
         if prior.reference_assets():
-            rows.insert(0, prior.reference_views(cams, res, res, white)[0])
+            rows.insert(0, prior.reference_views(cams, res, res, white, obj=prior.reference_object(cfg.prompt))[0])
         return save_grid(self.run.path / "val" / f"step-{self.step:06d}.png", rows)
 
     def _progress(self):
