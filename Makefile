@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamcore-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text bench-image gpu-wheels gpu-check gpu-check-dry clean
+.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text bench-image bench-edit gpu-wheels gpu-check gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -72,6 +72,12 @@ bench-text: $(STAMP)
 # docs/benchmarks.md): objects x views x {multiview, 2d} x 3 seeds, hours
 bench-image: $(STAMP)
 	$(BIN)/python tools/bench_image_to_3d.py --docs docs/benchmarks.md
+
+# the editing benchmark (bench/edit.md, .json and .png, rows in bench/edit/rows, its table in docs/benchmarks.md): the
+# robot's reconstruction (NeRF, Gaussians) edited toward a blue chest with dds, pds and sds, with and without the box
+# as region, on the closed-form reference prior: 2 source runs + 12 edits, an estimated 30-45 min on 2 cores
+bench-edit: $(STAMP)
+	$(BIN)/python tools/bench_edit.py --docs docs/benchmarks.md
 
 # the GPU check (tools/gpu_check.py). Here, with the network: fetch the wheels the bare GPU machine lacks (~19 MiB)
 gpu-wheels:

@@ -55,7 +55,7 @@ from dreamcore.export.exporters import ExportSource
 from dreamcore.guidance.editing import EditGuidance, EditSource
 from dreamcore.guidance.views import conditions
 from dreamcore.meshes.asset import SceneTransform
-from dreamcore.meshes.region import Region, parse_region
+from dreamcore.meshes.region import BakedRegion, MeshRegion, Region, parse_region
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.representations.blended import BlendedField
 from dreamcore.representations.gaussians import Gaussians
@@ -78,6 +78,7 @@ class EditSystem(System):
         source_prompt: str = ""  # what the source shows now (required), taken literally
         region: str = ""  # box:x0,y0,z0,x1,y1,z1 (the source's model.glb frame) or mesh:FILE; "" = all of it
         falloff: float = 0.0  # width of the region mask's soft ramp across its boundary, scene units
+        region_grid: int = 96  # a mesh region's mask baked on a grid of this many cells (BakedRegion); 0: exact
         identity_weight: Scheduled = _weight(0.0)  # λ_id: render-space L2 to the source outside the footprint
         correlation_weight: Scheduled = _weight(0.0)  # λ_c: Vox-E's 1 − ρ(σ_edit, σ_src), fields only
         correlation_points: int = 4096
@@ -169,6 +170,8 @@ class EditSystem(System):
                                  "source's mesh first in prior.reference.meshes")
         self.source = source.representation
         self.region = parse_region(self.cfg.region, source.scene_transform, self.cfg.falloff)
+        if isinstance(self.region, MeshRegion) and self.cfg.region_grid > 0:  # a box's exact mask is cheap
+            self.region = BakedRegion(self.region, self.cfg.region_grid)
         if not self.gaussians:
             self.scene.representation = BlendedField(self.scene.representation, source.representation, self.region)
             return

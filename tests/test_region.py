@@ -12,7 +12,7 @@ import trimesh
 
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.asset import MeshAsset, SceneTransform
-from dreamcore.meshes.region import (BoxRegion, MeshRegion, closed_surface_problem, parse_region, smooth_mask,
+from dreamcore.meshes.region import (BakedRegion, BoxRegion, MeshRegion, closed_surface_problem, parse_region, smooth_mask,
                                      winding_number)
 
 
@@ -166,3 +166,28 @@ def test_no_spec_is_the_whole_asset_and_a_negative_falloff_is_refused():
         parse_region("box:0,0,0,1,1,1", SceneTransform(), falloff=-0.1)
     with pytest.raises(DreamcoreError, match="falloff"):
         parse_region("box:0,0,0,1,1,1", SceneTransform(), falloff=float("nan"))
+
+
+def test_a_baked_mesh_region_is_the_exact_mask_to_within_one_cells_change(tmp_path):
+    """BakedRegion (what an edit evaluates at every sample): 0 outside the bounds exactly, 1 deep inside, and
+    within the mask's change across one cell of the exact mask elsewhere (smoothstep slope ≤ 1.5/falloff)."""
+    lo, hi = (-0.3, -0.2, 0.1), (0.4, 0.3, 0.5)
+    _cube_file(tmp_path / "part.glb", lo, hi)
+    falloff, resolution = 0.1, 40
+    exact = parse_region("mesh:part.glb", SceneTransform(), falloff, base_dir=tmp_path)
+    baked = BakedRegion(exact, resolution)
+    g = torch.Generator().manual_seed(1)
+    pts = torch.rand(6000, 3, generator=g) * 1.4 - 0.6
+    m_exact, m_baked = exact.mask(pts), baked.mask(pts)
+    b_lo, b_hi = exact.bounds()
+    outside = ~((pts >= b_lo) & (pts <= b_hi)).all(-1)
+    assert outside.sum() > 1000 and float(m_baked[outside].abs().max()) == 0.0
+    d = exact.signed_distance(pts)
+    cell = float((b_hi - b_lo).max()) / resolution
+    deep = d < -(falloff / 2 + 2 * cell)
+    assert deep.sum() > 50 and float((1 - m_baked[deep]).max()) < 1e-6
+    bound = 1.5 / falloff * cell * math.sqrt(3)
+    assert float((m_exact - m_baked).abs().max()) <= bound
+    assert torch.equal(baked.signed_distance(pts[:50]), exact.signed_distance(pts[:50]))
+    with pytest.raises(DreamcoreError, match="at least 2 cells"):
+        BakedRegion(exact, 1)
