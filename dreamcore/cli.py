@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("args", nargs="*")
     e.set_defaults(func=cmd_export)
     b = sub.add_parser("batch", help="many prompts, one run folder each (local processes or a Ray cluster)")
-    b.add_argument("args", nargs="*", help="PROMPTS file (text, or JSONL with prompt/seed/overrides), then key=value")
+    b.add_argument("args", nargs="*", help="PROMPTS file (text, or JSONL with prompt/seed/overrides/image, or edit "
+                   "lines: edit/prompt/source_prompt/region/falloff/config), then key=value")
     b.add_argument("--config", "-c", metavar="RECIPE|YAML",
                    help="every job's config: a recipe name from `dreamcore list` or the path of a YAML config")
     b.add_argument("--out", "-o", help="the batch folder (on storage every node sees, for a cluster)")

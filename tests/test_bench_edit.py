@@ -276,6 +276,7 @@ def test_the_picture_shows_source_target_and_every_edit_side_by_side(tmp_path):
 
 
 # -- the whole tool ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole benchmark pipeline (~40 s): CI's slow pass
 def test_quick_run_writes_rows_report_picture_and_docs_then_reuses_them(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "edit.md"
     page = tmp_path / "benchmarks.md"

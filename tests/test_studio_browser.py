@@ -1,7 +1,7 @@
 """dreamcore studio in a real browser (tools/studio_browser.py: chromium + playwright, server and browser in a
 network namespace with loopback alone): refusals, two pages' jobs in order, live progress and preview, the 3D
 viewer drawing the model, the GLB download validated, a text-to-3D Gaussians job from the New asset tab with its
-model.ply, a killed job reported, restart, gallery, resume, cancel.
+model.ply, an edit of a finished job from the gallery, a killed job reported, restart, gallery, resume, cancel.
 About two minutes; deselect with ``-m 'not browser'``."""
 
 from __future__ import annotations
@@ -68,6 +68,17 @@ def test_a_text_to_3d_gaussians_job_from_the_new_asset_tab_offers_its_ply(seen):
     assert seen["job2_final"]["step"] == seen["job2_final"]["total"] == 20
     assert seen["job2_downloads"] == ["config.yaml", "model-obj.zip", "model.glb", "model.ply"]
     assert seen["job2_command"].startswith("dreamcore generate 'a toy robot' --config configs/text-gaussians.yaml")
+
+
+def test_the_gallery_edits_a_finished_job_inside_a_box(seen):
+    job1 = seen["job1"]
+    assert seen["edit_about"].startswith(f"Edits {job1}") and "model.glb spans x" in seen["edit_about"]
+    assert seen["edit_final"]["status"] == "done" and seen["edit_final"]["step"] == 10
+    rec = seen["edit_record"]
+    assert rec["edit_of"] == job1 and rec["region"] == "box:-0.3,0.0,-0.3,0.3,0.5,0.3"
+    assert rec["source_prompt"] == "reconstruction of robot"  # left blank: the job's own prompt
+    assert seen["edit_command"].startswith(f"dreamcore edit {rec['edit']} 'a toy robot with a blue chest' "
+                                           "--source-prompt 'reconstruction of robot' --region box:")
 
 
 def test_a_killed_job_is_reported_and_the_app_keeps_serving(seen):

@@ -80,16 +80,19 @@ def submit(q: JobQueue, picture, prompt: str = "a red ball", **kw) -> str:
 
 # -- the recipe ------------------------------------------------------------------------------------------------------
 
-def test_the_image_recipe_with_every_preset_is_a_valid_config_within_the_limits():
-    [recipe] = recipes(IMAGE_RECIPES)
-    assert recipe.name == "image-to-3d" and recipe.description.startswith("Image to 3D")
-    plain = load_config(recipe.path)
-    for preset in PRESETS:
-        cfg = load_config(recipe.path, [*preset_overrides(preset, plain), "image.path=x.png"])
-        check_limits(cfg, StudioLimits())
-        check_limits(stage_config(cfg, Path("/tmp/run")), StudioLimits())  # its DMTet stage too
-        if preset == "draft":
-            assert cfg.run.steps == min(300, plain.run.steps)
+def test_the_image_recipes_with_every_preset_are_valid_configs_within_the_limits():
+    offered = recipes(IMAGE_RECIPES)
+    assert [r.name for r in offered] == ["image-to-3d", "image-to-3d-nerf"]
+    for recipe in offered:
+        assert recipe.description.startswith("Image to 3D")
+        plain = load_config(recipe.path)
+        for preset in PRESETS:
+            cfg = load_config(recipe.path, [*preset_overrides(preset, plain), "image.path=x.png"])
+            check_limits(cfg, StudioLimits())
+            if cfg.refine.config:  # the Gaussian recipe's DMTet stage too
+                check_limits(stage_config(cfg, Path("/tmp/run")), StudioLimits())
+            if preset == "draft":
+                assert cfg.run.steps == min(300, plain.run.steps)
 
 
 # -- accepted ----------------------------------------------------------------------------------------------------------

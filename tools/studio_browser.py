@@ -6,7 +6,8 @@ saw (``--json FILE`` writes it too; ``--screenshot FILE`` keeps the page of the 
 Checks: a bad override and a bad upload give their messages and start nothing; two jobs queued from two pages
 run one after the other (the second page shows its queue position); the progress bar advances and the preview
 image changes; the 3D viewer's canvas draws the model (differs from the empty viewer); the GLB downloads and
-passes the Khronos validator (where ``.cache/node`` has it); a job whose process is killed is reported in the page
+passes the Khronos validator (where ``.cache/node`` has it); the gallery's Edit this asset queues an edit of the
+finished reconstruction inside a box, which runs to its end; a job whose process is killed is reported in the page
 and the app keeps serving; after a server restart the gallery lists that job as resumable, Resume continues it
 from its checkpoint and Cancel stops it with the checkpoint saved.
 
@@ -139,6 +140,25 @@ def generate(page, prompt: str, recipe: str, preset: str, overrides: list[str], 
     page.fill("#overrides textarea", "\n".join(overrides))
     page.click("#generate")
     return _queued(page, known)
+
+
+def edit(page, prompt: str, box: tuple, overrides: list[str], known: set[str]) -> tuple[str, str]:
+    """Queue an edit of the run the page shows (Gallery tab, Edit this asset) inside ``box`` (x0, y0, z0, x1, y1,
+    z1); returns the new job's name (one not in ``known``, added to it) and what the panel said of the run shown
+    before it was queued."""
+    page.get_by_role("tab", name="Gallery").click()
+    if not page.is_visible("#edit-prompt textarea"):
+        page.get_by_text("Edit this asset").click()
+    t0 = time.time()
+    while "Edits " not in page.inner_text("#edit-about") and time.time() - t0 < 20:
+        time.sleep(0.2)  # the panel names the finished run once the page has seen it finish
+    about = page.inner_text("#edit-about")
+    page.fill("#edit-prompt textarea", prompt)
+    for corner, value in zip(("x0", "y0", "z0", "x1", "y1", "z1"), box):
+        page.fill(f"#edit-{corner} input", str(value))
+    page.fill("#edit-overrides textarea", "\n".join(overrides))
+    page.click("#edit-generate")
+    return _queued(page, known), about
 
 
 def _queued(page, known: set[str]) -> str:
@@ -284,6 +304,14 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             r1 = json.loads((runs / job1 / "studio.json").read_text())
             r2 = json.loads((runs / job2 / "studio.json").read_text())
             res["in_order"] = r2["started"] >= r1["started"] + r1["seconds"] - 1.0
+            # the gallery's Edit this asset on the finished reconstruction (page a still shows it)
+            res["job1"] = job1
+            job_e, res["edit_about"] = edit(a, "a toy robot with a blue chest", (-0.3, 0, -0.3, 0.3, 0.5, 0.3),
+                                            [*TINY_RUN, "run.steps=10"], known)
+            res["edit_final"] = wait_for(a, lambda s: s["status"] in ("done", "failed"), 150)
+            a.wait_for_selector("#downloads a", timeout=30000)
+            res["edit_command"] = a.input_value("#command textarea")
+            res["edit_record"] = json.loads((runs / job_e / "studio.json").read_text())
             # a killed job: reported, the app keeps serving
             job3 = reconstruct(a, robot, [*TINY, "run.steps=400"], known)
             wait_for(a, lambda s: s["status"] == "running" and s["step"] >= 10, 120)
@@ -310,7 +338,7 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             table = c.inner_text("#gallery")
             res["gallery_lists"] = {j: j in table for j in (job1, job2, job3)}
             row = table[table.rfind(job3):]  # its row: up to the next run's name (newest first)
-            for other in (job1, job2):
+            for other in (job1, job2, job_e):
                 row = row.split(other)[0]
             res["gallery_job3_row"] = " | ".join(x.strip() for x in row.split() if x.strip())
             res["gallery_job3_resumable"] = "yes" in row

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dreamcore.batch.jobs import Job, Line, expand_jobs, read_prompts, read_spec, write_spec
 from dreamcore.batch.report import progress_line, write_reports
-from dreamcore.batch.worker import attempts, read_result
+from dreamcore.batch.worker import attempts, base_record, read_result
 from dreamcore.errors import DreamcoreError
 
 BACKEND_KEYS = ("backend", "ray_address", "gpus_per_job", "cpus_per_job", "retries")
@@ -115,8 +115,8 @@ def run_batch(spec: dict, out: str | Path, announce=print, every_s: float = 10.0
             last.update(line=line, at=now)
 
     def write_reports_now(final: bool) -> dict:
-        listed = [records[j.name] or {"name": j.name, "prompt": j.prompt, "seed": j.seed, "dir": j.dir,
-                                      "status": "running" if running(j) else "queued"} for j in jobs]
+        listed = [records[j.name] or {**base_record(j), "status": "running" if running(j) else "queued"}
+                  for j in jobs]
         c = counts()
         summary.update(jobs_total=len(jobs), done=c["done"], failed=c["failed"],
                        seconds=round(time.perf_counter() - t0, 1), finished=final)

@@ -46,7 +46,8 @@ def markdown(records: list[dict], summary: dict) -> str:
     for r in records:
         m = r.get("metrics") or {}
         status = r.get("status", "?") + (" (earlier)" if r.get("skipped") else "")
-        cells = [r["name"], r["prompt"], str(r["seed"]), status, str(r.get("attempts", "")),
+        prompt = r["prompt"] + (f" (edit of {Path(r['edit']).name})" if r.get("edit") else "")
+        cells = [r["name"], prompt, str(r["seed"]), status, str(r.get("attempts", "")),
                  _num(r.get("seconds")), _num(r.get("steps")), *[_num(m.get(k)) for k in shown],
                  (r.get("error") or "").replace("\n", " ")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

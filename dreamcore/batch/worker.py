@@ -54,7 +54,9 @@ def attempts(job: Job) -> int:
 
 
 def base_record(job: Job) -> dict:
-    return {"name": job.name, "prompt": job.prompt, "seed": job.seed, "dir": job.dir}
+    """What every record of ``job`` says (an edit's names its source run too)."""
+    return {"name": job.name, "prompt": job.prompt, "seed": job.seed, "dir": job.dir,
+            **({"edit": job.edit} if job.edit else {})}
 
 
 def figures(metrics: dict) -> dict:

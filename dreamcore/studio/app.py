@@ -2,8 +2,10 @@
 asset from one picture (Image to 3D: PNG, JPEG or WebP, typed by its bytes, size-limited, keyed before it is
 queued), the running job's progress (its own bar: step / total, it/s, ETA, loss) and latest validation image
 refreshed by a timer, cancel and resume, the finished GLB in a 3D viewer with its turntable, metrics, downloads and the CLI
-command, and a gallery of the runs in the runs folder. All work happens in the job queue's processes; the page
-only reads run folders. Offline: no analytics, no share links, no web fonts.
+command, and a gallery of the runs in the runs folder, whose finished NeRF and Gaussians runs can be edited
+toward a new prompt (Edit this asset: a new job, optionally only inside a box given by six numbers; the run
+itself is kept). All work happens in the job queue's processes; the page only reads run folders. Offline: no
+analytics, no share links, no web fonts.
 
 Who sees what: with ``--auth`` each job belongs to the user who made it (``request.username``): the page shows,
 opens, cancels, resumes, downloads and deletes only that user's jobs, and its gallery lists only them. Without
@@ -35,8 +37,8 @@ from pathlib import Path
 from dreamcore.errors import DreamcoreError
 from dreamcore.studio import runs
 from dreamcore.studio.queue import JobQueue
-from dreamcore.studio.recipes import IMAGE_RECIPES, PRESETS, RECONSTRUCT_RECIPES, TEXT_RECIPES, recipes
-from dreamcore.studio.safety import MESH_SUFFIXES, PictureRefused, StudioLimits
+from dreamcore.studio.recipes import EDIT_RECIPES, IMAGE_RECIPES, PRESETS, RECONSTRUCT_RECIPES, TEXT_RECIPES, recipes
+from dreamcore.studio.safety import BOX_CORNERS, MESH_SUFFIXES, PictureRefused, StudioLimits
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REFRESH_S = 2.0
@@ -174,6 +176,46 @@ class Served:
             shutil.rmtree(path, ignore_errors=True)
 
 
+_EXTENTS: dict[tuple, str] = {}
+
+
+def glb_extent(run_dir: Path) -> str:
+    """Where the run's ``model.glb`` lies, as the page tells a user who types an edit's box ("x −0.5 … 0.5,
+    y ..."); "" when it has none or it cannot be read. Cached per file version."""
+    glb = Path(run_dir) / "model.glb"
+    try:
+        st = glb.stat()
+    except OSError:
+        return ""
+    key = (str(glb), st.st_mtime_ns, st.st_size)
+    if key not in _EXTENTS:
+        try:
+            from dreamcore.meshes.io import load_mesh
+
+            v = load_mesh(glb).vertices
+            lo, hi = v.min(0).values.tolist(), v.max(0).values.tolist()
+            _EXTENTS[key] = ", ".join(f"{a} {l:.3g} … {h:.3g}" for a, l, h in zip("xyz", lo, hi))
+        except Exception:  # noqa: BLE001 - the page then only lacks the hint
+            _EXTENTS[key] = ""
+    return _EXTENTS[key]
+
+
+def edit_subject(queue: JobQueue, name: str, access: str) -> tuple[str, str]:
+    """What Edit this asset says about the run shown (``name``) and the source prompt it defaults to."""
+    if not name:
+        return "Open a finished run (a row of the gallery, or a job of this page) to edit it.", ""
+    try:
+        st = queue.status(name, access)
+    except DreamcoreError:
+        return "Open a finished run (a row of the gallery, or a job of this page) to edit it.", ""
+    prompt = str(st.get("prompt") or "")
+    if st["status"] != "done":
+        return f"`{name}` is {st['status']}: an edit starts from a finished run.", prompt
+    extent = glb_extent(queue.runs_dir / name)
+    where = f" Its model.glb spans {extent}: give the box in those coordinates." if extent else ""
+    return f"Edits `{name}` ({html.escape(runs.title(st))}).{where}", prompt
+
+
 def gallery_rows(queue: JobQueue, owner: str = "") -> list[list]:
     """The gallery's table: the runs of ``owner`` (every run for ``""``)."""
     rows = []
@@ -267,6 +309,7 @@ def build_app(queue: JobQueue, served: Served | None = None):
     text = recipes()
     recon = recipes(RECONSTRUCT_RECIPES)
     from_image = recipes(IMAGE_RECIPES)
+    edits = recipes(EDIT_RECIPES)
     css = ("#job-status .bar{height:14px;background:#ddd;border-radius:7px;overflow:hidden;margin-top:6px}"
            "#job-status .fill{height:100%;background:#3b82f6;transition:width .5s}"
            ".job-error{color:#b91c1c;margin-top:6px}")
@@ -321,6 +364,25 @@ def build_app(queue: JobQueue, served: Served | None = None):
         discard_staged(picture)
         return name, (f"Queued `{name}`: the picture's background is removed and the object is made from it, "
                       "seen from the azimuth and elevation given."), None
+
+    def submit_edit(target, source_prompt, x0, y0, z0, x1, y1, z1, falloff, recipe, preset, seed, overrides,
+                    page_job, request):
+        """Queue an edit of the run the page shows (by its job name: the queue finds its folder), its region built
+        by the server from the six numbers."""
+        if not page_job:
+            return page_job, "**Not started:** open the run to edit first (a row of the gallery)."
+        try:
+            owner, _ = who(request, per_user)
+            name = queue.submit_edit(page_job, target or "", recipe, preset, int(seed or 0), source_prompt or "",
+                                     box=[x0, y0, z0, x1, y1, z1], falloff=falloff, overrides=_lines(overrides),
+                                     owner=owner)
+        except DreamcoreError as e:
+            return page_job, f"**Not started:** {e}"
+        return name, f"Queued `{name}`: an edit of `{page_job}`, which is kept as it is."
+
+    def show_subject(page_job, request):
+        text, prompt = edit_subject(queue, page_job, who(request, per_user)[1])
+        return text, gr.update(placeholder=prompt or "what the asset shows now")
 
     def show_input(page_job, request):
         """The picture the page's job was given (Image to 3D), beside its result; hidden for other jobs."""
@@ -416,15 +478,15 @@ def build_app(queue: JobQueue, served: Served | None = None):
     # typing.get_type_hints (the names in this module are strings, and gr is not one of its globals: the classes
     # themselves are set). in_words keeps them visible: functools.wraps copies __annotations__ and sets
     # __wrapped__, which inspect.signature follows.
-    handlers = (submit, submit_mesh, submit_image, show_input, refresh, show_result, cancel, resume, delete, open_run,
-                pick_row, pick_thumb, gallery_view)
+    handlers = (submit, submit_mesh, submit_image, submit_edit, show_subject, show_input, refresh, show_result, cancel,
+                resume, delete, open_run, pick_row, pick_thumb, gallery_view)
     for f in handlers:
         f.__annotations__["request"] = gr.Request
     pick_thumb.__annotations__["evt"] = gr.SelectData
     pick_row.__annotations__["evt"] = gr.SelectData
     log = queue.runs_dir / ERROR_LOG
-    (submit, submit_mesh, submit_image, show_input, refresh, show_result, cancel, resume, delete, open_run, pick_row,
-     pick_thumb, gallery_view) = (in_words(gr, f, log) for f in handlers)
+    (submit, submit_mesh, submit_image, submit_edit, show_subject, show_input, refresh, show_result, cancel, resume,
+     delete, open_run, pick_row, pick_thumb, gallery_view) = (in_words(gr, f, log) for f in handlers)
 
     # files Gradio staged or cached (uploads already copied into their run folders) go after a day
     with gr.Blocks(title="dreamcore studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
@@ -487,6 +549,30 @@ def build_app(queue: JobQueue, served: Served | None = None):
                 choice = gr.Dropdown([], label="Run", allow_custom_value=False, elem_id="gallery-run")
                 refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh")
                 open_btn = gr.Button("Open", elem_id="gallery-open")
+            with gr.Accordion("Edit this asset", open=False, elem_id="edit-asset"):
+                gr.Markdown("Change the run shown below toward a new prompt; a new job is made and the run itself "
+                            "is kept. Optionally only inside a box (the rest stays exactly as it is), given by its "
+                            "corners in the coordinates of the run's model.glb. NeRF and Gaussians runs.")
+                edit_about = gr.Markdown(edit_subject(queue, "", "")[0], elem_id="edit-about")
+                edit_prompt = gr.Textbox(label="Target prompt: what it should become",
+                                         placeholder="a toy robot with a blue chest", elem_id="edit-prompt")
+                edit_source = gr.Textbox(label="Source prompt: what it shows now (blank: the run's own prompt)",
+                                         placeholder="what the asset shows now", elem_id="edit-source-prompt")
+                corners = []
+                for row in (BOX_CORNERS[:3], BOX_CORNERS[3:]):
+                    with gr.Row():
+                        corners += [gr.Number(None, label=f"box {c}", elem_id=f"edit-{c}") for c in row]
+                with gr.Row():
+                    edit_falloff = gr.Number(None, label="Soft edge (falloff, scene units; blank: hard)",
+                                             elem_id="edit-falloff")
+                    edit_recipe = gr.Dropdown([(f"{r.name} — {r.description}", r.name) for r in edits],
+                                              value=edits[0].name if edits else None, label="Method",
+                                              elem_id="edit-recipe")
+                with gr.Row():
+                    edit_preset = gr.Radio(list(PRESETS), value="draft", label="Quality", elem_id="edit-preset")
+                    edit_seed = gr.Number(0, precision=0, label="Seed", elem_id="edit-seed")
+                edit_overrides = gr.Textbox(lines=2, label="key=value overrides", elem_id="edit-overrides")
+                go_edit = gr.Button("Edit", variant="primary", elem_id="edit-generate")
         message = gr.Markdown(elem_id="message")
         status = gr.HTML(progress_html(None))
         with gr.Row():
@@ -511,6 +597,10 @@ def build_app(queue: JobQueue, served: Served | None = None):
         go_image.click(submit_image, [picture, image_prompt, azimuth, elevation, image_recipe, image_preset,
                                       image_seed, image_overrides, page_job], [page_job, message, picture])
         page_job.change(show_input, [page_job], [input_picture])
+        go_edit.click(submit_edit, [edit_prompt, edit_source, *corners, edit_falloff, edit_recipe, edit_preset,
+                                    edit_seed, edit_overrides, page_job], [page_job, message])
+        page_job.change(show_subject, [page_job], [edit_about, edit_source])
+        finished.change(show_subject, [page_job], [edit_about, edit_source])  # the page's own job just finished
         timer = gr.Timer(REFRESH_S)
         timer.tick(refresh, [page_job, shown], [status, preview, shown, finished])
         finished.change(show_result, [finished], [viewer, video, metrics, files, command])

@@ -35,11 +35,11 @@ from dreamcore.batch.worker import read_result, result_path
 from dreamcore.config import config_path, load_config, prompt_line
 from dreamcore.errors import DreamcoreError
 from dreamcore.runner.refine import stage_config
-from dreamcore.runner.rundir import prompt_slug
+from dreamcore.runner.rundir import RunDir, prompt_slug
 from dreamcore.studio import runs
-from dreamcore.studio.recipes import IMAGE_RECIPES, RECONSTRUCT_RECIPES, TEXT_RECIPES, preset_overrides
-from dreamcore.studio.safety import (PictureRefused, StudioLimits, UnsafeInput, check_limits, check_overrides,
-                                     check_view, save_picture, save_upload)
+from dreamcore.studio.recipes import EDIT_RECIPES, IMAGE_RECIPES, RECONSTRUCT_RECIPES, TEXT_RECIPES, preset_overrides
+from dreamcore.studio.safety import (PictureRefused, StudioLimits, UnsafeInput, check_box, check_falloff,
+                                     check_limits, check_overrides, check_view, save_picture, save_upload)
 from dreamcore.trust import untrusted_environment
 
 WORKER_LOG = "studio-worker.txt"  # the job process's own output, in its run folder
@@ -174,6 +174,87 @@ class JobQueue:
             self.owner_of[job.name] = owner
         return job.name
 
+    def submit_edit(self, source: str, prompt: str, recipe: str = "edit-dds", preset: str = "standard",
+                    seed: int = 0, source_prompt: str = "", box: Sequence | None = None, falloff=None,
+                    overrides: list[str] | None = None, *, owner: str = "") -> str:
+        """Queue an edit of the finished job ``source`` (Edit this asset) toward ``prompt``, as ``dreamcore edit``
+        does (:func:`dreamcore.runner.edit.edit_config`: the edit recipe laid over the source job's own config);
+        returns the new job's name. Refused in words, with nothing written:
+
+        * ``source`` is a job's *name* in the runs folder (never a path from the page): one that is no job, is
+          another user's (with ``--auth``: the page's user must own it), has not finished (status done, with a
+          checkpoint), or whose run cannot be edited (an image-to-3D run, a DMTet/mesh run, an edit);
+        * ``recipe`` one of ``EDIT_RECIPES`` (the method: dds, pds, sds);
+        * the prompts are taken literally; ``source_prompt`` blank is the source job's own prompt;
+        * the region is built here from ``box``, six numbers x0, y0, z0, x1, y1, z1 in the coordinates of the
+          source's ``model.glb`` (:func:`~dreamcore.studio.safety.check_box`; all blank: the whole asset), with
+          ``falloff`` its soft edge (blank: a hard one); the page's overrides never set ``system.region``;
+        * the page's overrides pass :func:`~dreamcore.studio.safety.check_overrides` like any job's, and the merged
+          config the server's limits; the queue's limits count it like any job of ``owner``.
+
+        The record (``studio.json``) names the job it edits (``edit_of``) and the source run folder (``edit``);
+        :func:`~dreamcore.studio.runs.cli_command` gives the ``dreamcore edit`` line that reproduces it. A job
+        that has edits cannot be deleted before them (:meth:`delete`)."""
+        from dreamcore.runner.edit import edit_config
+
+        self._check_recipe(recipe, EDIT_RECIPES)
+        self._check_room(owner)
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise DreamcoreError("the target prompt is empty: say what the asset should become")
+        access = owner if self.per_user else ""  # with --auth, only the user's own jobs may be edited
+        rec = self._record(source, access)
+        folder = self.runs_dir / source
+        position = self.position(source)
+        status = rec.get("status", "unknown") if position is None else "running" if position == 0 else "queued"
+        if status != "done":
+            raise DreamcoreError(f"job {source} has not finished ({status}): an edit starts from a finished job's "
+                                 "checkpoint")
+        if not RunDir(folder).has_checkpoint():
+            raise DreamcoreError(f"job {source} has no checkpoint (ckpt/) to start an edit from")
+        source_prompt = (source_prompt or "").strip() or str(rec.get("prompt") or "").strip()
+        if not source_prompt:
+            raise DreamcoreError(f"say what job {source} shows now (the source prompt): it has no prompt of its own")
+        region = check_box(box if box is not None else [None] * 6)
+        soft = check_falloff(falloff)
+        page = check_overrides(list(overrides or []), self.runs_dir, self.owns(owner))
+        config = str(config_path(recipe).resolve())
+        merged = edit_config(folder, prompt, source_prompt, region or None, soft, config, page,
+                             run_dir=self.runs_dir / "job")  # the source, the region and the overrides checked
+        if merged.image.path:
+            raise DreamcoreError(f"job {source} was made from a picture; editing an image-to-3D run is not "
+                                 "supported yet (add the override image.path= to edit it by its prompts alone)")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"edit-{prompt_slug(prompt).strip('-') or 'job'}-{stamp}-{secrets.token_hex(2)}"
+        job = Job(name, prompt, int(seed), config, [*preset_overrides(preset, merged), *page],
+                  str(self.runs_dir / name), edit=str(folder), source_prompt=source_prompt, region=region,
+                  falloff=soft)
+        self._check_bounds(job.load())  # the merged config as the worker will load it (preset included)
+        runs.write_job(Path(job.dir), {**job.to_dict(), "recipe": recipe, "preset": preset, "negative_prompt": "",
+                                       "page_overrides": page, "owner": owner, "created": time.time(),
+                                       "status": "queued", "edit_of": source})
+        with self.lock:
+            try:
+                self._check_room(owner, locked=True)
+                if not folder.is_dir():  # deleted meanwhile (delete renames it under this lock)
+                    raise DreamcoreError(f"no studio job named {source!r}: it was deleted meanwhile")
+            except DreamcoreError:
+                shutil.rmtree(job.dir, ignore_errors=True)
+                raise
+            self.pending.append(job.name)
+            self.owner_of[job.name] = owner
+        return job.name
+
+    def edits_of(self, name: str) -> list[str]:
+        """The jobs in the runs folder that edit job ``name`` (their records' ``edit_of``), by name."""
+        out = []
+        for d in sorted(self.runs_dir.iterdir()):
+            if d.is_dir() and not d.name.startswith("."):
+                rec = runs.read_job(d)
+                if rec is not None and rec.get("edit_of") == name:
+                    out.append(d.name)
+        return out
+
     @staticmethod
     def _check_recipe(recipe: str, offered: Sequence[str]) -> None:
         """Refuse a recipe the page does not offer (a path, another config of ``configs/``) in words."""
@@ -253,13 +334,21 @@ class JobQueue:
 
     def delete(self, name: str, owner: str = "") -> None:
         """Remove the job's run folder (its uploads in ``input/``, checkpoints and outputs with it). Refused while
-        the job is queued or running (cancel it first) and, with ``owner``, for another owner's job."""
+        the job is queued or running (cancel it first), with ``owner`` for another owner's job, and while edits
+        of it exist (:meth:`submit_edit`), naming them: an edit's checkpoint holds the edited scene only, and
+        rendering, resuming or re-exporting it loads its source run again (``System.keeps_source``), so the
+        source goes after its edits."""
         self._record(name, owner)
         path = self.runs_dir / name
         with self.lock:
             if name in self.owner_of:
                 state = "queued" if name in self.pending else "running"
                 raise DreamcoreError(f"job {name} is {state}: cancel it first, then delete it")
+            edits = self.edits_of(name)
+            if edits:
+                raise DreamcoreError(f"job {name} is the source of {len(edits)} edit(s), which need it to be "
+                                     f"rendered, resumed or exported again: {', '.join(edits)}; delete "
+                                     f"{'it' if len(edits) == 1 else 'them'} first")
             # renamed first, under the lock: from here no request finds the job, and the gallery skips the folder
             doomed = self.runs_dir / f".deleting-{name}-{secrets.token_hex(4)}"
             try:
@@ -401,9 +490,10 @@ class JobQueue:
 
 
 def _job_of(rec: dict) -> Job:
-    """The batch job a studio record describes (what its worker process runs)."""
+    """The batch job a studio record describes (what its worker process runs); an edit's names its source."""
     return Job(**{k: rec[k] for k in ("name", "prompt", "seed", "config", "overrides", "dir")},
-               image=rec.get("image") or "")
+               image=rec.get("image") or "", edit=rec.get("edit") or "", source_prompt=rec.get("source_prompt") or "",
+               region=rec.get("region") or "", falloff=rec.get("falloff"))
 
 
 def _check_picture(path: Path, image_cfg) -> None:

@@ -1,5 +1,5 @@
-"""The studio's choices: the text-to-3D, reconstruction and image-to-3D recipes of ``configs/`` (each described by
-the sentence its file opens with) and the quality presets, which are plain overrides laid under the page's own."""
+"""The studio's choices: the text-to-3D, reconstruction, image-to-3D and edit recipes of ``configs/`` (each described
+by the sentence its file opens with) and the quality presets, which are plain overrides laid under the page's own."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ TEXT_RECIPES = ("text-mv-nerf", "text-mv-gaussians", "text-nerf", "text-gaussian
 RECONSTRUCT_RECIPES = ("reference-nerf", "reference-gaussians", "reference-dmtet")
 # recipes that make an object from a picture (the Image to 3D tab; image.path)
 IMAGE_RECIPES = ("image-to-3d", "image-to-3d-nerf")
+# the edit methods (the gallery's Edit this asset; dreamcore edit --config): laid over a finished job's own config
+EDIT_RECIPES = ("edit-dds", "edit-pds", "edit-sds")
 
 # quality presets: how long the run is (run.time_scale, which scales the recipe's schedules with its step count)
 # and how big its outputs are. draft: at most DRAFT_STEPS steps (a couple of minutes on a laptop CPU with the

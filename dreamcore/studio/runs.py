@@ -79,10 +79,30 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def cli_command(rec: dict) -> str:
-    """The command that reproduces the job from a terminal (``--image PICTURE`` for an Image to 3D job)."""
+    """The command that reproduces the job from a terminal (``--image PICTURE`` for an Image to 3D job;
+    ``dreamcore edit SOURCE_RUN 'target' --source-prompt '...' [--region box:...] [--falloff F]`` for an edit)."""
+    if rec.get("edit"):
+        return edit_command(rec)
     picture = ["--image", rec["image"]] if rec.get("image") else []
     args = ["dreamcore", "generate", *picture, rec.get("prompt", ""), "--config", f"configs/{rec['recipe']}.yaml",
             *rec.get("overrides", []), f"run.seed={rec.get('seed', 0)}", f"run.dir={rec.get('dir', '')}"]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def edit_command(rec: dict) -> str:
+    """``dreamcore edit`` with the edit job's source run folder, prompts (taken literally: a target prompt that
+    holds ``=`` or starts with ``-`` goes with ``--prompt``), region, falloff, recipe and overrides."""
+
+    def option(flag: str, value: str) -> list[str]:  # a value starting with "-" must be joined to its flag
+        return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
+
+    prompt = rec.get("prompt", "")
+    target = option("--prompt", prompt) if "=" in prompt or prompt.startswith("-") else [prompt]
+    region = ["--region", rec["region"]] if rec.get("region") else []
+    falloff = ["--falloff", repr(float(rec["falloff"]))] if rec.get("falloff") is not None else []
+    args = ["dreamcore", "edit", rec["edit"], *target, *option("--source-prompt", rec.get("source_prompt", "")),
+            *region, *falloff, "--config", f"configs/{rec['recipe']}.yaml", *rec.get("overrides", []),
+            f"run.seed={rec.get('seed', 0)}", f"run.dir={rec.get('dir', '')}"]
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -21,8 +21,9 @@ import yaml
 from dreamcore.config import parse_overrides
 from dreamcore.errors import DreamcoreError
 
-# keys a page never sets: code (plugins), other files (extends), the run's own folder, storage outside the run
-REFUSED_KEYS = ("plugins", "extends", "run.dir", "refine.config")
+# keys a page never sets: code (plugins), other files (extends), the run's own folder, storage outside the run,
+# an edit's region as text (the server builds it from six numbers: check_box)
+REFUSED_KEYS = ("plugins", "extends", "run.dir", "refine.config", "system.region")
 REFUSED_LEAVES = ("cache_dir",)
 # a model named on the hub (owner/name): loaded from the local hub cache, offline, never as a path
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -425,3 +426,56 @@ def check_view(azimuth, elevation) -> tuple[float, float]:
             raise UnsafeInput(f"the picture's {what} {number:g} is outside [-{bound:g}, {bound:g}] degrees")
         out.append(number)
     return out[0], out[1]
+
+
+# -- an edit's region (Edit this asset) --------------------------------------------------------------------------------
+
+BOX_CORNERS = ("x0", "y0", "z0", "x1", "y1", "z1")
+
+
+def _page_number(what: str, value) -> float | None:
+    """A number field of the page: None when blank, else a finite float (refused in words otherwise)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise UnsafeInput(f"{what} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise UnsafeInput(f"{what} must be a number, not {shown}") from None
+    if not math.isfinite(number):
+        raise UnsafeInput(f"{what} must be a finite number, not {number}")
+    return number
+
+
+def check_box(values) -> str:
+    """An edit's region from the page's six numbers x0, y0, z0, x1, y1, z1 (the box's corners in the coordinates
+    of the asset's ``model.glb``) as the ``box:...`` spec the engine reads, written by the server from the numbers
+    alone; ``""`` (the whole asset may change) when all six are blank. Refused in words with
+    :class:`UnsafeInput`: some blank and some not, a value that is no finite number, a corner not below the other
+    on an axis."""
+    values = list(values) if values is not None else []
+    if len(values) != len(BOX_CORNERS):
+        raise UnsafeInput(f"the edit's box takes six numbers ({', '.join(BOX_CORNERS)}), got {len(values)}")
+    numbers = [_page_number(f"the box's {name}", v) for name, v in zip(BOX_CORNERS, values)]
+    given = [n is not None for n in numbers]
+    if not any(given):
+        return ""
+    if not all(given):
+        missing = ", ".join(name for name, g in zip(BOX_CORNERS, given) if not g)
+        raise UnsafeInput(f"the edit's box needs all six numbers, or none for the whole asset: {missing} blank")
+    lo, hi = numbers[:3], numbers[3:]
+    bad = [f"{a}0 = {l:g} is not below {a}1 = {h:g}" for a, l, h in zip("xyz", lo, hi) if not l < h]
+    if bad:
+        raise UnsafeInput("the edit's box: " + "; ".join(bad))
+    return "box:" + ",".join(repr(n) for n in numbers)
+
+
+def check_falloff(value) -> float | None:
+    """The edit's soft edge from the page: None when blank (the recipe's: a hard edge), else a finite width ≥ 0
+    in scene units."""
+    number = _page_number("the falloff", value)
+    if number is not None and number < 0:
+        raise UnsafeInput(f"the falloff is a width ≥ 0 (scene units), not {number:g}")
+    return number
