@@ -133,7 +133,7 @@ def test_the_installed_command_lists_parts_and_shows_the_studio_help(installed, 
     script = installed / "bin" / "dreamcore"  # the console script pip wrote (this interpreter's shebang)
     assert script.is_file()
     out = run_outside(installed, tmp_path, str(script), "list").stdout
-    assert "system: dreamfusion, gaussian, mesh" in out and "prior:" in out and "pixel-diffusion" in out
+    assert "system: dreamfusion, edit, gaussian, mesh" in out and "prior:" in out and "pixel-diffusion" in out
     assert "--runs" in run_outside(installed, tmp_path, str(script), "studio", "--help").stdout
 
 

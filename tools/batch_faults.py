@@ -234,8 +234,12 @@ def ray_node_loss(work: Path) -> dict:
         steps = {d.name: checkpoint_step(d) for d in dirs}
         t = time.time()
         cluster.remove_node(b, allow_graceful=False)
-        time.sleep(1.0)
-        gone = [n for n, pid in pids.items() if not _alive(pid)]
+        deadline = time.time() + 30.0  # the removed node's worker dies within ~1 s alone, later on loaded cores
+        while True:
+            gone = [n for n, pid in pids.items() if not _alive(pid)]
+            if gone or time.time() > deadline:
+                break
+            time.sleep(0.2)
         return {"removed_at": t, "jobs_lost": gone, "steps_at_removal": {n: steps[n] for n in gone}}
 
     try:
