@@ -164,15 +164,7 @@ class JobQueue:
                                        "negative_prompt": negative_prompt, "page_overrides": page,
                                        "owner": owner, "created": time.time(), "status": "queued",
                                        **({"azimuth": view[0], "elevation": view[1]} if view else {})})
-        with self.lock:
-            try:
-                self._check_room(owner, locked=True)  # again: another page may have taken the room meanwhile
-            except DreamcoreError:
-                shutil.rmtree(job.dir, ignore_errors=True)
-                raise
-            self.pending.append(job.name)
-            self.owner_of[job.name] = owner
-        return job.name
+        return self._enqueue(job, owner)
 
     def submit_edit(self, source: str, prompt: str, recipe: str = "edit-dds", preset: str = "standard",
                     seed: int = 0, source_prompt: str = "", box: Sequence | None = None, falloff=None,
@@ -233,11 +225,20 @@ class JobQueue:
         runs.write_job(Path(job.dir), {**job.to_dict(), "recipe": recipe, "preset": preset, "negative_prompt": "",
                                        "page_overrides": page, "owner": owner, "created": time.time(),
                                        "status": "queued", "edit_of": source})
+        def source_still_there() -> None:  # deleted meanwhile (delete renames it under this lock)
+            if not folder.is_dir():
+                raise DreamcoreError(f"no studio job named {source!r}: it was deleted meanwhile")
+
+        return self._enqueue(job, owner, source_still_there)
+
+    def _enqueue(self, job, owner: str, check=None) -> str:
+        """Put a written job in the queue, under the lock, after checking the room again (another page may have
+        taken it meanwhile) and ``check()``; a refused job's folder is removed."""
         with self.lock:
             try:
                 self._check_room(owner, locked=True)
-                if not folder.is_dir():  # deleted meanwhile (delete renames it under this lock)
-                    raise DreamcoreError(f"no studio job named {source!r}: it was deleted meanwhile")
+                if check is not None:
+                    check()
             except DreamcoreError:
                 shutil.rmtree(job.dir, ignore_errors=True)
                 raise

@@ -407,21 +407,28 @@ def save_picture(src: str | Path, dest_dir: str | Path, limit_bytes: int) -> Pat
     return out
 
 
+def _page_float(what: str, value, unit: str = "") -> float | None:
+    """A number field of the page as a float (inf and nan included): None when blank; a bool, or anything
+    ``float`` does not read, refused in words ("<what> must be a number<unit>, not ...")."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise UnsafeInput(f"{what} must be a number{unit}, not {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise UnsafeInput(f"{what} must be a number{unit}, not {shown}") from None
+
+
 def check_view(azimuth, elevation) -> tuple[float, float]:
     """The picture's camera as the page gives it (degrees): finite numbers, azimuth in [-360, 360] (0 = the
     object's front), elevation in [-90, 90]; a blank field is 0 (the front, at the object's height). Refused in
     words with :class:`UnsafeInput` otherwise."""
     out = []
     for what, value, bound in (("azimuth", azimuth, MAX_AZIMUTH), ("elevation", elevation, 90.0)):
-        if value is None or (isinstance(value, str) and not value.strip()):
-            value = 0.0
-        if isinstance(value, bool):
-            raise UnsafeInput(f"the picture's {what} must be a number of degrees, not {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise UnsafeInput(f"the picture's {what} must be a number of degrees, not {shown}") from None
+        number = _page_float(f"the picture's {what}", value, " of degrees")
+        number = 0.0 if number is None else number
         if not math.isfinite(number) or abs(number) > bound:
             raise UnsafeInput(f"the picture's {what} {number:g} is outside [-{bound:g}, {bound:g}] degrees")
         out.append(number)
@@ -435,15 +442,9 @@ BOX_CORNERS = ("x0", "y0", "z0", "x1", "y1", "z1")
 
 def _page_number(what: str, value) -> float | None:
     """A number field of the page: None when blank, else a finite float (refused in words otherwise)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    number = _page_float(what, value)
+    if number is None:
         return None
-    if isinstance(value, bool):
-        raise UnsafeInput(f"{what} must be a number, not {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise UnsafeInput(f"{what} must be a number, not {shown}") from None
     if not math.isfinite(number):
         raise UnsafeInput(f"{what} must be a finite number, not {number}")
     return number
