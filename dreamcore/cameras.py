@@ -74,6 +74,17 @@ class Cameras:
         origins = self.position[:, None, None, :].expand_as(dirs)
         return origins, dirs
 
+    def pixel_rays(self, height: int, width: int, pixel_index: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """:meth:`rays` flattened per view, [B, H·W, 3] each, or only the pixels ``pixel_index`` [B, N] picks
+        ([B, N, 3]; ray subsets)."""
+        origins, dirs = self.rays(height, width)
+        b = len(self)
+        origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
+        if pixel_index is not None:
+            idx = pixel_index[..., None].expand(-1, -1, 3)
+            origins, dirs = origins.gather(1, idx), dirs.gather(1, idx)
+        return origins, dirs
+
     def pixel_directions(self, height: int, width: int) -> Tensor:
         """[B, H, W, 3] un-normalized camera-frame directions (z = −1) through pixel centres."""
         dev, dt = self.c2w.device, self.c2w.dtype

@@ -313,13 +313,7 @@ def rays_meet_box(cameras: Cameras, image_size: tuple[int, int], pixel_index: Op
                   hi: Tensor) -> Tensor:
     """Whether each pixel's ray (camera-forward, t ≥ 0) meets the box lo ≤ p ≤ hi: bool [B, H·W], or [B, N] at
     ``pixel_index`` [B, N] (slab test)."""
-    h, w = image_size
-    origins, dirs = cameras.rays(h, w)
-    b = len(cameras)
-    origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
-    if pixel_index is not None:
-        idx = pixel_index[..., None].expand(-1, -1, 3)
-        origins, dirs = origins.gather(1, idx), dirs.gather(1, idx)
+    origins, dirs = cameras.pixel_rays(*image_size, pixel_index)
     inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
     t0, t1 = (lo.to(origins) - origins) * inv, (hi.to(origins) - origins) * inv
     t_near = torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0)

@@ -140,12 +140,8 @@ class VolumeRenderer:
     ) -> RenderOutput:
         """Render B views. ``background`` [B, 3]; ``pixel_index`` [B, N] renders only those pixels (ray subsets);
         ``generator`` jitters samples (training) and draws the shading mode; None renders deterministically."""
-        origins, dirs = cameras.rays(height, width)
+        origins, dirs = cameras.pixel_rays(height, width, pixel_index)
         b = len(cameras)
-        origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
-        if pixel_index is not None:
-            idx = pixel_index[..., None].expand(-1, -1, 3)
-            origins, dirs = origins.gather(1, idx), dirs.gather(1, idx)
         n_per_view = origins.shape[1]
         mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
         channels = getattr(field, "color_channels", 3)
