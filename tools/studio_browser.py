@@ -308,7 +308,9 @@ def scenario(work: Path, screenshot: Path | None) -> dict:
             res["job1"] = job1
             job_e, res["edit_about"] = edit(a, "a toy robot with a blue chest", (-0.3, 0, -0.3, 0.3, 0.5, 0.3),
                                             [*TINY_RUN, "run.steps=10"], known)
-            res["edit_final"] = wait_for(a, lambda s: s["status"] in ("done", "failed"), 150)
+            # the page shows the edit once its next refresh comes (until then, the finished job1): wait for the edit
+            res["edit_final"] = wait_for(a, lambda s: "blue chest" in s["text"] and s["status"] in ("done", "failed"),
+                                         150)
             a.wait_for_selector("#downloads a", timeout=30000)
             res["edit_command"] = a.input_value("#command textarea")
             res["edit_record"] = json.loads((runs / job_e / "studio.json").read_text())
