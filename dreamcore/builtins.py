@@ -35,6 +35,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "reward": "dreamcore.guidance.reward",
         "rsd": "dreamcore.guidance.rsd",
         "sdi": "dreamcore.guidance.sdi",
+        "sir": "dreamcore.guidance.sir",
         "sds": "dreamcore.guidance.sds",
         "sjc": "dreamcore.guidance.sjc",
         "stein": "dreamcore.guidance.stein",

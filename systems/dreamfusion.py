@@ -54,6 +54,9 @@ class DreamFusionSystem(System):
         self.renderer = registry.build("renderer", full.renderer)
         self.background = build_background(full.background)
         self.guidance = registry.build("guidance", full.guidance)
+        if cfg.rays_per_view > 0 and not self.guidance.supports_pixel_subsets:
+            raise DreamcoreError(f"system.rays_per_view={cfg.rays_per_view}: guidance '{full.guidance.name}' needs "
+                                 "whole images; set system.rays_per_view=0")
         self._check_channels()
         self.guidance.setup(self.prior, full.run.steps)
         if self.reference is not None:  # an image-conditioned prior sees the picture (before the prompt's encoding)
@@ -120,6 +123,7 @@ class DreamFusionSystem(System):
                              generator=generator)
 
     def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
+        cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views for its inner steps)
         render = self.render_training(cameras, generator)
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))

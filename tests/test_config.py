@@ -142,7 +142,7 @@ def test_every_step_like_count_is_marked_for_time_scale():
     from dreamcore.config import Config
 
     not_training_steps = {"log_every", "val_every", "checkpoint_every", "occupancy_update_every", "init_texture_steps", "inversion_steps",
-                          "score_steps", "xs_inv_steps", "ddim_steps", "ode_steps", "smooth_iterations", "delta_warmup",
+                          "score_steps", "xs_inv_steps", "ddim_steps", "denoise_steps", "ode_steps", "smooth_iterations", "delta_warmup",
                           "cur_start", "cur_end"}
     step_like = ("every", "start", "stop", "steps", "warmup", "until")
     classes = {Config}

@@ -55,6 +55,7 @@ class Guidance(nn.Module):
 
     Config = GuidanceConfig
     loss_name = "guidance"
+    supports_pixel_subsets = True  # False: the method needs whole rendered images (system.rays_per_view=0)
 
     def __init__(self, cfg: GuidanceConfig) -> None:
         super().__init__()
@@ -108,6 +109,11 @@ class Guidance(nn.Module):
         with torch.no_grad():
             grad = self.gradient(x.detach(), render, cameras, prior, views, step, generator)
         return self.finish(x, grad, step)
+
+    def step_cameras(self, cameras: Cameras, step: int) -> Cameras:  # noqa: ARG002
+        """The views step ``step`` renders, given the runner's draw ``cameras``: that draw for most methods; a
+        method that holds its views for several steps (SIR's rounds) returns the held ones."""
+        return cameras
 
     def setup(self, prior, total_steps: int) -> None:
         """Called once by the system before training (and before a checkpoint is restored)."""
