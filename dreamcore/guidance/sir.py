@@ -26,7 +26,7 @@ prior's view groups), kept for the round's inner steps through :meth:`Guidance.s
 and targets are buffers of this module, so a checkpoint taken mid-round resumes into the same round.
 
 Prior calls per round (each on the B views at once; CFG doubles the rows, not the calls): ≈ (t₂ − t₁)/Δ
-inversion calls plus t₂/Δ sampling calls, Δ = T/D; :attr:`prior_calls` counts them (for the speed benchmark).
+inversion calls plus t₂/Δ sampling calls, Δ = T/D (the prior counts its calls: ``Prior.denoiser_calls``).
 
 Defaults and sources (ML-GSAI/MicroDreamer@174b58d, ``main.py::{get_denoise_schedule, train_step}``,
 ``guidance/mvdream_utils.py::train_step``, ``configs/image_sai.yaml``) [code]: D = ``denoise_steps`` 20,
@@ -150,7 +150,6 @@ class SIRGuidance(Guidance):
         if cfg.eta < 0:
             raise DreamcoreError(f"guidance.eta={cfg.eta}: η ≥ 0")
         self.held = _Held("c2w", "fov_y", "elevation", "azimuth", "distance", "background", "target", "round")
-        self.prior_calls = 0  # prior calls made for targets by this process (the speed benchmark reads it)
         self._round = -1  # host mirror of held.round (no device read per step)
         self.grid: list[int] = []
         self.num_train_steps = 1000
@@ -216,9 +215,8 @@ class SIRGuidance(Guidance):
             k = self.round_of(step)
             t1, t2 = self.levels(k)
             with torch.no_grad():
-                y, calls = reconstruction_targets(prior, x.detach(), views, self.omega(step), t1, t2, self.grid,
+                y, _ = reconstruction_targets(prior, x.detach(), views, self.omega(step), t1, t2, self.grid,
                                                   self.cfg.eta, generator, **self.prior_kwargs(render, cameras))
             self.held.target = y.detach()
-            self.prior_calls += calls
         y = self.held.target.to(x)
         return {self.loss_name: self.cfg.weight(step) * (x - y).abs().sum() / x.shape[0]}

@@ -89,6 +89,10 @@ class Prior(nn.Module):
     views_per_sample: int = 1
     # whether the prior takes a picture of the object as a condition (:meth:`set_reference_image`; ImageDream)
     accepts_image: bool = False
+    # :meth:`predict_epsilon` calls made in this process and the rows (views) they denoised: what a run's steps
+    # cost in prior evaluations (``metrics.json``'s ``prior_calls``/``prior_rows``; CFG's two rows are one call)
+    denoiser_calls: int = 0
+    denoised_rows: int = 0
 
     def set_reference_image(self, rgb: Tensor, camera: Cameras) -> None:
         """Condition the prior on a picture of the object: ``rgb`` [H, W, 3] in [0, 1] over white (keyed, centred
@@ -177,6 +181,8 @@ class Prior(nn.Module):
 
     def predict_epsilon(self, x_t: Tensor, t: Tensor, embeddings: Tensor, **kw) -> Tensor:
         """Like :meth:`predict_noise` but always ε: v-prediction is converted, ε = α_t v + σ_t x_t."""
+        self.denoiser_calls += 1
+        self.denoised_rows += x_t.shape[0]
         out = self.predict_noise(x_t, t, embeddings, **kw)
         kind = self.schedule.prediction_type
         if kind == "epsilon":
