@@ -89,8 +89,9 @@ class Prior(nn.Module):
     views_per_sample: int = 1
     # whether the prior takes a picture of the object as a condition (:meth:`set_reference_image`; ImageDream)
     accepts_image: bool = False
-    # :meth:`predict_epsilon` calls made in this process and the rows (views) they denoised: what a run's steps
-    # cost in prior evaluations (``metrics.json``'s ``prior_calls``/``prior_rows``; CFG's two rows are one call)
+    # :meth:`predict_epsilon` calls made and the rows (views) they denoised: what a run's steps cost in prior
+    # evaluations (``metrics.json``'s ``prior_calls``/``prior_rows``; CFG's two rows are one call; the trainer
+    # checkpoints them, so a resumed run reports the run's total)
     denoiser_calls: int = 0
     denoised_rows: int = 0
 

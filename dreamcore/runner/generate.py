@@ -79,7 +79,7 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
         t0 = time.perf_counter()
         metrics = {"steps": trainer.step, "train_seconds": round(trainer.seconds, 1),
                    "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4),
-                   "prior_calls": trainer.system.prior.denoiser_calls,  # (this process's: a resume counts anew)
+                   "prior_calls": trainer.system.prior.denoiser_calls,  # (restored from the checkpoint on resume)
                    "prior_rows": trainer.system.prior.denoised_rows,
                    **finish_run(trainer.system, cfg, run.path)}
         metrics["finish_seconds"] = round(time.perf_counter() - t0, 1)

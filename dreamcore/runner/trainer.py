@@ -73,6 +73,9 @@ class Trainer:
             self.step = int(meta["step"])
             self.recovered = meta.get("recovered", "")  # a damaged last checkpoint: the user is told
             self._saved_step = -1 if self.recovered else self.step
+            # the prior evaluations of the steps up to the checkpoint: a resumed run reports the run's total
+            self.system.prior.denoiser_calls = int(meta.get("prior_calls", 0))
+            self.system.prior.denoised_rows = int(meta.get("prior_rows", 0))
         self._stop_requested = False
         self.seconds = 0.0
 
@@ -203,8 +206,10 @@ class Trainer:
 
     def save(self) -> None:
         self.check_finite()
+        prior = self.system.prior
+        counts = {"seconds": self.seconds, "prior_calls": prior.denoiser_calls, "prior_rows": prior.denoised_rows}
         checkpoint.save_checkpoint(self.run.ckpt_dir, self.step, self.system.trainable_modules(), self.optimizer,
-                                   self.generator, {"seconds": self.seconds}, self._extra_optimizers())
+                                   self.generator, counts, self._extra_optimizers())
         self._saved_step = self.step
 
     def _extra_optimizers(self) -> dict[str, torch.optim.Optimizer]:
