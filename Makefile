@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamcore-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text bench-image bench-edit gpu-wheels gpu-check gpu-check-dry clean
+.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text bench-image bench-edit bench-speed gpu-wheels gpu-check gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -78,6 +78,11 @@ bench-image: $(STAMP)
 # as region, on the closed-form reference prior: 2 source runs + 12 edits, an estimated 30-45 min on 2 cores
 bench-edit: $(STAMP)
 	$(BIN)/python tools/bench_edit.py --docs docs/benchmarks.md
+
+# the speed benchmark (bench/speed.md, .json and .png, rows in bench/speed/rows): SIR against SDS in prior
+# evaluations and wall clock on the reference prior and the tiny priors, NeRF and Gaussians; ~1 h on 2 cores
+bench-speed: $(STAMP)
+	$(BIN)/python tools/bench_speed.py --settings reference-nerf,reference-gaussians,learned-nerf,learned-gaussians
 
 # the GPU check (tools/gpu_check.py). Here, with the network: fetch the wheels the bare GPU machine lacks (~19 MiB)
 gpu-wheels:

@@ -113,18 +113,19 @@ class DreamFusionSystem(System):
 
     # -- the step ------------------------------------------------------------------------------------------------
     def render_training(self, cameras: Cameras, generator: torch.Generator,
-                        representation: Optional[nn.Module] = None) -> RenderOutput:
-        """The training views (whole images, or random pixel subsets when ``rays_per_view`` > 0) of this run's
-        representation, or of ``representation`` seen the same way (an edit's frozen source)."""
+                        representation: Optional[nn.Module] = None, whole: bool = False) -> RenderOutput:
+        """The training views (whole images, or random pixel subsets when ``rays_per_view`` > 0 and not
+        ``whole``) of this run's representation, or of ``representation`` seen the same way (an edit's frozen
+        source)."""
         res = self.full.camera.resolution
-        pixels = self._sample_pixels(len(cameras), res, generator)
+        pixels = None if whole else self._sample_pixels(len(cameras), res, generator)
         scene = self.representation if representation is None else representation
         return self.renderer(scene, cameras, res, res, self.background.colors(cameras), pixel_index=pixels,
                              generator=generator)
 
     def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views for its inner steps)
-        render = self.render_training(cameras, generator)
+        render = self.render_training(cameras, generator, whole=self.guidance.whole_images(step))
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
         losses.update(self.regularizers(render, step))

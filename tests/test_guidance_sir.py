@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from dreamcore.cameras import orbit_cameras
 from dreamcore.guidance.sds import SDSGuidance
@@ -174,11 +175,12 @@ def test_a_round_holds_its_views_and_target_and_the_next_draws_new_ones():
         rgb, render = render_of(x)
         loss = sum(g(render, cams, prior, views, step, gn).values())
         loss.backward()
-        y = g.held.target.clone()
+        y = g.held.target.clone()  # the target as an image [B, H, W, C] (this prior's model space is the image)
+        assert y.shape == rgb.shape
         targets.append(y)
-        # the loss is Σ|x − y| / B: its gradient is sign(x − y) / B
-        assert torch.allclose(rgb.grad.permute(0, 3, 1, 2), torch.sign(x - y) / 2)
-        assert loss.item() == pytest.approx((x - y).abs().sum().item() / 2)
+        # the loss is Σ|I − Y| / B over images in [−1, 1], 2Σ|rgb − Y| / B: its gradient is 2 sign(rgb − Y) / B
+        assert torch.allclose(rgb.grad, 2 * torch.sign(rgb.detach() - y) / 2)
+        assert loss.item() == pytest.approx(2 * (rgb.detach() - y).abs().sum().item() / 2)
     rounds = [g.round_of(k) for k in range(8)]
     assert rounds == [0, 0, 1, 1, 1, 2, 2, 2]
     first = {0: 0, 1: 2, 2: 5}
@@ -224,16 +226,34 @@ def test_multiview_groups_get_targets_from_the_joint_prior():
     assert corr[0, 1].item() == pytest.approx(0.9, abs=0.05)  # the views of one sample agree as the prior says
 
 
-def test_pixel_subsets_are_refused():
+def test_pixel_subsets_fit_the_held_targets_pixels_and_need_a_whole_first_step():
     from dreamcore.renderers.output import RenderOutput
 
-    prior = one_gaussian()
-    g = sir()
-    g.setup(prior, 100)
-    rgb = torch.zeros(1, 4, 1, 1, dtype=D)
-    render = RenderOutput(rgb=rgb, alpha=rgb[..., :1], depth=rgb[..., :1], pixel_index=torch.zeros(1, 4, dtype=torch.long))
-    with pytest.raises(Exception, match="rays_per_view"):
-        g(render, None, prior, plain_views(prior, 1), 0, gen(0))
+    prior = one_gaussian(0.2, 0.4, (1, 3, 4, 4))
+    g = sir(round_steps=3, init_steps=2, denoise_steps=10)
+    g.setup(prior, 10)
+    views = plain_views(prior, 2)
+
+    def subset(step, idx):
+        rgb = torch.rand(2, idx.shape[1], 1, 3, generator=gen(50 + step), dtype=D).requires_grad_(True)
+        return rgb, RenderOutput(rgb=rgb, alpha=rgb[..., :1], depth=rgb[..., :1], pixel_index=idx)
+
+    idx = torch.tensor([[0, 5, 15], [3, 3, 9]])
+    cams = g.step_cameras(_cams(0.0), 0)
+    assert g.whole_images(0)  # a round's first step renders whole images: its target is made from them
+    with pytest.raises(Exception, match="whole images"):
+        g(subset(0, idx)[1], cams, prior, views, 0, gen(0))
+    _, render = render_of(torch.randn(2, 3, 4, 4, generator=gen(1), dtype=D))
+    g(render, cams, prior, views, 0, gen(0))
+    assert not g.whole_images(1)
+    y = g.held.target.reshape(2, 16, 3)
+    rgb, render = subset(1, idx)
+    loss = g(render, g.step_cameras(_cams(40.0), 1), prior, views, 1, gen(1))["sir"]
+    picked = torch.stack([y[b, idx[b]] for b in range(2)]).unsqueeze(2)
+    # the rays against the target's pixels there, scaled by H·W/N to estimate the whole image's sum
+    assert loss.item() == pytest.approx(2 * 16 / 3 * (rgb.detach() - picked).abs().sum().item() / 2)
+    g.step_cameras(_cams(80.0), 2)  # round 1: a new target is wanted
+    assert g.whole_images(2)
 
 
 # -- through ``dreamcore generate`` -----------------------------------------------------------------------------------
@@ -260,12 +280,18 @@ def test_resume_mid_round_is_exact_through_generate(tmp_path):
     assert metrics["prior_calls"] > 0 and metrics["prior_rows"] >= 2 * metrics["prior_calls"]
 
 
-def test_pixel_subsets_fail_before_the_run_starts(tmp_path, capsys):
+def test_pixel_subsets_run_through_generate_with_whole_round_targets(tmp_path):
+    """On the reference prior (pixel subsets) the inner steps train on rays; the held target is a whole image."""
+    from safetensors.torch import load_file
+
     from dreamcore.cli import main
 
     from test_runner import TINY
 
-    assert main(["generate", "--config", "configs/reference-nerf.yaml", *TINY, "guidance.name=sir",
-                 f"run.dir={tmp_path / 'r'}"]) != 0
-    assert "system.rays_per_view=0" in capsys.readouterr().err
-    assert not (tmp_path / "r" / "ckpt").exists()
+    run = tmp_path / "r"
+    assert main(["generate", "--config", "configs/reference-nerf.yaml", *TINY, "system.rays_per_view=16",
+                 "guidance.name=sir", "guidance.round_steps=2", "guidance.init_steps=1", "guidance.denoise_steps=4",
+                 "run.steps=4", "run.checkpoint_every=4", f"run.dir={run}"]) == 0
+    target = load_file(str(run / "ckpt/last.safetensors"))["model.guidance.held.target"]
+    res = yaml.safe_load((run / "config.yaml").read_text())["camera"]["resolution"]
+    assert target.shape[1:] == (res, res, 3) and res * res > 16

@@ -375,3 +375,17 @@ def test_latents_to_rgb_is_the_decoder_fit_and_mismatched_channels_fail_at_start
                      f"prior.model={sd_folders['epsilon']}", f"prior.cache_dir={tmp_path / 'cache'}",
                      f"run.dir={tmp_path / 'bad'}"]) == 2
         assert not (tmp_path / "bad" / "ckpt").exists()
+
+
+def test_to_image_decodes_latents_through_the_vae_at_the_renders_size(sd_folders, tmp_path):
+    """``Prior.to_image`` (SIR's and GCS's target as an image): the VAE's decoding of the unscaled latents, resized
+    to the render; the encoder's map and this one differ only by the (random) VAE here."""
+    prior = make_prior(sd_folders["epsilon"], tmp_path)
+    rgb = render(1, 12).rgb
+    z = prior.to_model_space(rgb)
+    img = prior.to_image(z, rgb)
+    with torch.no_grad():
+        want = (prior.vae.decode(z / prior.scaling_factor + prior.shift_factor).sample + 1) / 2
+    want = torch.nn.functional.interpolate(want, (12, 12), mode="bilinear", align_corners=False)
+    assert img.shape == rgb.shape and torch.allclose(img, want.permute(0, 2, 3, 1), atol=1e-5)
+    assert not torch.allclose(img, prior.to_image(z + 0.5, rgb))

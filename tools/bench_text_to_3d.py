@@ -103,6 +103,9 @@ GUIDANCE_OVERRIDES: dict[str, list[str]] = {
 # reward on the one-step x̂_0 — it measures the method's cost and that ranking N noises keeps the run healthy, not
 # what a learned reward buys
 GUIDANCE_OVERRIDES["reward"] += ["guidance.reward.model.name=linear", "guidance.reward.ddim_steps=0"]
+# sir: the targets sampled as the tiny priors want their samples (ω 5, η 0: tools/train_tiny_prior.py's sampler);
+# MicroDreamer's ω 3 / η 0.5 were set for Stable-Zero123 (pilots on text-mv-nerf: bench/speed.md)
+GUIDANCE_OVERRIDES["sir"] = ["guidance.guidance_scale=5.0", "guidance.eta=0.0"]
 COMMON = ["run.progress=false", "run.val_every=0", "export.formats=[glb]"]
 QUICK = ["run.steps=6", "run.checkpoint_every=0", "camera.batch_size=1", "eval.views=4", "eval.resolution=32",
          "eval.janus_views=4", "export.resolution=48", "export.texture_size=64"]

@@ -115,6 +115,11 @@ class Guidance(nn.Module):
         method that holds its views for several steps (SIR's rounds) returns the held ones."""
         return cameras
 
+    def whole_images(self, step: int) -> bool:  # noqa: ARG002
+        """True: step ``step`` needs whole rendered images even where the system trains on pixel subsets
+        (``system.rays_per_view``; SIR's round start, whose target is made from the whole views)."""
+        return False
+
     def setup(self, prior, total_steps: int) -> None:
         """Called once by the system before training (and before a checkpoint is restored)."""
         self.total_steps = total_steps

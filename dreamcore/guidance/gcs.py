@@ -16,8 +16,8 @@ each a sum over elements / B with **no ½** (the official MSE(sum)/B), total λ_
 predictions are taken without gradient, so x enters only through the solvers' linear coefficients:
 ∂L_cc/∂x = 2 w_cc α_e (A − B) and ∂L_gc/∂x = 2 w_gc (x̂₀_null − x̂₀_perp), computed in closed form here and checked
 against autograd of the losses as written in the tests; ∂L_cp/∂I = −2 w_cp r (D(x̂₀_perp) − D(x̂₀_null)).
-D is the prior's VAE decoder for latent priors, and the inverse of the (per-pixel affine) ``to_model_space`` for
-pixel-space priors and latent-mode fields.
+D is ``Prior.to_image``: the VAE decoder for latent priors, the inverse of the (per-pixel affine) ``to_model_space``
+for pixel-space priors and latent-mode fields.
 
 Timesteps (per step k, r = 1 − min(k/K_w, 1), K_w = 1500): Δ = 80 + ⌈20 r⌉; i_t ~ U[T(t_min + (t_max' − t_max) r),
 T(t_max + (t_max' − t_max) r)) with t_min 0.02, t_max 0.5, t_max' 0.98, so U[20 + 480r, 500 + 480r); i_t ≥ Δ + 1;
@@ -39,7 +39,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dreamcore.guidance import common
@@ -48,27 +47,6 @@ from dreamcore.guidance.cds import FixedNoise
 from dreamcore.registry import register
 from dreamcore.schedule import Scheduled, step_count
 from dreamcore import rng
-
-
-def decode_to_render(prior, x: Tensor, render) -> Tensor:
-    """D(x): model space → the render's colour layout ([B, H, W, C] or [B, N, 1, C]), without gradient."""
-    custom = getattr(prior, "decode_model_space", None)
-    if custom is not None:
-        return custom(x, render)
-    rgb = render.rgb.detach()
-    vae = getattr(prior, "vae", None)
-    if vae is not None:
-        with prior.on_device(vae):
-            z = x / prior.scaling_factor + prior.shift_factor
-            img = (vae.decode(z.to(prior.device, prior.vae_dtype)).sample.float() + 1.0) / 2.0
-    else:  # pixel-space priors and latent-mode fields: x = a·resize(I) + b per element
-        zero = prior.to_model_space(torch.zeros_like(rgb), render.pixel_index)
-        one = prior.to_model_space(torch.ones_like(rgb), render.pixel_index)
-        img = (x - zero) / (one - zero)
-    h, w = rgb.shape[1:3]
-    if tuple(img.shape[-2:]) != (h, w):
-        img = F.interpolate(img.float(), (h, w), mode="bilinear", align_corners=False)
-    return img.permute(0, 2, 3, 1).to(rgb)
 
 
 @register("guidance", "gcs")
@@ -158,7 +136,8 @@ class GCSGuidance(Guidance):
         alpha_e, _ = sched.alpha_sigma(t_e)
         out = {"cc": 2.0 * common.broadcast(alpha_e, x) * (a_cc - b_cc), "gc": 2.0 * (x0_null - x0_perp)}
         if c.w_cp(step) != 0:
-            diff = decode_to_render(prior, x0_perp, render) - decode_to_render(prior, x0_null, render)
+            seen = (render.rgb, render.pixel_index)
+            diff = prior.to_image(x0_perp, *seen) - prior.to_image(x0_null, *seen)
             out["cp"] = -2.0 * c.rgb_scale * diff
         return out
 

@@ -11,11 +11,14 @@ sequence of **rounds**; round k holds one set of views for its M inner steps:
     3. target y_k: x forward-noised to t₁ with fresh ε, DDIM-inverted with the unconditional ε from t₁ up the grid
        to t₂, then DDIM-sampled from t₂ down to the clean image with CFG ω and stochasticity η;
        round 0 (``init_from_noise``) instead samples from pure noise at the top of the grid (a full generation);
-    4. each inner step minimizes λ · Σ|x − y_k| / B (L1 summed over the views' elements, over the batch size B)
-       with y_k held fixed, at the same views c_k.
+    4. each inner step minimizes λ · Σ|I − Y_k| / B (L1 summed over the views' pixels and channels, over the batch
+       size B) with Y_k = D(y_k) the target as an image (``Prior.to_image``: a latent prior's VAE decoding, the
+       pixel priors' inverse map) held fixed, at the same views c_k. Images count in [−1, 1], diffusion's range
+       (2·|I − Y| for colours in [0, 1]): for a pixel prior at the render's size that is the L1 of model space.
 
-The loss lives in the prior's model space (pixels in [−1, 1] for pixel priors, latents for latent priors, where
-MicroDreamer decodes the target to RGB first). Round 0 runs ``init_steps`` inner steps, the others ``round_steps``;
+The inner steps may fit random pixel subsets of the held views (``system.rays_per_view`` > 0, on priors that take
+them): the round's first step renders whole images (:meth:`whole_images`) to make Y_k, the others compare their
+rays with Y_k's pixels there, the sum scaled by H·W/N (an unbiased estimate of the whole image's loss). Round 0 runs ``init_steps`` inner steps, the others ``round_steps``;
 K is the number of rounds the run's steps hold. With ω = 1 and η = 0 the target map is "noise to t₁, then the
 ODE to 0" (t₂ drops out in the exact flow), and on a Gaussian prior N(μ, s²) the rounds as a Markov chain
 x_{k+1} = y_k(x_k) have the stationary law N(μ, s²) in the exact flow (SIR samples where SDS, with the same prior,
@@ -136,7 +139,6 @@ class SIRGuidance(Guidance):
         init_from_noise: bool = True  # round 0 generates its target from pure noise
 
     loss_name = "sir"
-    supports_pixel_subsets = False
 
     def __init__(self, cfg: "SIRGuidance.Config") -> None:
         super().__init__(cfg)
@@ -205,18 +207,29 @@ class SIRGuidance(Guidance):
             self._round = int(self.held.round)
         return self._round
 
+    def whole_images(self, step: int) -> bool:  # noqa: ARG002
+        """A round's first step (no target held yet) renders whole images: the target is made from them."""
+        return self.held.target.numel() == 0
+
     def forward(self, render, cameras, prior, views, step, generator) -> dict[str, Tensor]:
-        if render.pixel_index is not None:
-            raise DreamcoreError("guidance 'sir' fits whole images to its targets: set system.rays_per_view=0")
         if not self.grid:
             self.setup(prior, self.total_steps)
-        x = prior.to_model_space(render.rgb, render.pixel_index)
-        if self.held.target.shape != x.shape:  # the round's first step (or a new size): make its target
+        rgb, subset = render.rgb, render.pixel_index
+        if subset is None and self.held.target.shape != rgb.shape:  # a round's first step: make its target
             k = self.round_of(step)
             t1, t2 = self.levels(k)
             with torch.no_grad():
-                y, _ = reconstruction_targets(prior, x.detach(), views, self.omega(step), t1, t2, self.grid,
-                                                  self.cfg.eta, generator, **self.prior_kwargs(render, cameras))
-            self.held.target = y.detach()
-        y = self.held.target.to(x)
-        return {self.loss_name: self.cfg.weight(step) * (x - y).abs().sum() / x.shape[0]}
+                x = prior.to_model_space(rgb.detach(), None)
+                y, _ = reconstruction_targets(prior, x, views, self.omega(step), t1, t2, self.grid, self.cfg.eta,
+                                              generator, **self.prior_kwargs(render, cameras))
+                self.held.target = prior.to_image(y, rgb).detach()
+        elif subset is not None and self.held.target.dim() != 4:
+            raise DreamcoreError("guidance 'sir' makes a round's target from whole images: the system must render "
+                                 "the round's first step whole (Guidance.whole_images)")
+        y = self.held.target.to(rgb)
+        scale = 1.0
+        if subset is not None:  # the held target's pixels at this step's rays, the sum rescaled to the whole image
+            b, h, w, c = y.shape
+            y = torch.gather(y.reshape(b, h * w, c), 1, subset.unsqueeze(-1).expand(-1, -1, c)).unsqueeze(2)
+            scale = h * w / subset.shape[1]
+        return {self.loss_name: self.cfg.weight(step) * 2.0 * scale * (rgb - y).abs().sum() / rgb.shape[0]}

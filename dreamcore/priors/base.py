@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamcore.cameras import Cameras, view_groups
@@ -172,6 +173,19 @@ class Prior(nn.Module):
         the model's input x. Priors that denoise whole images only refuse a ``pixel_index``."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def to_image(self, x: Tensor, like: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
+        """Colours in the layout of the render ``like`` ([B, H, W, C], or [B, N, 1, C] for a pixel subset) whose
+        model-space value is ``x``: the inverse of :meth:`to_model_space`, without gradient (a guidance's target
+        shown as a render: SIR's, GCS's consistency term). Here for priors whose map is affine per value after a
+        resize, x = a·resize(I) + b (pixel-space priors, latent-mode fields): a and b are read back from the
+        map of a black and a white render, and the result is resized to the render's size. VAE priors decode."""
+        like = like.detach()
+        zero = self.to_model_space(torch.zeros_like(like), pixel_index)
+        one = self.to_model_space(torch.ones_like(like), pixel_index)
+        img = (x - zero) / (one - zero)
+        return resize_to(img, like)
+
     def predict_noise(self, x_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Optional[Cameras] = None,
                       pixel_index: Optional[Tensor] = None, image_size: Optional[tuple[int, int]] = None) -> Tensor:
         """ε̂(x_t; y, t) for each batch element's condition ``embeddings[b]`` (same shape as x_t).
@@ -194,3 +208,11 @@ class Prior(nn.Module):
         if kind == "v_prediction":
             return a * out + s * x_t
         return (x_t - a * out) / s  # "sample": out is x̂_0
+
+
+def resize_to(img: Tensor, like: Tensor) -> Tensor:
+    """[B, C, h, w] → the layout of ``like`` [B, H, W, C] (bilinear where the sizes differ), in its dtype."""
+    h, w = like.shape[1:3]
+    if tuple(img.shape[-2:]) != (h, w):
+        img = F.interpolate(img.float(), (h, w), mode="bilinear", align_corners=False)
+    return img.permute(0, 2, 3, 1).to(like)

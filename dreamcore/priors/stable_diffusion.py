@@ -20,6 +20,7 @@ from torch import Tensor
 
 from dreamcore.cameras import Cameras
 from dreamcore.errors import DreamcoreError
+from dreamcore.priors.base import resize_to
 from dreamcore.priors.diffusers_base import DiffusersConfig, DiffusersPrior
 from dreamcore.registry import register
 
@@ -85,6 +86,18 @@ class LatentDiffusionPrior(DiffusersPrior):
             z = self.vae.encode(img.to(self.vae_dtype)).latent_dist.mode()
         z = (z - self.shift_factor) * self.scaling_factor
         return z.to(torch.promote_types(z.dtype, torch.float32))  # fp16/bf16 → fp32 for the guidance
+
+    @torch.no_grad()
+    def to_image(self, x: Tensor, like: Tensor, pixel_index: Optional[Tensor] = None) -> Tensor:
+        """The VAE's decoding of latents x [B, 4, h, w] (undoing the scale and shift), resized to the render
+        ``like``; latent-mode fields (no VAE between) read back as the base class does."""
+        if self.cfg.latent_mode or self.vae is None:
+            return super().to_image(x, like, pixel_index)
+        self.whole_images_only(pixel_index, self.cfg.name)
+        with self.on_device(self.vae):
+            z = x / self.scaling_factor + self.shift_factor
+            img = (self.vae.decode(z.to(self.device, self.vae_dtype)).sample.float() + 1.0) / 2.0
+        return resize_to(img, like.detach())
 
     def unet_kwargs(self, embeddings: Tensor) -> dict:
         return {"encoder_hidden_states": embeddings.to(self.device, self.dtype)}
