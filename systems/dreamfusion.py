@@ -123,10 +123,19 @@ class DreamFusionSystem(System):
         return self.renderer(scene, cameras, res, res, self.background.colors(cameras), pixel_index=pixels,
                              generator=generator)
 
+    def show_whole(self, cameras: Cameras, views, step: int, generator: torch.Generator) -> None:
+        """Where the step trains on pixel subsets and the guidance wants its views whole first
+        (:meth:`Guidance.whole_images`, SIR's round start): render them whole without gradient and hand them over."""
+        if self.cfg.rays_per_view > 0 and self.guidance.whole_images(step):
+            with torch.no_grad():
+                whole = self.render_training(cameras, generator, whole=True)
+            self.guidance.see_whole(whole, cameras, self.prior, views, step, generator)
+
     def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views for its inner steps)
-        render = self.render_training(cameras, generator, whole=self.guidance.whole_images(step))
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
+        self.show_whole(cameras, views, step, generator)
+        render = self.render_training(cameras, generator)
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
         losses.update(self.regularizers(render, step))
         if self.reference is not None:  # image-to-3D: the picture at its own camera

@@ -195,15 +195,15 @@ class EditSystem(System):
             raise DreamcoreError("the edit has no source: it starts from init.from_run=RUN_DIR")
         editing = isinstance(self.guidance, EditGuidance)
         compare = editing or self.cfg.identity_weight(step) > 0
-        replay = same_draws(generator) if compare else None
         self._weigh_gaussians()
         cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views for its inner steps)
-        whole = self.guidance.whole_images(step)
-        render = self.scene.render_training(cameras, generator, whole=whole)
+        views = conditions(self.scene.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
+        self.scene.show_whole(cameras, views, step, generator)
+        replay = same_draws(generator) if compare else None
+        render = self.scene.render_training(cameras, generator)
         # the source at the same pixels, backgrounds, shading and jitter (frozen: no graph is kept; rendered in the
         # same grad mode, since the renderer splits rays into chunks — and its draws — by that mode)
-        source = self.scene.render_training(cameras, replay, self.source_on(render.rgb), whole) if compare else None
-        views = conditions(self.scene.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
+        source = self.scene.render_training(cameras, replay, self.source_on(render.rgb)) if compare else None
         if editing:
             source_views = conditions(self.source_embeddings, cameras, len(cameras), self.full.views,
                                       self.prior.view_dependent)

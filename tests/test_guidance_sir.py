@@ -244,11 +244,14 @@ def test_pixel_subsets_fit_the_held_targets_pixels_and_need_a_whole_first_step()
     with pytest.raises(Exception, match="whole images"):
         g(subset(0, idx)[1], cams, prior, views, 0, gen(0))
     _, render = render_of(torch.randn(2, 3, 4, 4, generator=gen(1), dtype=D))
-    g(render, cams, prior, views, 0, gen(0))
-    assert not g.whole_images(1)
+    g.see_whole(render, cams, prior, views, 0, gen(0))
+    assert not g.whole_images(0) and not g.whole_images(1)
     y = g.held.target.reshape(2, 16, 3)
+    rgb, render = subset(0, idx)
+    g(render, cams, prior, views, 0, gen(0))["sir"]
     rgb, render = subset(1, idx)
     loss = g(render, g.step_cameras(_cams(40.0), 1), prior, views, 1, gen(1))["sir"]
+    assert torch.equal(g.held.target.reshape(2, 16, 3), y)
     picked = torch.stack([y[b, idx[b]] for b in range(2)]).unsqueeze(2)
     # the rays against the target's pixels there, scaled by H·W/N to estimate the whole image's sum
     assert loss.item() == pytest.approx(2 * 16 / 3 * (rgb.detach() - picked).abs().sum().item() / 2)

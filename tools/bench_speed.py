@@ -59,15 +59,19 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "learned-gaussians": ("text-gaussians", [*OBJECT, "prior.model=assets/tiny-prior"]),
     "multiview-nerf": ("text-mv-nerf", [*OBJECT, "prior.model=assets/tiny-mv-prior"]),
 }
-# SIR on each setting: whole images (it fits renders to targets), and the target's sampling as the setting's prior
-# wants it: ω 1 on the closed-form reference prior (its recipes' own), the tiny priors' sampling ω 5, η 0
-SIR_COMMON = ["guidance.name=sir", "system.rays_per_view=0", "guidance.eta=0.0"]
+# SIR on each setting, the target's sampling as the setting's prior wants it. The closed-form reference prior: ω 1
+# (its recipes' own), and D = 5 sampler steps — its x̂₀ is exact at every t, so more steps only cost calls — on the
+# recipe's pixel subsets (a round's views rendered whole, without gradient, once for the target). The tiny priors:
+# whole images (they take no subsets), ω 5 and η 0 (their own sampler's, tools/train_tiny_prior.py)
+SIR_COMMON = ["guidance.name=sir", "guidance.eta=0.0"]
+SIR_REFERENCE = [*SIR_COMMON, "guidance.guidance_scale=1.0", "guidance.denoise_steps=5"]
+SIR_LEARNED = [*SIR_COMMON, "system.rays_per_view=0", "guidance.guidance_scale=5.0"]
 SIR_OVERRIDES: dict[str, list[str]] = {
-    "reference-nerf": [*SIR_COMMON, "guidance.guidance_scale=1.0", "camera.resolution=32"],
-    "reference-gaussians": [*SIR_COMMON, "guidance.guidance_scale=1.0"],
-    "learned-nerf": [*SIR_COMMON, "guidance.guidance_scale=5.0"],
-    "learned-gaussians": [*SIR_COMMON, "guidance.guidance_scale=5.0"],
-    "multiview-nerf": [*SIR_COMMON, "guidance.guidance_scale=5.0"],
+    "reference-nerf": SIR_REFERENCE,
+    "reference-gaussians": SIR_REFERENCE,
+    "learned-nerf": SIR_LEARNED,
+    "learned-gaussians": SIR_LEARNED,
+    "multiview-nerf": SIR_LEARNED,
 }
 COMMON = ["run.progress=false", "run.val_every=0", "export.formats=[glb]", "run.checkpoint_every=0"]
 ROWS = "bench/speed/rows"

@@ -116,9 +116,13 @@ class Guidance(nn.Module):
         return cameras
 
     def whole_images(self, step: int) -> bool:  # noqa: ARG002
-        """True: step ``step`` needs whole rendered images even where the system trains on pixel subsets
-        (``system.rays_per_view``; SIR's round start, whose target is made from the whole views)."""
+        """True: before step ``step`` trains on pixel subsets (``system.rays_per_view``), the method wants a look
+        at its views as whole images (SIR's round start, whose target is made from them): the system renders
+        them without gradient and passes them to :meth:`see_whole`."""
         return False
+
+    def see_whole(self, render, cameras: Cameras, prior, views, step: int, generator: torch.Generator) -> None:
+        """The whole, gradient-free render of step ``step``'s views that :meth:`whole_images` asked for."""
 
     def setup(self, prior, total_steps: int) -> None:
         """Called once by the system before training (and before a checkpoint is restored)."""

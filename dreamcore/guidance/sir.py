@@ -17,8 +17,9 @@ sequence of **rounds**; round k holds one set of views for its M inner steps:
        (2·|I − Y| for colours in [0, 1]): for a pixel prior at the render's size that is the L1 of model space.
 
 The inner steps may fit random pixel subsets of the held views (``system.rays_per_view`` > 0, on priors that take
-them): the round's first step renders whole images (:meth:`whole_images`) to make Y_k, the others compare their
-rays with Y_k's pixels there, the sum scaled by H·W/N (an unbiased estimate of the whole image's loss). Round 0 runs ``init_steps`` inner steps, the others ``round_steps``;
+them): at a round's first step the system renders the views whole without gradient (:meth:`whole_images`,
+:meth:`see_whole`) to make Y_k, and every inner step compares its rays with Y_k's pixels there, the sum scaled by
+H·W/N (an unbiased estimate of the whole image's loss). Round 0 runs ``init_steps`` inner steps, the others ``round_steps``;
 K is the number of rounds the run's steps hold. With ω = 1 and η = 0 the target map is "noise to t₁, then the
 ODE to 0" (t₂ drops out in the exact flow), and on a Gaussian prior N(μ, s²) the rounds as a Markov chain
 x_{k+1} = y_k(x_k) have the stationary law N(μ, s²) in the exact flow (SIR samples where SDS, with the same prior,
@@ -208,24 +209,30 @@ class SIRGuidance(Guidance):
         return self._round
 
     def whole_images(self, step: int) -> bool:  # noqa: ARG002
-        """A round's first step (no target held yet) renders whole images: the target is made from them."""
+        """A round's first step (no target held yet) looks at its views whole: the target is made from them."""
         return self.held.target.numel() == 0
 
-    def forward(self, render, cameras, prior, views, step, generator) -> dict[str, Tensor]:
+    def see_whole(self, render, cameras, prior, views, step, generator) -> None:
+        self.make_target(render, cameras, prior, views, step, generator)
+
+    @torch.no_grad()
+    def make_target(self, render, cameras, prior, views, step, generator) -> None:
+        """The round's target Y_k (module docstring, step 3) from its views' whole render, held as an image."""
         if not self.grid:
             self.setup(prior, self.total_steps)
+        t1, t2 = self.levels(self.round_of(step))
+        x = prior.to_model_space(render.rgb.detach(), None)
+        y, _ = reconstruction_targets(prior, x, views, self.omega(step), t1, t2, self.grid, self.cfg.eta, generator,
+                                      **self.prior_kwargs(render, cameras))
+        self.held.target = prior.to_image(y, render.rgb).detach()
+
+    def forward(self, render, cameras, prior, views, step, generator) -> dict[str, Tensor]:
         rgb, subset = render.rgb, render.pixel_index
-        if subset is None and self.held.target.shape != rgb.shape:  # a round's first step: make its target
-            k = self.round_of(step)
-            t1, t2 = self.levels(k)
-            with torch.no_grad():
-                x = prior.to_model_space(rgb.detach(), None)
-                y, _ = reconstruction_targets(prior, x, views, self.omega(step), t1, t2, self.grid, self.cfg.eta,
-                                              generator, **self.prior_kwargs(render, cameras))
-                self.held.target = prior.to_image(y, rgb).detach()
+        if subset is None and self.held.target.shape != rgb.shape:  # a round's first step on whole images
+            self.make_target(render, cameras, prior, views, step, generator)
         elif subset is not None and self.held.target.dim() != 4:
-            raise DreamcoreError("guidance 'sir' makes a round's target from whole images: the system must render "
-                                 "the round's first step whole (Guidance.whole_images)")
+            raise DreamcoreError("guidance 'sir' makes a round's target from whole images: before a round's first "
+                                 "step on pixel subsets the system shows it the whole views (Guidance.whole_images)")
         y = self.held.target.to(rgb)
         scale = 1.0
         if subset is not None:  # the held target's pixels at this step's rays, the sum rescaled to the whole image
