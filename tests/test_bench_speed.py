@@ -22,6 +22,9 @@ def test_the_plan_scales_each_recipes_steps_and_gives_sir_its_overrides():
     # the reference prior keeps the recipe's pixel subsets; the tiny priors need whole images
     assert "guidance.name=sir" in sir["reference-nerf"] and "system.rays_per_view=0" not in sir["reference-nerf"]
     assert "guidance.name=sir" in sir["learned-nerf"] and "system.rays_per_view=0" in sir["learned-nerf"]
+    long = bench.plan(["learned-nerf"], ["sir-long"], {"sds": [1.0], "sir": [0.5]}, 1)
+    assert [j["steps"] for j in long] == [400] and "guidance.round_steps=40" in long[0]["overrides"]
+    assert "guidance.name=sir" in long[0]["overrides"]
     sds = next(j for j in jobs if j["method"] == "sds")
     assert not any(o.startswith("guidance.name") for o in sds["overrides"])
     fracs = [j["steps"] / j["full_steps"] for j in jobs]
@@ -55,7 +58,7 @@ def test_the_report_and_picture_come_from_the_rows(tmp_path):
                          "seconds_per_step": secs / steps})
     text, data = bench.report(rows, 0.0, "note")
     assert "## reference-nerf" in text and "| sir | 100 | 2 | 140 |" in text
-    assert "Target: **pass**" in text and "0.140× its prior calls" in text
+    assert "Target (sir): **pass**" in text and "0.140× its prior calls" in text
     assert data["points"]["reference-nerf/sir"][0]["glb_psnr"] == 24.7  # the median over the two seeds
     bench.draw(data["points"], tmp_path / "speed.png")
     from PIL import Image
