@@ -240,23 +240,28 @@ def test_pixel_subsets_fit_the_held_targets_pixels_and_need_a_whole_first_step()
 
     idx = torch.tensor([[0, 5, 15], [3, 3, 9]])
     cams = g.step_cameras(_cams(0.0), 0)
-    assert g.whole_images(0)  # a round's first step renders whole images: its target is made from them
+    assert not g.whole_images(0)  # round 0 generates from noise: the views' size is all it needs
+    render = subset(0, idx)[1]
+    render.image_size = (4, 4)
+    g(render, cams, prior, views, 0, gen(0))
+    assert g.held.target.shape == (2, 4, 4, 3)
+    cams = g.step_cameras(_cams(20.0), 2)  # round 1 starts at step 2: its target is made from the whole views
+    assert g.whole_images(2)
     with pytest.raises(Exception, match="whole images"):
-        g(subset(0, idx)[1], cams, prior, views, 0, gen(0))
-    _, render = render_of(torch.randn(2, 3, 4, 4, generator=gen(1), dtype=D))
-    g.see_whole(render, cams, prior, views, 0, gen(0))
-    assert not g.whole_images(0) and not g.whole_images(1)
+        g(render, cams, prior, views, 2, gen(0))
+    _, whole = render_of(torch.randn(2, 3, 4, 4, generator=gen(1), dtype=D))
+    g.see_whole(whole, cams, prior, views, 2, gen(0))
+    assert not g.whole_images(2) and not g.whole_images(3)
     y = g.held.target.reshape(2, 16, 3)
-    rgb, render = subset(0, idx)
-    g(render, cams, prior, views, 0, gen(0))["sir"]
-    rgb, render = subset(1, idx)
-    loss = g(render, g.step_cameras(_cams(40.0), 1), prior, views, 1, gen(1))["sir"]
+    g(subset(2, idx)[1], cams, prior, views, 2, gen(0))["sir"]
+    rgb, render = subset(3, idx)
+    loss = g(render, g.step_cameras(_cams(40.0), 3), prior, views, 3, gen(1))["sir"]
     assert torch.equal(g.held.target.reshape(2, 16, 3), y)
     picked = torch.stack([y[b, idx[b]] for b in range(2)]).unsqueeze(2)
     # the rays against the target's pixels there, scaled by H·W/N to estimate the whole image's sum
     assert loss.item() == pytest.approx(2 * 16 / 3 * (rgb.detach() - picked).abs().sum().item() / 2)
-    g.step_cameras(_cams(80.0), 2)  # round 1: a new target is wanted
-    assert g.whole_images(2)
+    g.step_cameras(_cams(80.0), 5)  # round 2: a new target is wanted
+    assert g.whole_images(5)
 
 
 # -- through ``dreamcore generate`` -----------------------------------------------------------------------------------

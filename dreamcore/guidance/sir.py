@@ -18,7 +18,8 @@ sequence of **rounds**; round k holds one set of views for its M inner steps:
 
 The inner steps may fit random pixel subsets of the held views (``system.rays_per_view`` > 0, on priors that take
 them): at a round's first step the system renders the views whole without gradient (:meth:`whole_images`,
-:meth:`see_whole`) to make Y_k, and every inner step compares its rays with Y_k's pixels there, the sum scaled by
+:meth:`see_whole`) to make Y_k (not for round 0's generation from noise, which reads only their size), and every
+inner step compares its rays with Y_k's pixels there, the sum scaled by
 H·W/N (an unbiased estimate of the whole image's loss). Round 0 runs ``init_steps`` inner steps, the others ``round_steps``;
 K is the number of rounds the run's steps hold. With ω = 1 and η = 0 the target map is "noise to t₁, then the
 ODE to 0" (t₂ drops out in the exact flow), and on a Gaussian prior N(μ, s²) the rounds as a Markov chain
@@ -208,31 +209,42 @@ class SIRGuidance(Guidance):
             self._round = int(self.held.round)
         return self._round
 
-    def whole_images(self, step: int) -> bool:  # noqa: ARG002
-        """A round's first step (no target held yet) looks at its views whole: the target is made from them."""
-        return self.held.target.numel() == 0
+    def whole_images(self, step: int) -> bool:
+        """A round's first step (no target held yet) looks at its views whole, its target being made from them;
+        not a round that generates from noise (round 0): its target needs only the views' size."""
+        if self.held.target.numel():
+            return False
+        if not self.grid:
+            return True
+        return self.levels(self.round_of(step))[0] is not None
 
     def see_whole(self, render, cameras, prior, views, step, generator) -> None:
         self.make_target(render, cameras, prior, views, step, generator)
 
     @torch.no_grad()
     def make_target(self, render, cameras, prior, views, step, generator) -> None:
-        """The round's target Y_k (module docstring, step 3) from its views' whole render, held as an image."""
+        """The round's target Y_k (module docstring, step 3) from its views' whole render, held as an image; from
+        a pixel subset only for a round that generates from noise (the views' size is all it reads)."""
         if not self.grid:
             self.setup(prior, self.total_steps)
         t1, t2 = self.levels(self.round_of(step))
-        x = prior.to_model_space(render.rgb.detach(), None)
+        rgb = render.rgb.detach()
+        if render.pixel_index is not None:
+            if t1 is not None:
+                raise DreamcoreError("guidance 'sir' makes a round's target from whole images: before a round's "
+                                     "first step on pixel subsets the system shows it the whole views "
+                                     "(Guidance.whole_images)")
+            rgb = rgb.new_zeros(rgb.shape[0], *render.image_size, rgb.shape[-1])
+        x = prior.to_model_space(rgb, None)
+        kw = {**self.prior_kwargs(render, cameras), "pixel_index": None, "image_size": None}
         y, _ = reconstruction_targets(prior, x, views, self.omega(step), t1, t2, self.grid, self.cfg.eta, generator,
-                                      **self.prior_kwargs(render, cameras))
-        self.held.target = prior.to_image(y, render.rgb).detach()
+                                      **kw)
+        self.held.target = prior.to_image(y, rgb).detach()
 
     def forward(self, render, cameras, prior, views, step, generator) -> dict[str, Tensor]:
         rgb, subset = render.rgb, render.pixel_index
-        if subset is None and self.held.target.shape != rgb.shape:  # a round's first step on whole images
-            self.make_target(render, cameras, prior, views, step, generator)
-        elif subset is not None and self.held.target.dim() != 4:
-            raise DreamcoreError("guidance 'sir' makes a round's target from whole images: before a round's first "
-                                 "step on pixel subsets the system shows it the whole views (Guidance.whole_images)")
+        if self.held.target.dim() != 4 or (subset is None and self.held.target.shape != rgb.shape):
+            self.make_target(render, cameras, prior, views, step, generator)  # a round's first step
         y = self.held.target.to(rgb)
         scale = 1.0
         if subset is not None:  # the held target's pixels at this step's rays, the sum rescaled to the whole image
