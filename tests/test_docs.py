@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
 # the tools that rewrite a marked section of docs/benchmarks.md with --docs, by section name
 DOC_SECTIONS = {"bench_guidance": "tools/bench_guidance.py", "bench_text_to_3d": "tools/bench_text_to_3d.py",
-                "bench_image_to_3d": "tools/bench_image_to_3d.py", "bench_edit": "tools/bench_edit.py"}
+                "bench_image_to_3d": "tools/bench_image_to_3d.py", "bench_edit": "tools/bench_edit.py",
+                "bench_speed": "tools/bench_speed.py"}
 
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -74,7 +75,8 @@ def test_the_long_tables_live_in_docs_benchmarks():
     rows = [line for line in prose(readme).splitlines() if line.startswith("|")]
     assert len(rows) < 80  # the configuration and guidance reference tables, not measured figures
     for heading in ("## Text-only benchmark", "## Prior benchmark", "## Guidance benchmark", "## The demo",
-                    "## Batch faults", "## Geometry on unseen meshes", "## Meshes and DMTet"):
+                    "## Batch faults", "## Geometry on unseen meshes", "## Meshes and DMTet",
+                    "## Speed benchmark"):
         assert heading in docs
     for section in ("### Prior benchmark", "### Text-only benchmark", "## Measured (2 CPU cores, no GPU)"):
         body = readme.split(section, 1)[1].split("\n#", 1)[0]

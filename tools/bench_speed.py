@@ -31,7 +31,7 @@ the setting and method's present rows, else 0.3 s/step).
 **The report** ``--out`` (default ``bench/speed.md``, with ``.json`` and ``.png``: per setting, GLB PSNR against
 prior calls and against training seconds, one line per method) from every row present.
 
-    .venv/bin/python tools/bench_speed.py --settings reference-nerf,learned-nerf --budget 40
+    .venv/bin/python tools/bench_speed.py --settings reference-nerf,learned-nerf --budget 40 --docs docs/benchmarks.md
     .venv/bin/python tools/bench_speed.py --settings reference-nerf --methods sir --sir-fractions 0.1,0.2
 """
 
@@ -311,6 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/bench-speed", help="run folders")
     ap.add_argument("--rows", default=ROWS)
     ap.add_argument("--out", default="bench/speed.md")
+    ap.add_argument("--docs", default=None, metavar="PAGE", help="also rewrite this page's bench_speed section "
+                    "(docs/benchmarks.md) with the tables")
     ap.add_argument("--sir-set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for the SIR runs only (e.g. guidance.round_steps=10); repeatable")
     ap.add_argument("overrides", nargs="*", help="key=value for every run")
@@ -357,6 +359,10 @@ def main(argv=None) -> int:
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     draw(data["points"], out.with_suffix(".png"))
+    if args.docs:
+        from docs_section import replace_section  # tools/, beside this script
+
+        replace_section(args.docs, "bench_speed", text)
     print(text)
     return 0 if not failed else 1
 
