@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from dreamcore import registry
 from dreamcore.cameras import Cameras, look_at, orbit_cameras
@@ -21,7 +20,7 @@ from dreamcore.priors.analytic import GaussianPrior
 from dreamcore.renderers.output import RenderOutput
 from dreamcore.schedule import Scheduled
 from test_guidance import D, gen, plain_views, render_of
-from test_runner import TINY, assert_same_state
+from test_runner import TINY, assert_same_state, run_and_resume
 
 C = Scheduled.constant
 
@@ -286,13 +285,8 @@ SMALL = ["guidance.noise_table=4096", "guidance.background_table=1024"]
 
 @pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_nerf_run_and_its_resume_is_bit_identical_including_the_noise_field(tmp_path):
-    common_ = [*TINY, "run.steps=4", "run.checkpoint_every=2", "guidance.name=cfd", *SMALL]
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert main(["generate", "--config", "configs/reference-nerf.yaml", *common_, f"run.dir={full}"]) == 0
-    assert main(["generate", "--config", "configs/reference-nerf.yaml", *common_, "run.steps=2",
-                 f"run.dir={part}"]) == 0
-    assert main(["generate", "--resume", str(part), "run.steps=4"]) == 0
-    a, b = load_file(str(full / "ckpt/last.safetensors")), load_file(str(part / "ckpt/last.safetensors"))
+    common_ = [*TINY, "run.checkpoint_every=2", "guidance.name=cfd", *SMALL]
+    a, b, full = run_and_resume(tmp_path, "configs/reference-nerf.yaml", common_, 2, 4)
     assert a["model.guidance.noise.table"].shape == (4096, 3)
     assert a["model.guidance.noise.table"].abs().sum() > 0
     assert_same_state(a, b)

@@ -4,9 +4,7 @@ exact resume with the fixed noise, a host-read-free step, and end-to-end runs. f
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from dreamcore.cli import main
 from dreamcore.config import config_path, load_config
 from dreamcore.guidance import common
 from dreamcore.guidance.gcs import GCSGuidance
@@ -16,7 +14,7 @@ from dreamcore.schedule import Scheduled
 from test_gaussians import GTINY
 from test_guidance import D, gen, plain_views, render_of
 from test_guidance_asd_async import runs_on_every_representation
-from test_runner import assert_same_state
+from test_runner import assert_same_state, run_and_resume
 
 C = Scheduled.constant
 
@@ -181,14 +179,9 @@ def test_recipe_has_the_official_defaults():
 
 @pytest.mark.slow  # an end-to-end run: CI's slow pass
 def test_resume_is_exact_with_the_fixed_noise_and_brightness_equalization(tmp_path):
-    common = [*GTINY, "run.steps=4", "run.checkpoint_every=2", "guidance.name=gcs",
+    common = [*GTINY, "run.checkpoint_every=2", "guidance.name=gcs",
               "representation.brightness_equalize=true", "representation.beg_start=0", "representation.beg_threshold=0.0"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert main(["generate", "--config", "configs/reference-gaussians.yaml", *common, f"run.dir={full}"]) == 0
-    assert main(["generate", "--config", "configs/reference-gaussians.yaml", *common, "run.steps=2",
-                 f"run.dir={part}"]) == 0
-    assert main(["generate", "--resume", str(part), "run.steps=4"]) == 0
-    a, b = load_file(str(full / "ckpt/last.safetensors")), load_file(str(part / "ckpt/last.safetensors"))
+    a, b, full = run_and_resume(tmp_path, "configs/reference-gaussians.yaml", common, 2, 4)
     assert a["model.guidance.noise.field"].shape == (2, 3, 24, 24)
     assert_same_state(a, b)
     assert " gcs=" in (full / "log.txt").read_text() and " gcs_cp=" in (full / "log.txt").read_text()

@@ -268,19 +268,11 @@ def test_pixel_subsets_fit_the_held_targets_pixels_and_need_a_whole_first_step()
 def test_resume_mid_round_is_exact_through_generate(tmp_path):
     """Rounds of 4 steps after an initial 2: a checkpoint at step 4 lies inside round 1; the resumed run renders
     the held views against the held target and ends in the same state as the uninterrupted one."""
-    from safetensors.torch import load_file
-
-    from dreamcore.cli import main
-    from test_runner import TINY, assert_same_state
+    from test_runner import TINY, assert_same_state, run_and_resume
 
     common = [*TINY, "system.rays_per_view=0", "guidance.name=sir", "guidance.round_steps=4", "guidance.init_steps=2",
-              "guidance.denoise_steps=10", "run.checkpoint_every=4", "run.steps=8"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert main(["generate", "--config", "configs/reference-nerf.yaml", *common, f"run.dir={full}"]) == 0
-    assert main(["generate", "--config", "configs/reference-nerf.yaml", *common, "run.steps=4",
-                 f"run.dir={part}"]) == 0
-    assert main(["generate", "--resume", str(part), "run.steps=8"]) == 0
-    a, b = load_file(str(full / "ckpt/last.safetensors")), load_file(str(part / "ckpt/last.safetensors"))
+              "guidance.denoise_steps=10", "run.checkpoint_every=4"]
+    a, b, full = run_and_resume(tmp_path, "configs/reference-nerf.yaml", common, 4, 8)
     assert any(k.startswith("model.guidance.held.target") for k in a)
     assert_same_state(a, b)
     assert " sir=" in (full / "log.txt").read_text()

@@ -38,6 +38,16 @@ def assert_same_state(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def run_and_resume(tmp_path, config, overrides, stop, steps):
+    """A ``steps``-step run of ``config`` and the same run stopped after ``stop`` steps, then resumed to
+    ``steps``: their last checkpoints' tensors (the full run's, the resumed run's) and the full run's folder."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["generate", "--config", config, *overrides, f"run.steps={steps}", f"run.dir={full}"]) == 0
+    assert main(["generate", "--config", config, *overrides, f"run.steps={stop}", f"run.dir={part}"]) == 0
+    assert main(["generate", "--resume", str(part), f"run.steps={steps}"]) == 0
+    return ckpt_tensors(full), ckpt_tensors(part), full
+
+
 def test_seeded_runs_are_reproducible_and_resume_is_exact(tmp_path):
     full = generate(tiny(tmp_path, "full"), announce=lambda *_: None)
     again = generate(tiny(tmp_path, "again"), announce=lambda *_: None)
