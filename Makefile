@@ -80,9 +80,11 @@ bench-edit: $(STAMP)
 	$(BIN)/python tools/bench_edit.py --docs docs/benchmarks.md
 
 # the speed benchmark (bench/speed.md, .json and .png, rows in bench/speed/rows): SIR against SDS in prior
-# evaluations and wall clock on the reference prior and the tiny priors, NeRF and Gaussians; ~1 h on 2 cores
+# evaluations and wall clock on the reference prior and the 2D tiny prior, NeRF and Gaussians (its tables in
+# docs/benchmarks.md); ~1.5 h on 2 cores, rows already present are kept
 bench-speed: $(STAMP)
-	$(BIN)/python tools/bench_speed.py --settings reference-nerf,reference-gaussians,learned-nerf,learned-gaussians
+	$(BIN)/python tools/bench_speed.py --settings reference-nerf,reference-gaussians,learned-nerf,learned-gaussians \
+		--docs docs/benchmarks.md
 
 # the GPU check (tools/gpu_check.py). Here, with the network: fetch the wheels the bare GPU machine lacks (~19 MiB)
 gpu-wheels:

@@ -300,10 +300,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", default="reference-nerf,learned-nerf",
                     help=f"comma-separated, of: {', '.join(SETTINGS)}")
-    ap.add_argument("--methods", default="sds,sir")
+    ap.add_argument("--methods", default="sds,sir,sir-long")
     ap.add_argument("--sds-fractions", default="0.25,0.5,1.0", help="SDS's budgets as fractions of the recipe's "
                     "steps (1.0: the recipe's own run, the target)")
-    ap.add_argument("--sir-fractions", default="0.1,0.2,0.4", help="SIR's budgets, fractions of the recipe's steps")
+    ap.add_argument("--sir-fractions", default="0.1,0.2,0.4,0.8", help="SIR's budgets, fractions of the recipe's steps")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tolerance", type=float, default=0.0, help="dB below SDS's full run that still counts")
