@@ -75,7 +75,7 @@ def test_the_tool_runs_writes_rows_and_reuses_them(tmp_path):
              "representation.log2_table_size=12", "export.resolution=32", "export.texture_size=32",
              "export.isosurface_search=[]", "eval.views=2", "eval.resolution=16", "eval.janus_views=2",
              "prior.bank_views=4"]
-    args = ["--settings", "reference-nerf", "--sds-fractions", "0.004", "--sir-fractions", "0.004",
+    args = ["--settings", "reference-nerf", "--methods", "sds,sir", "--sds-fractions", "0.004", "--sir-fractions", "0.004",
             "--threads", "1", "--work", str(tmp_path / "runs"), "--rows", str(tmp_path / "rows"),
             "--out", str(tmp_path / "speed.md"), "--sir-set", "guidance.round_steps=2", "--sir-set",
             "guidance.denoise_steps=4", "--sir-set", "guidance.init_steps=2", *small]
