@@ -54,25 +54,6 @@ def test_pixel_subsets_equal_full_image_pixels(prior):
     assert torch.allclose(sub, ref, atol=1e-5)
 
 
-def test_consecutive_calls_at_the_same_views_reuse_the_renders(prior, monkeypatch):
-    """A sampler's steps (SIR's targets) call the prior at one set of views: rendered once, same result; another
-    view or background renders anew."""
-    renders = []
-    real = prior._render_camera_data
-    monkeypatch.setattr(prior, "_render_camera_data", lambda *a, **k: renders.append(1) or real(*a, **k))
-    cams = sample_orbit(2, torch.Generator().manual_seed(6)).with_background(torch.rand(2, 3))
-    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
-    t = torch.tensor([300, 700])
-    first = prior.predict_noise(x, t, cond(prior, 2), cameras=cams)
-    again = prior.predict_noise(x, t, cond(prior, 2), cameras=cams)
-    assert len(renders) == 1 and torch.equal(first, again)
-    other = cams.with_background(torch.rand(2, 3))
-    fresh = prior.predict_noise(x, t, cond(prior, 2), cameras=other)
-    assert len(renders) == 2 and not torch.allclose(fresh, first)
-    prior.predict_noise(x, t, cond(prior, 2), cameras=sample_orbit(2, torch.Generator().manual_seed(8)))
-    assert len(renders) == 3
-
-
 def test_unconditional_denoiser_picks_the_nearest_bank_view_at_low_noise(prior):
     rgb_black, alpha = prior.bank(16, 16)
     x0 = (rgb_black[7:8] + (1 - alpha[7:8])) * 2 - 1  # bank view 7 over white

@@ -114,7 +114,6 @@ class ReferencePrior(Prior):
             if cache < 0 else cache
         self._cache: "OrderedDict[tuple, tuple[Tensor, Tensor]]" = OrderedDict()
         self.cache_hits = self.cache_misses = 0
-        self._last_data: Optional[tuple] = None  # (size and objects, cameras and backgrounds, data, log-weights)
 
     def _load_prompted(self, ref: ReferenceSource) -> None:
         """The objects of ``ref.meshes``: its distinct files in order (a file named by two prompts is one object),
@@ -280,18 +279,6 @@ class ReferencePrior(Prior):
         """Renders at each camera and its ring of neighbours, for each of ``objects`` (all by default), object-major:
         data [B, O·(K+1), 3, H, W] in [−1, 1], log-weights [B, O·(K+1)]."""
         objects = list(range(self.num_objects)) if objects is None else objects
-        # a sampler's consecutive calls at the same views (SIR's target, a DDIM path) reuse the last renders
-        where = (h, w, tuple(objects))
-        seen = torch.cat([cameras.c2w.reshape(-1), cameras.fov_y.reshape(-1), bg.reshape(-1).to(cameras.c2w)])
-        last = self._last_data
-        if last is not None and last[0] == where and last[1].shape == seen.shape and torch.equal(last[1], seen):
-            return last[2], last[3]
-        data, logw = self._render_camera_data(cameras, h, w, bg, objects)
-        self._last_data = (where, seen.clone(), data, logw)
-        return data, logw
-
-    def _render_camera_data(self, cameras: Cameras, h: int, w: int, bg: Tensor,
-                            objects: list[int]) -> tuple[Tensor, Tensor]:
         k = self.cfg.neighbors
         el = torch.rad2deg(cameras.elevation)
         az = torch.rad2deg(cameras.azimuth)
