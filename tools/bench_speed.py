@@ -13,10 +13,10 @@ by side in one invocation on this machine.
 **Methods** (``--methods``): ``sds`` — the recipe as it is, at ``--sds-fractions`` of its steps (the last, 1.0,
 is the recipe's own run: the quality to reach); ``sir`` — the same recipe with ``guidance.name=sir`` (MicroDreamer's
 score-based iterative reconstruction, :mod:`dreamcore.guidance.sir`) and :data:`SIR_OVERRIDES` for the setting, at
-``--sir-fractions`` of the recipe's steps; ``sir-long`` — the same with :data:`SIR_VARIANTS`' longer rounds. Every run is one point: its ``metrics.json`` gives the prior
-evaluations (``prior_calls``: denoiser calls, CFG's two rows in one; ``prior_rows``: the views they denoised), the
-training wall clock (``train_seconds``) and the held-out scores (GLB PSNR and IoU at the recipe's ``eval``
-views; the scene's own renders too).
+``--sir-fractions`` of the recipe's steps; ``sir-long`` — the same with :data:`SIR_VARIANTS`' longer rounds.
+Every run is one point: its ``metrics.json`` gives the prior evaluations (``prior_calls``: denoiser calls, CFG's
+two rows in one; ``prior_rows``: the views they denoised), the training wall clock (``train_seconds``) and the
+held-out scores (GLB PSNR and IoU at the recipe's ``eval`` views; the scene's own renders too).
 
 **The target** (per setting): SIR reaches the GLB PSNR of SDS's full run (within ``--tolerance`` dB, default 0)
 with at most 1/5 of its prior calls and in less training time. The report names SIR's cheapest point that

@@ -19,10 +19,12 @@ sequence of **rounds**; round k holds one set of views for its M inner steps:
 The inner steps may fit random pixel subsets of the held views (``system.rays_per_view`` > 0, on priors that take
 them): at a round's first step the system renders the views whole without gradient (:meth:`whole_images`,
 :meth:`see_whole`) to make Y_k (not for round 0's generation from noise, which reads only their size), and every
-inner step compares its rays with Y_k's pixels there, the sum scaled by
-H·W/N (an unbiased estimate of the whole image's loss). Round 0 runs ``init_steps`` inner steps, the others ``round_steps``;
-K is the number of rounds the run's steps hold. With ω = 1 and η = 0 the target map is "noise to t₁, then the
-ODE to 0" (t₂ drops out in the exact flow), and on a Gaussian prior N(μ, s²) the rounds as a Markov chain
+inner step compares its rays with Y_k's pixels there, the sum scaled by H·W/N (an unbiased estimate of the whole
+image's loss).
+
+Round 0 runs ``init_steps`` inner steps, the others ``round_steps``; K is the number of rounds the run's steps
+hold. With ω = 1 and η = 0 the target map is "noise to t₁, then the ODE to 0" (t₂ drops out in the exact flow),
+and on a Gaussian prior N(μ, s²) the rounds as a Markov chain
 x_{k+1} = y_k(x_k) have the stationary law N(μ, s²) in the exact flow (SIR samples where SDS, with the same prior,
 collapses to μ); the DDIM discretization moves the variance by a little, which the tests derive.
 
