@@ -210,11 +210,14 @@ def test_shading_draws_follow_their_probabilities_and_lights_sit_near_the_camera
     assert torch.allclose(jittered.norm(dim=-1), torch.ones(2)) and not torch.allclose(jittered, exact)
 
 
-@pytest.mark.parametrize("levels,log2,base,top", [(12, 15, 16, 256), (4, 12, 4, 32), (6, 19, 16, 2048)])
-def test_hash_encoding_fast_path_matches_the_reference_formula(levels, log2, base, top):
-    """int32 per-kind indices and the scatter-add backward against int64 indices through ``embedding``: the same
-    rows exactly; features and table and point gradients equal up to summation order."""
-    enc = HashGridEncoding(n_levels=levels, n_features=2, log2_table_size=log2, base_resolution=base,
+@pytest.mark.parametrize("levels,log2,base,top,features", [(12, 15, 16, 256, 2), (4, 12, 4, 32, 2),
+                                                             (6, 19, 16, 2048, 2), (5, 12, 8, 64, 1),
+                                                             (5, 12, 8, 64, 4)])
+def test_hash_encoding_fast_path_matches_the_reference_formula(levels, log2, base, top, features):
+    """int32 per-kind indices, the corner-major gather (rows of two features as one int64, other widths as rows)
+    and the per-feature scatter-add backward against int64 indices through ``embedding``: the same rows exactly;
+    features and table and point gradients equal up to summation order, with and without gradients."""
+    enc = HashGridEncoding(n_levels=levels, n_features=features, log2_table_size=log2, base_resolution=base,
                            max_resolution=top)
     enc.table.data.normal_(generator=torch.Generator().manual_seed(0))
     assert enc.n_dense < levels  # both kinds of level are exercised
@@ -223,7 +226,7 @@ def test_hash_encoding_fast_path_matches_the_reference_formula(levels, log2, bas
     i_fast, w_fast = enc.corner_indices(x)
     i_ref, w_ref = enc.reference_corner_indices(x)
     assert torch.equal(i_fast, i_ref) and torch.equal(w_fast, w_ref)
-    g = torch.randn(3000, levels * 2, generator=torch.Generator().manual_seed(2))
+    g = torch.randn(3000, levels * features, generator=torch.Generator().manual_seed(2))
     grads = []
     for fn in (enc.forward, enc.reference):
         enc.table.grad = None
@@ -234,3 +237,5 @@ def test_hash_encoding_fast_path_matches_the_reference_formula(levels, log2, bas
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert grads[0][2].abs().sum() > 0  # gradients reach the points through the weights
+    with torch.no_grad():  # the path without the autograd function
+        assert torch.allclose(enc(x), grads[1][0], rtol=1e-5, atol=1e-6)
