@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from dreamcore.cameras import orbit_cameras
+from dreamcore.cameras import orbit_cameras, sample_orbit
 from dreamcore.config import load_config
 from dreamcore.representations.hashgrid import HashGridEncoding
 from dreamcore.representations.nerf import NeRFField
@@ -150,6 +150,38 @@ def test_march_skips_empty_cells(generator):
     s = march(o, d, grid, 1.0, 0.01, generator)
     z = 3.0 - 0.5 * (s.t_start + s.t_end)
     assert len(z) > 0 and z.abs().max() <= 0.25 + 1e-6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_march_enumerates_exactly_the_samples_of_the_plain_formula(seed):
+    """The march looks up only the samples that can meet the box around the occupied cells; the samples (ray,
+    t, in order) and the generator's draws are those of enumerating every sample in the scene box."""
+    from dreamcore.renderers.volume import march_reference
+
+    g = torch.Generator().manual_seed(seed)
+    grid = OccupancyGrid(16, 1.0)
+    grid.occupied.zero_()
+    lo = torch.randint(0, 10, (3,), generator=g)
+    grid.occupied[lo[0]:lo[0] + 5, lo[1]:lo[1] + 3, lo[2]:lo[2] + 6] = torch.rand(5, 3, 6, generator=g) < 0.6
+    grid.occupied[2, 13, 7] = True  # a stray cell far from the rest
+    cams = sample_orbit(3, g, (-80.0, 80.0), (-180.0, 180.0), (2.0, 3.5), (30.0, 60.0))
+    o, d = cams.pixel_rays(24, 24)
+    o, d = o.reshape(-1, 3).clone(), d.reshape(-1, 3)
+    o[:5] = torch.rand(5, 3, generator=g) * 1.6 - 0.8  # some rays start inside the box
+    for max_distance in (math.inf, 2.6):
+        for jitter in (True, False):
+            g1, g2 = (torch.Generator().manual_seed(seed + 10) if jitter else None for _ in range(2))
+            a = march(o, d, grid, 1.0, 0.013, g1, max_distance)
+            b = march_reference(o, d, grid, 1.0, 0.013, g2, max_distance)
+            assert len(a.ray_index) > 50
+            assert torch.equal(a.ray_index, b.ray_index) and torch.equal(a.t_start, b.t_start)
+            assert torch.equal(a.t_end, b.t_end)
+            if jitter:
+                assert torch.equal(g1.get_state(), g2.get_state())
+    grid.occupied.zero_()  # nothing occupied: no samples, and the same draws
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert len(march(o, d, grid, 1.0, 0.013, g1).ray_index) == 0 == len(march_reference(o, d, grid, 1.0, 0.013, g2).ray_index)
+    assert torch.equal(g1.get_state(), g2.get_state())
 
 
 def test_occupancy_update_revisits_occupied_cells_and_a_sample_of_empty_ones(generator):

@@ -54,10 +54,63 @@ def ray_aabb(origins: Tensor, dirs: Tensor, bound: float) -> tuple[Tensor, Tenso
     return t_near, t_far
 
 
+def ray_box(origins: Tensor, dirs: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Entry and exit distances [R] of rays with the box [lo, hi] (each [3]); t_far < t_near when missed."""
+    inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    t0 = (lo.to(origins) - origins) * inv
+    t1 = (hi.to(origins) - origins) * inv
+    return torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0), torch.maximum(t0, t1).amin(dim=-1)
+
+
 def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
           generator: Optional[torch.Generator], max_distance: float = math.inf) -> PackedSamples:
     """Uniform samples along each ray inside the box (and within ``max_distance`` of the origin), dropping those
-    in empty occupancy cells."""
+    in empty occupancy cells.
+
+    Sample k of a ray sits at t_near + (k + u)·step (u its jitter). Only the k whose samples can fall in the box
+    around the occupied cells (``occupancy.occupied_box()``, with a sample of margin) are enumerated and looked
+    up: the same samples as enumerating every k, at a fraction of the work when the object is small in its box."""
+    t_near, t_far = ray_aabb(origins, dirs, bound)
+    t_far = t_far.clamp(max=max_distance)
+    hit = t_far > t_near
+    if not bool(hit.any()):
+        empty = origins.new_zeros(0)
+        return PackedSamples(empty.long(), empty, empty)
+    if generator is not None:
+        # drawn on the generator's own device (a run's generator lives on its device; for a CPU generator these
+        # are the numbers torch.rand(n, generator=g) gives); the nerfacc backend draws the same
+        offset = torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
+    else:
+        offset = torch.full((origins.shape[0],), 0.5, device=origins.device)
+    box = occupancy.occupied_box()
+    if box is None:
+        empty = origins.new_zeros(0)
+        return PackedSamples(empty.long(), empty, empty)
+    pad = 1e-4 * bound
+    b_near, b_far = ray_box(origins, dirs, box[0] - pad, box[1] + pad)
+    hit &= b_far >= b_near
+    first = (((b_near - t_near) / step - offset).floor() - 1.0).clamp_min(0.0)  # a sample of margin each side
+    last = ((b_far - t_near) / step - offset).ceil() + 1.0
+    span = torch.where(hit, last - first + 1.0, torch.zeros_like(first))
+    n_max = int(span.max().item())
+    if n_max <= 0:
+        empty = origins.new_zeros(0)
+        return PackedSamples(empty.long(), empty, empty)
+    k = first[:, None] + torch.arange(n_max, device=origins.device, dtype=origins.dtype)[None, :]  # [R,K]
+    t_mid = t_near[:, None] + (k + offset[:, None]) * step
+    valid = hit[:, None] & (k <= last[:, None]) & (t_mid < t_far[:, None])
+    flat = valid.reshape(-1).nonzero().squeeze(1)
+    ray_index = torch.div(flat, n_max, rounding_mode="floor")
+    t = t_mid.reshape(-1)[flat]
+    pts = origins[ray_index] + dirs[ray_index] * t[:, None]
+    keep = occupancy.query(pts)
+    ray_index, t = ray_index[keep], t[keep]
+    return PackedSamples(ray_index, t - 0.5 * step, t + 0.5 * step)
+
+
+def march_reference(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
+                    generator: Optional[torch.Generator], max_distance: float = math.inf) -> PackedSamples:
+    """:func:`march` by the plain formula: every sample in the scene box looked up in the grid (parity tests)."""
     t_near, t_far = ray_aabb(origins, dirs, bound)
     t_far = t_far.clamp(max=max_distance)
     hit = t_far > t_near
@@ -66,8 +119,6 @@ def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
         return PackedSamples(empty.long(), empty, empty)
     n_max = int(math.ceil(((t_far - t_near)[hit].max().item()) / step))
     if generator is not None:
-        # drawn on the generator's own device (a run's generator lives on its device; for a CPU generator these
-        # are the numbers torch.rand(n, generator=g) gives); the nerfacc backend draws the same
         offset = torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
     else:
         offset = torch.full((origins.shape[0],), 0.5, device=origins.device)
@@ -76,8 +127,7 @@ def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
     valid = hit[:, None] & (t_mid < t_far[:, None])
     ray_index, sample_k = valid.nonzero(as_tuple=True)
     t = t_mid[ray_index, sample_k]
-    pts = origins[ray_index] + dirs[ray_index] * t[:, None]
-    keep = occupancy.query(pts)
+    keep = occupancy.query(origins[ray_index] + dirs[ray_index] * t[:, None])
     ray_index, t = ray_index[keep], t[keep]
     return PackedSamples(ray_index, t - 0.5 * step, t + 0.5 * step)
 

@@ -197,6 +197,15 @@ class BlendedOccupancy:
             return own
         return torch.where(f.weight(points) > 0, own, f.source.occupancy.query(points))
 
+    def occupied_box(self) -> Optional[tuple[Tensor, Tensor]]:
+        """A box around every point :meth:`query` can accept: the union of the two grids' boxes."""
+        f = self.field
+        boxes = [b for b in (f.edited.occupancy.occupied_box(),
+                             None if f.region is None else f.source.occupancy.occupied_box()) if b is not None]
+        if not boxes:
+            return None
+        return (torch.stack([b[0] for b in boxes]).amin(0), torch.stack([b[1] for b in boxes]).amax(0))
+
     @property
     def occupied(self) -> Tensor:
         """The whole grid [R, R, R] (the nerfacc backend's): the source's cells, or-ed with the edited grid's

@@ -8,7 +8,7 @@ are skipped.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from dreamcore import rng
@@ -22,6 +22,8 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("density", torch.zeros((resolution,) * 3))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("occupied", torch.ones((resolution,) * 3, dtype=torch.bool))
+        self._box_key: tuple = ()
+        self._box: Optional[tuple[Tensor, Tensor]] = None
 
     def cell_index(self, points: Tensor) -> Tensor:
         """[N, 3] → [N] flat cell index (points outside the box are clamped; callers mask them)."""
@@ -64,6 +66,21 @@ class OccupancyGrid(nn.Module):
             k = 2 * dilation + 1
             occupied = torch.nn.functional.max_pool3d(occupied[None, None].float(), k, 1, dilation)[0, 0] > 0
         self.occupied.copy_(occupied)
+
+    def occupied_box(self) -> Optional[tuple[Tensor, Tensor]]:
+        """The box [lo, hi] (each [3], world units) around every occupied cell, or None when none is occupied:
+        what a ray march need not look beyond. Recomputed only when the grid has changed."""
+        key = (self.occupied.data_ptr(), self.occupied._version)
+        if self._box_key != key:
+            cells = self.occupied.nonzero()
+            if len(cells) == 0:
+                self._box = None
+            else:
+                scale = 2.0 * self.bound / self.resolution
+                self._box = (cells.amin(0).to(torch.float32) * scale - self.bound,
+                             (cells.amax(0) + 1).to(torch.float32) * scale - self.bound)
+            self._box_key = key
+        return self._box
 
     def occupied_fraction(self) -> float:
         return self.occupied.float().mean().item()
