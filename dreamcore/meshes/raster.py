@@ -219,7 +219,7 @@ def _scatter_candidates(
     w_box = nx[local_face]
     dy = torch.div(local, w_box, rounding_mode="floor")
     dx = local - dy * w_box
-    c = coef[:, local_face]  # [12, P]
+    c = coef.index_select(1, local_face)  # [12, P] (faster than coef[:, local_face])
     fx, fy = dx.float(), dy.float()
     inside = (c[0] * fx + c[3] * fy + c[6]) >= -EDGE_TOL_PX
     inside &= (c[1] * fx + c[4] * fy + c[7]) >= -EDGE_TOL_PX
@@ -243,7 +243,7 @@ def _zbuffer(clip: Tensor, faces: Tensor, height: int, width: int) -> Tensor:
     step = max(1, _FACE_CHUNK // max(n_views, 1))
     for f0 in range(0, n_faces, step):
         f_idx = torch.arange(f0, min(f0 + step, n_faces), device=dev)
-        tri = clip[:, faces[f_idx]].reshape(-1, 3, 4)  # [B·n, 3, 4], view-major
+        tri = clip.index_select(1, faces[f_idx].reshape(-1)).reshape(-1, 3, 4)  # [B·n, 3, 4], view-major
         cand = _may_cover_pixels(tri, height, width).nonzero().squeeze(1)
         if cand.numel() == 0:
             continue
@@ -318,7 +318,8 @@ def _winner_attributes(
     rem = pix - view * hw
     row = torch.div(rem, width, rounding_mode="floor")
     col = rem - row * width
-    tri = clip[view[:, None], faces[fid]].double()  # [K, 3, 4]
+    rows = (view[:, None] * clip.shape[1] + faces.index_select(0, fid)).reshape(-1)
+    tri = clip.reshape(-1, 4).index_select(0, rows).view(-1, 3, 4).double()  # [K, 3, 4]
     a, b, c, det = _adjugate(*_homogeneous_pixels(tri, height, width))
     px, py = (col + 0.5).to(tri.dtype)[:, None], (row + 0.5).to(tri.dtype)[:, None]
     e = (a * px + b * py + c) / det[:, None]  # [K, 3]

@@ -38,8 +38,11 @@ def face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
 
 def _interp(attr: Tensor, faces: Tensor, fid: Tensor, bary: Tensor) -> Tensor:
     """Barycentric interpolation at K fragments: attr [V, C], fid [K], bary [K, 3] -> [K, C]."""
-    vals = attr[faces[fid]]  # [K, 3, C]
-    return (vals * bary[..., None]).sum(1)
+    corner = faces.index_select(0, fid)  # [K, 3]
+    out = attr.index_select(0, corner[:, 0]) * bary[:, :1]
+    out += attr.index_select(0, corner[:, 1]) * bary[:, 1:2]
+    out += attr.index_select(0, corner[:, 2]) * bary[:, 2:3]
+    return out
 
 
 def surface_albedo(asset: MeshAsset, fid: Tensor, bary: Tensor) -> Tensor:
@@ -90,26 +93,29 @@ def _render_views(
     clip = vertices_to_clip(verts, cameras.world_to_clip(height, width).to(torch.float32))
     frags = rasterize(clip, faces, height, width)
     n_views = len(cameras)
-    idx = (frags.face_id >= 0).nonzero(as_tuple=True)
-    fid, bary = frags.face_id[idx], frags.bary[idx]
-    view = idx[0]
-    eye = cameras.position.to(torch.float32)[view]  # [K, 3]
+    pix = (frags.face_id.reshape(-1) >= 0).nonzero().squeeze(1)  # covered pixels, flat over [B, H, W]
+    fid, bary = frags.face_id.reshape(-1)[pix], frags.bary.reshape(-1, 3).index_select(0, pix)
+    view = torch.div(pix, height * width, rounding_mode="floor")
+    eye = cameras.position.to(torch.float32).index_select(0, view)  # [K, 3]
     point = _interp(verts, faces, fid, bary)
     to_eye = eye - point
-    normal = face_normals(verts, faces)[fid]
+    normal = face_normals(verts, faces).index_select(0, fid)
     normal = torch.where((normal * to_eye).sum(-1, keepdim=True) < 0, -normal, normal)
     color = surface_albedo(asset, fid, bary)
     if shading == "lambertian":
         light = F.normalize(cameras.c2w[:, :3, 2].to(torch.float32), dim=-1)[view]  # towards the camera
         color = color * (AMBIENT + DIFFUSE * (normal * light).sum(-1, keepdim=True).clamp_min(0.0))
-    rgb = background[:, None, None, :].expand(n_views, height, width, 3).clone()
-    rgb[idx] = color
-    alpha = torch.zeros(n_views, height, width, 1, device=dev)
-    alpha[idx] = 1.0
-    depth = torch.zeros(n_views, height, width, 1, device=dev)
-    depth[idx] = to_eye.norm(dim=-1, keepdim=True)
-    normals = torch.zeros(n_views, height, width, 3, device=dev)
-    normals[idx] = normal
+
+    def image(channels: int, values: Tensor, fill: Optional[Tensor] = None) -> Tensor:
+        out = (torch.zeros(n_views, height, width, channels, device=dev) if fill is None
+               else fill[:, None, None, :].expand(n_views, height, width, channels).contiguous())
+        out.view(-1, channels).index_copy_(0, pix, values.to(out.dtype))
+        return out
+
+    rgb = image(3, color, background)
+    alpha = image(1, torch.ones(len(pix), 1, device=dev))
+    depth = image(1, to_eye.norm(dim=-1, keepdim=True))
+    normals = image(3, normal)
     return rgb, alpha, depth, normals
 
 
