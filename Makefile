@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamcore-installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text bench-image bench-edit bench-speed gpu-wheels gpu-check gpu-check-dry clean
+.PHONY: install demo studio test test-browser test-slow test-all bench tiny-prior tiny-mv-prior tiny-mv-image-prior bench-text bench-image bench-edit bench-speed bench-step gpu-wheels gpu-check gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -84,6 +84,13 @@ bench-edit: $(STAMP)
 # docs/benchmarks.md); ~1.5 h on 2 cores, rows already present are kept
 bench-speed: $(STAMP)
 	$(BIN)/python tools/bench_speed.py --settings reference-nerf,reference-gaussians,learned-nerf,learned-gaussians \
+		--docs docs/benchmarks.md
+
+# the step-time benchmark (bench/step.md and .json, its table in docs/benchmarks.md): seconds per step of the demo's
+# and the reference Gaussians' default step, this tree against the commit before the step work (a git worktree),
+# measured alternately; ~10 min on 2 cores
+bench-step: $(STAMP)
+	$(BIN)/python tools/bench_step.py --settings reference-nerf,reference-gaussians --against 3e1eb48 --rounds 2 \
 		--docs docs/benchmarks.md
 
 # the GPU check (tools/gpu_check.py). Here, with the network: fetch the wheels the bare GPU machine lacks (~19 MiB)

@@ -15,7 +15,7 @@ PAGES = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
 # the tools that rewrite a marked section of docs/benchmarks.md with --docs, by section name
 DOC_SECTIONS = {"bench_guidance": "tools/bench_guidance.py", "bench_text_to_3d": "tools/bench_text_to_3d.py",
                 "bench_image_to_3d": "tools/bench_image_to_3d.py", "bench_edit": "tools/bench_edit.py",
-                "bench_speed": "tools/bench_speed.py"}
+                "bench_speed": "tools/bench_speed.py", "bench_step": "tools/bench_step.py"}
 
 sys.path.insert(0, str(ROOT / "tools"))
 
