@@ -151,8 +151,8 @@ def rasterize(proj: Projection, opacities: Tensor, features: Tensor, height: int
     packed = torch.cat([proj.means2d.reshape(-1, 2), proj.conics.reshape(-1, 3), opac], 1)  # [B·N, 6]
 
     def alphas(pid_: Tensor, gid_: Tensor, table: Tensor) -> Tensor:
-        g = table[gid_]  # one gather per pair: (u, v, a, b, c, o)
-        d = pix[pid_] - g[:, :2]
+        g = table.index_select(0, gid_)  # one gather per pair: (u, v, a, b, c, o)
+        d = pix.index_select(0, pid_) - g[:, :2]
         dx, dy = d[:, 0], d[:, 1]
         power = -0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) - g[:, 3] * dx * dy
         alpha = (g[:, 5] * torch.exp(power.clamp(max=0.0))).clamp(max=ALPHA_MAX)
@@ -190,7 +190,7 @@ def rasterize(proj: Projection, opacities: Tensor, features: Tensor, height: int
     alpha = alphas(pid, gid, packed)
     trans = torch.exp(exclusive_segment_cumsum(torch.log1p(-alpha), pid, b * p))
     w = trans * alpha
-    feats = features.reshape(b * n, -1)[gid]
+    feats = features.reshape(b * n, -1).index_select(0, gid)
     out = features.new_zeros(b * p, features.shape[-1]).index_add(0, pid, w[:, None] * feats)
     acc = features.new_zeros(b * p).index_add(0, pid, w)
     return out.reshape(b, p, -1), acc.reshape(b, p)
