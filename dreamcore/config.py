@@ -68,6 +68,31 @@ class OptimizerConfig:
 
 
 @dataclass
+class PicardConfig:
+    """``run.picard``: DreamPropeller's Picard-parallel optimization (:mod:`dreamcore.runner.picard`). A window of
+    ``window`` future steps has its gradients evaluated at the current guesses of the trajectory (in ``workers``
+    processes, or one after another in this one at 0), then one sequential optimizer rollout accepts steps for as
+    long as it agrees with the guesses within ``threshold`` (0: exactly, which reproduces the step-seeded
+    sequential run bit for bit). ``window: 0`` is off: the plain sequential loop."""
+
+    window: int = 0
+    threshold: float = 0.0  # fixed-point error 1e6·Σ‖θ' − θ‖²/#params above which a guess is rejected
+    workers: int = 0  # gradient processes (each its own system and prior); 0: in this process
+    adapt: Literal["none", "median", "mean"] = "none"  # τ ← ema·τ + (1 − ema)·agg(errors of the round)
+    ema: float = 0.9
+
+    def __post_init__(self) -> None:
+        for key in ("window", "workers"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise DreamcoreError(f"run.picard.{key} must be an integer >= 0, got {value!r}")
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold >= 0):
+            raise DreamcoreError(f"run.picard.threshold must be a finite number >= 0, got {self.threshold!r}")
+        if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema <= 1.0):
+            raise DreamcoreError(f"run.picard.ema must be a number in [0, 1], got {self.ema!r}")
+
+
+@dataclass
 class RunConfig:
     dir: str = ""
     steps: int = step_count(1000)
@@ -88,6 +113,10 @@ class RunConfig:
     # anneals, loss weights, densification, SH growth; not the checkpoint, validation and log intervals) when
     # the config is loaded; the merged config.yaml holds the scaled values and 1.0 here
     time_scale: float = 1.0
+    # reseed the run's generator at every step from (seed, step) (and again, apart, for the step's after_step draws),
+    # so that a step's draws do not depend on the steps before it; always on with run.picard
+    step_seeds: bool = False
+    picard: PicardConfig = field(default_factory=PicardConfig)
 
 
 @dataclass
@@ -546,6 +575,8 @@ NEUTRAL_SETTINGS: dict[str, tuple[Any, str]] = {
     "image.path": ("", "image"),  # no picture: the whole image section is off
     "eval.align": ("none", "eval.align"),
     "prior.reference.meshes": ({}, "prior.reference.meshes"),  # the reference prior's prompt → mesh map (editing)
+    "run.step_seeds": (False, "run.step_seeds"),
+    "run.picard": ({"window": 0, "threshold": 0.0, "workers": 0, "adapt": "none", "ema": 0.9}, "run.picard"),
 }
 
 

@@ -77,7 +77,9 @@ def generate(cfg: Config, resume: bool = False, announce=print) -> Path:
         trainer.fit()
         trainer.validate()
         t0 = time.perf_counter()
-        metrics = {"steps": trainer.step, "train_seconds": round(trainer.seconds, 1),
+        picard = ({"picard_rounds": trainer.picard_rounds, "picard_gradient_evals": trainer.picard_gradient_evals}
+                  if cfg.run.picard.window > 0 else {})  # run.picard: its rounds beside the accepted steps
+        metrics = {"steps": trainer.step, **picard, "train_seconds": round(trainer.seconds, 1),
                    "seconds_per_step": round(trainer.seconds / max(trainer.step, 1), 4),
                    "prior_calls": trainer.system.prior.denoiser_calls,  # (restored from the checkpoint on resume)
                    "prior_rows": trainer.system.prior.denoised_rows,

@@ -4,7 +4,11 @@ with validation renders and atomic checkpoints on schedule and exact resume (mod
 The step never reads a value back to the host (on a GPU each read waits for the queued work): the run's random
 draws are made on its device (:class:`dreamcore.rng.RunGenerator`), the losses stay tensors until a logging step
 reads them, and a non-finite loss is noted on the device and acted on at the next logging, validation or
-checkpoint step — before anything is saved, so the last checkpoint is always a finite state."""
+checkpoint step — before anything is saved, so the last checkpoint is always a finite state.
+
+``run.step_seeds`` reseeds the generator at each step from (run.seed, step), and apart for the step's
+``after_step`` draws, so that a step's draws do not depend on the steps before it; ``run.picard`` (always
+step-seeded) runs the same steps in Picard-parallel windows (:mod:`dreamcore.runner.picard`)."""
 
 from __future__ import annotations
 
@@ -78,6 +82,10 @@ class Trainer:
             self.system.prior.denoised_rows = int(meta.get("prior_rows", 0))
         self._stop_requested = False
         self.seconds = 0.0
+        # run.step_seeds (always with run.picard): every step draws from (run.seed, step) alone
+        self.step_seeded = cfg.run.step_seeds or cfg.run.picard.window > 0
+        self.picard_rounds = int(meta.get("picard_rounds", 0)) if resume else 0  # run.picard's counts
+        self.picard_gradient_evals = int(meta.get("picard_gradient_evals", 0)) if resume else 0
 
     def _initialize_from(self, run_dir: str) -> None:
         from dreamcore.runner.init import load_run_system
@@ -94,6 +102,10 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} \
             if _main_thread() else {}
         try:
+            if cfg.picard.window > 0:  # DreamPropeller's Picard-parallel loop: the same steps, accepted in windows
+                from dreamcore.runner.picard import run_picard
+
+                run_picard(self, bar)
             while self.step < cfg.steps and not self._stop_requested:
                 t0 = time.perf_counter()
                 try:
@@ -121,6 +133,8 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         """One optimization step; returns the loss terms as detached tensors (read them at logging steps)."""
+        if self.step_seeded:
+            seed_step(self.generator, self.cfg.run.seed, step)
         self._set_learning_rate(step)
         cameras = self.sample_cameras()
         with self.precision.autocast():
@@ -133,6 +147,8 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optimizer.grad_clip)
         self.precision.step(self.optimizer)
+        if self.step_seeded:  # the after-step draws (occupancy jitter, split samples) from a stream of their own
+            seed_step(self.generator, self.cfg.run.seed, step, AFTER_STEP)
         self.system.after_step(step, self.generator)
         self._first_bad = torch.where((self._first_bad < 0) & ~torch.isfinite(loss.detach()), step + 1,
                                       self._first_bad)
@@ -208,6 +224,8 @@ class Trainer:
         self.check_finite()
         prior = self.system.prior
         counts = {"seconds": self.seconds, "prior_calls": prior.denoiser_calls, "prior_rows": prior.denoised_rows}
+        if self.cfg.run.picard.window > 0:
+            counts.update(picard_rounds=self.picard_rounds, picard_gradient_evals=self.picard_gradient_evals)
         checkpoint.save_checkpoint(self.run.ckpt_dir, self.step, self.system.trainable_modules(), self.optimizer,
                                    self.generator, counts, self._extra_optimizers())
         self._saved_step = self.step
@@ -242,6 +260,17 @@ class Trainer:
 
     def _request_stop(self, signum, frame) -> None:  # noqa: ARG002
         self._stop_requested = True
+
+
+TRAINING, AFTER_STEP = 0, 1  # the two random streams of a step-seeded step
+
+
+def seed_step(generator: RunGenerator, seed: int, step: int, phase: int = TRAINING) -> None:
+    """Reseed the run's generator (device and host) for ``phase`` of step ``step`` of a run seeded ``seed``:
+    ``run.step_seeds`` and ``run.picard``, where a step's draws must not depend on the steps before it."""
+    value = ((seed * 1_000_003 + step) * 2 + phase) % (1 << 63)
+    generator.manual_seed(value)
+    generator.host.seed(value)
 
 
 def _main_thread() -> bool:
