@@ -30,6 +30,8 @@ def test_the_tool_measures_this_tree_against_a_worktree_of_another_commit(tmp_pa
     assert Path(e["baseline"]["source"]) != ROOT and Path(e["baseline"]["source"]).name == "baseline"
     assert e["this"]["steps"] == e["baseline"]["steps"] == 3
     assert e["speedup"] == pytest.approx(e["baseline"]["s_per_step"] / e["this"]["s_per_step"])
+    assert e["cpu_speedup"] == pytest.approx(e["baseline"]["cpu_s_per_step"] / e["this"]["cpu_s_per_step"])
+    assert e["this"]["cpu_s_per_step"] > 0
     parts = e["parts"]
     assert set(parts) == set(bench_step.PARTS) | {"other"}
     assert parts["render"] > 0 and parts["guidance"] > 0 and parts["backward"] > 0 and parts["optimizer"] > 0
