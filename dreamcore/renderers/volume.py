@@ -62,6 +62,21 @@ def ray_box(origins: Tensor, dirs: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tens
     return torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0), torch.maximum(t0, t1).amin(dim=-1)
 
 
+def no_samples(origins: Tensor) -> PackedSamples:
+    """An empty sample set on ``origins``' device."""
+    empty = origins.new_zeros(0)
+    return PackedSamples(empty.long(), empty, empty)
+
+
+def sample_offsets(origins: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """Each ray's sample jitter u ∈ [0, 1) [R] (½ without a generator: deterministic renders). Drawn on the
+    generator's own device (a run's generator lives on its device; for a CPU generator these are the numbers
+    torch.rand(n, generator=g) gives); the nerfacc backend draws the same."""
+    if generator is None:
+        return torch.full((origins.shape[0],), 0.5, device=origins.device)
+    return torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
+
+
 def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
           generator: Optional[torch.Generator], max_distance: float = math.inf) -> PackedSamples:
     """Uniform samples along each ray inside the box (and within ``max_distance`` of the origin), dropping those
@@ -74,18 +89,11 @@ def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
     t_far = t_far.clamp(max=max_distance)
     hit = t_far > t_near
     if not bool(hit.any()):
-        empty = origins.new_zeros(0)
-        return PackedSamples(empty.long(), empty, empty)
-    if generator is not None:
-        # drawn on the generator's own device (a run's generator lives on its device; for a CPU generator these
-        # are the numbers torch.rand(n, generator=g) gives); the nerfacc backend draws the same
-        offset = torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
-    else:
-        offset = torch.full((origins.shape[0],), 0.5, device=origins.device)
+        return no_samples(origins)
+    offset = sample_offsets(origins, generator)
     box = occupancy.occupied_box()
     if box is None:
-        empty = origins.new_zeros(0)
-        return PackedSamples(empty.long(), empty, empty)
+        return no_samples(origins)
     pad = 1e-4 * bound
     b_near, b_far = ray_box(origins, dirs, box[0] - pad, box[1] + pad)
     hit &= b_far >= b_near
@@ -94,8 +102,7 @@ def march(origins: Tensor, dirs: Tensor, occupancy, bound: float, step: float,
     span = torch.where(hit, last - first + 1.0, torch.zeros_like(first))
     n_max = int(span.max().item())
     if n_max <= 0:
-        empty = origins.new_zeros(0)
-        return PackedSamples(empty.long(), empty, empty)
+        return no_samples(origins)
     k = first[:, None] + torch.arange(n_max, device=origins.device, dtype=origins.dtype)[None, :]  # [R,K]
     t_mid = t_near[:, None] + (k + offset[:, None]) * step
     valid = hit[:, None] & (k <= last[:, None]) & (t_mid < t_far[:, None])
@@ -115,13 +122,9 @@ def march_reference(origins: Tensor, dirs: Tensor, occupancy, bound: float, step
     t_far = t_far.clamp(max=max_distance)
     hit = t_far > t_near
     if not bool(hit.any()):
-        empty = origins.new_zeros(0)
-        return PackedSamples(empty.long(), empty, empty)
+        return no_samples(origins)
     n_max = int(math.ceil(((t_far - t_near)[hit].max().item()) / step))
-    if generator is not None:
-        offset = torch.rand(origins.shape[0], generator=generator, device=generator.device).to(origins.device)
-    else:
-        offset = torch.full((origins.shape[0],), 0.5, device=origins.device)
+    offset = sample_offsets(origins, generator)
     k = torch.arange(n_max, device=origins.device, dtype=origins.dtype)
     t_mid = t_near[:, None] + (k[None, :] + offset[:, None]) * step  # [R,K]
     valid = hit[:, None] & (t_mid < t_far[:, None])
