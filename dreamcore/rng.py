@@ -42,6 +42,17 @@ class RunGenerator(torch.Generator):
         self.host.setstate((version, tuple(internal), gauss))
 
 
+TRAINING, AFTER_STEP = 0, 1  # the two random streams of a step-seeded step
+
+
+def seed_step(generator: RunGenerator, seed: int, step: int, phase: int = TRAINING) -> None:
+    """Reseed the run's generator (device and host) for ``phase`` of step ``step`` of a run seeded ``seed``:
+    ``run.step_seeds`` and ``run.picard``, where a step's draws must not depend on the steps before it."""
+    value = ((seed * 1_000_003 + step) * 2 + phase) % (1 << 63)
+    generator.manual_seed(value)
+    generator.host.seed(value)
+
+
 def host_random(generator: Optional[torch.Generator]) -> float:
     """A uniform number in [0, 1) for a host-side choice: from ``generator.host`` when the generator has one
     (no device read), else one draw of ``generator`` itself read back (plain generators, tests)."""

@@ -119,7 +119,7 @@ class Gradient:
 def evaluate(trainer, step: int, state: State) -> Gradient:
     """∇L(θ; ξ_step) at ``state``, on ``trainer``'s system (a second trainer: never the rollout's), drawing what
     the sequential step ``step`` draws (:meth:`Trainer.train_step` up to the backward)."""
-    from dreamcore.runner.trainer import seed_step
+    from dreamcore.rng import seed_step
 
     system = trainer.system
     load_state(system, state)
@@ -197,27 +197,27 @@ def _to_cpu(g: Gradient) -> Gradient:
 
 
 # -- evaluators: this process, or worker processes ------------------------------------------------------------------
-def _shadow_trainer(cfg, run_path: str, threads: int, device: Optional[str] = None):
-    """A second trainer of the same config (its own system and prior), used only to evaluate gradients."""
+def _shadow_trainer(trainer_cls, cfg, run_path: str, threads: int, device: Optional[str] = None):
+    """A second trainer (of the run's own trainer class, handed down: this module does not import the trainer,
+    which imports it) of the same config, with its own system and prior, used only to evaluate gradients."""
     import dataclasses
 
     from dreamcore.runner.rundir import RunDir
-    from dreamcore.runner.trainer import Trainer
     from pathlib import Path
 
     if device is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device=device))
     torch.set_num_threads(threads)
-    return Trainer(cfg, RunDir(Path(run_path)), resume=False)
+    return trainer_cls(cfg, RunDir(Path(run_path)), resume=False)
 
 
 class LocalEvaluator:
     """``workers: 0``: the window's gradients one after another, on a second system in this process."""
 
-    def __init__(self, cfg, run_path: str) -> None:
+    def __init__(self, trainer_cls, cfg, run_path: str) -> None:
         threads = torch.get_num_threads()
         rng_state = torch.get_rng_state()  # (building a trainer seeds torch's global generator)
-        self.trainer = _shadow_trainer(cfg, run_path, threads)
+        self.trainer = _shadow_trainer(trainer_cls, cfg, run_path, threads)
         torch.set_rng_state(rng_state)
 
     def gradients(self, jobs: list[tuple[int, State]]) -> list[Gradient]:
@@ -231,7 +231,8 @@ class LocalEvaluator:
         return None
 
 
-def _worker(index: int, tree: dict, run_path: str, threads: int, device: Optional[str], tasks, results) -> None:
+def _worker(index: int, trainer_cls, tree: dict, run_path: str, threads: int, device: Optional[str], tasks,
+            results) -> None:
     """A worker process: build the system once, then evaluate (step, state) jobs until told to stop (None)."""
     import signal
 
@@ -239,7 +240,7 @@ def _worker(index: int, tree: dict, run_path: str, threads: int, device: Optiona
     try:
         from dreamcore.config import load_config
 
-        trainer = _shadow_trainer(load_config(base=tree), run_path, threads, device)
+        trainer = _shadow_trainer(trainer_cls, load_config(base=tree), run_path, threads, device)
         results.put(("ready", None, None))
     except BaseException:  # noqa: BLE001 (reported to the main process)
         results.put(("error", None, traceback.format_exc()))
@@ -261,7 +262,7 @@ class ProcessEvaluator:
     """``workers: N``: N spawned processes, each with its own system and prior (one GPU each when there are GPUs),
     fed the window's (step, guess) jobs through one queue."""
 
-    def __init__(self, cfg, run_path: str, workers: int, device: torch.device) -> None:
+    def __init__(self, trainer_cls, cfg, run_path: str, workers: int, device: torch.device) -> None:
         from dreamcore.config import to_tree
 
         ctx = torch.multiprocessing.get_context("spawn")
@@ -273,7 +274,8 @@ class ProcessEvaluator:
         tree = to_tree(cfg)
         for i in range(workers):
             dev = f"cuda:{i % gpus}" if gpus else None
-            p = ctx.Process(target=_worker, args=(i, tree, run_path, threads, dev, self.tasks, self.results),
+            p = ctx.Process(target=_worker, args=(i, trainer_cls, tree, run_path, threads, dev, self.tasks,
+                                                  self.results),
                             daemon=True, name=f"dreamcore-picard-{i}")
             p.start()
             self.procs.append(p)
@@ -341,7 +343,7 @@ def check_supported(trainer) -> None:
 def _apply_gradient(trainer, g: Gradient) -> bool:
     """The rollout's step ``g.step`` from the gradient ``g``: False (nothing changed) when a gradient's shape no
     longer fits its parameter (the rollout's Gaussians were densified after the guess)."""
-    from dreamcore.runner.trainer import AFTER_STEP, seed_step
+    from dreamcore.rng import AFTER_STEP, seed_step
 
     modules = trainer.system.trainable_modules()
     pairs = []
@@ -375,8 +377,9 @@ def run_picard(trainer, bar) -> None:
     cfg = trainer.cfg.run
     pc = cfg.picard
     check_supported(trainer)
-    evaluator = (ProcessEvaluator(trainer.cfg, str(trainer.run.path), pc.workers, trainer.device) if pc.workers > 0
-                 else LocalEvaluator(trainer.cfg, str(trainer.run.path)))
+    shadow = type(trainer)  # (pickled by name for the worker processes)
+    evaluator = (ProcessEvaluator(shadow, trainer.cfg, str(trainer.run.path), pc.workers, trainer.device)
+                 if pc.workers > 0 else LocalEvaluator(shadow, trainer.cfg, str(trainer.run.path)))
     system = trainer.system
     params = parameter_names(system)
     tau = pc.threshold

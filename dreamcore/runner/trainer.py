@@ -23,7 +23,7 @@ import torch
 from dreamcore.errors import DreamcoreError
 from dreamcore.cameras import Cameras, sample_orbit, turntable_cameras
 from dreamcore.config import Config
-from dreamcore.rng import RunGenerator, integers
+from dreamcore.rng import AFTER_STEP, RunGenerator, integers, seed_step
 from dreamcore.runner import checkpoint
 from dreamcore.runner.init import build_system, reattach_source
 from dreamcore.runner.rundir import RunDir
@@ -260,17 +260,6 @@ class Trainer:
 
     def _request_stop(self, signum, frame) -> None:  # noqa: ARG002
         self._stop_requested = True
-
-
-TRAINING, AFTER_STEP = 0, 1  # the two random streams of a step-seeded step
-
-
-def seed_step(generator: RunGenerator, seed: int, step: int, phase: int = TRAINING) -> None:
-    """Reseed the run's generator (device and host) for ``phase`` of step ``step`` of a run seeded ``seed``:
-    ``run.step_seeds`` and ``run.picard``, where a step's draws must not depend on the steps before it."""
-    value = ((seed * 1_000_003 + step) * 2 + phase) % (1 << 63)
-    generator.manual_seed(value)
-    generator.host.seed(value)
 
 
 def _main_thread() -> bool:
