@@ -46,12 +46,8 @@ class PackedSamples:
 
 def ray_aabb(origins: Tensor, dirs: Tensor, bound: float) -> tuple[Tensor, Tensor]:
     """Entry and exit distances [R] of rays with the box [−bound, bound]³ (t_far < t_near when missed)."""
-    inv = 1.0 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
-    t0 = (-bound - origins) * inv
-    t1 = (bound - origins) * inv
-    t_near = torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0)
-    t_far = torch.maximum(t0, t1).amin(dim=-1)
-    return t_near, t_far
+    corner = torch.full((3,), float(bound), dtype=origins.dtype, device=origins.device)
+    return ray_box(origins, dirs, -corner, corner)
 
 
 def ray_box(origins: Tensor, dirs: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:

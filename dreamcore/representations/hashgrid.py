@@ -35,10 +35,15 @@ def _gather_rows(table: Tensor, idx: Tensor) -> Tensor:
     return table.index_select(0, idx)
 
 
+def _corner_features(table: Tensor, idx: Tensor) -> Tensor:
+    """The table rows of corners, levels, points idx [8, L, N], feature-major: [F, 8, L, N] (a view)."""
+    corners, levels, n = idx.shape
+    return _gather_rows(table, idx.reshape(-1)).view(corners, levels, n, -1).movedim(-1, 0)
+
+
 def _interpolate(table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
     """out[f, l, n] = Σ_c w[c, l, n] · table[idx[c, l, n], f] for corners, levels, points [8, L, N] → [F, L, N]."""
-    corners, levels, n = idx.shape
-    feats = _gather_rows(table, idx.reshape(-1)).view(corners, levels, n, -1).movedim(-1, 0)  # [F, 8, L, N]
+    feats = _corner_features(table, idx)
     return (feats * w.to(feats.dtype)).sum(1)
 
 
@@ -61,8 +66,7 @@ class _InterpolateCorners(torch.autograd.Function):
             grad_table = torch.stack([table.new_zeros(table.shape[0]).index_add_(0, flat, (wg * g).reshape(-1).to(table.dtype))
                                       for g in grad], dim=1)
         if ctx.needs_input_grad[2]:  # through the weights to the points (e.g. autograd normals)
-            corners, levels, n = idx.shape
-            feats = _gather_rows(table, flat).view(corners, levels, n, -1).movedim(-1, 0)
+            feats = _corner_features(table, idx)
             grad_w = (feats * grad[:, None].to(feats.dtype)).sum(0).to(w.dtype)
         return grad_table, None, grad_w
 
