@@ -18,6 +18,45 @@ import torch
 from torch import Tensor
 
 VIEW_LABELS = ("front", "side", "back", "overhead")
+SHADING_MODES = ("albedo", "lambertian", "textureless")
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """The light a batch of B views was shaded under (DreamFusion, Poole et al. 2022, §3.1).
+
+    mode: ``albedo`` (base colour, no light), ``lambertian`` (albedo · shade) or ``textureless`` (the shade
+    alone, white albedo), with shade = ambient + (1 − ambient)·max(0, n·l). direction: [B, 3] unit vectors l from
+    the origin towards a light at infinity, one per view. ambient: the share of the shade that does not depend on
+    the surface normal n.
+    """
+
+    mode: str
+    direction: Tensor
+    ambient: float
+
+    def __post_init__(self) -> None:
+        if self.mode not in SHADING_MODES:
+            raise ValueError(f"lighting mode must be one of {SHADING_MODES}, got {self.mode!r}")
+
+    def __getitem__(self, idx) -> "Lighting":
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return Lighting(self.mode, self.direction[idx], self.ambient)
+
+    def to(self, device: torch.device | str) -> "Lighting":
+        return Lighting(self.mode, self.direction.to(device), self.ambient)
+
+    def repeat_interleave(self, k: int) -> "Lighting":
+        """Each view's light repeated for ``k`` consecutive views (a view and its neighbours)."""
+        return Lighting(self.mode, self.direction.repeat_interleave(k, 0), self.ambient)
+
+    def shade(self, normal: Tensor, view: Optional[Tensor] = None) -> Tensor:
+        """[K, 1] shade ambient + (1 − ambient)·max(0, n·l) of unit normals [K, 3] seen by views ``view`` [K]
+        (all from view 0 when None)."""
+        light = self.direction.to(normal.dtype)
+        light = light[:1].expand_as(normal) if view is None else light.index_select(0, view)
+        return self.ambient + (1.0 - self.ambient) * (normal * light).sum(-1, keepdim=True).clamp_min(0.0)
 
 
 @dataclass
@@ -27,6 +66,8 @@ class Cameras:
     c2w: [B, 4, 4] camera-to-world (OpenGL camera frame). fov_y: [B] vertical field of view (radians).
     elevation, azimuth, distance: [B] orbit parameters (radians, scene units).
     background: [B, 3] colour behind the object for this view, or None (the renderer's own background).
+    lighting: the light these views were rendered under (set from the render for the prior: a light-conditioned
+    prior renders its data under the same light), or None (albedo).
     """
 
     c2w: Tensor
@@ -35,6 +76,7 @@ class Cameras:
     azimuth: Tensor
     distance: Tensor
     background: Optional[Tensor] = None
+    lighting: Optional[Lighting] = None
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -50,16 +92,26 @@ class Cameras:
 
     def to(self, device: torch.device | str) -> "Cameras":
         bg = None if self.background is None else self.background.to(device)
-        return Cameras(*(t.to(device) for t in (self.c2w, self.fov_y, self.elevation, self.azimuth, self.distance)), bg)
+        light = None if self.lighting is None else self.lighting.to(device)
+        return Cameras(*(t.to(device) for t in (self.c2w, self.fov_y, self.elevation, self.azimuth, self.distance)),
+                       bg, light)
 
     def __getitem__(self, idx) -> "Cameras":
         if isinstance(idx, int):
             idx = slice(idx, idx + 1)
         bg = None if self.background is None else self.background[idx]
-        return Cameras(self.c2w[idx], self.fov_y[idx], self.elevation[idx], self.azimuth[idx], self.distance[idx], bg)
+        light = None if self.lighting is None else self.lighting[idx]
+        return Cameras(self.c2w[idx], self.fov_y[idx], self.elevation[idx], self.azimuth[idx], self.distance[idx], bg,
+                       light)
 
     def with_background(self, background: Optional[Tensor]) -> "Cameras":
         return replace(self, background=background)
+
+    def with_lighting(self, lighting: Optional[Lighting]) -> "Cameras":
+        """These cameras tagged with the light their views were rendered under (None: albedo)."""
+        if lighting is not None and lighting.direction.shape[0] != len(self):
+            raise ValueError(f"lighting for {lighting.direction.shape[0]} views given to {len(self)} cameras")
+        return replace(self, lighting=lighting)
 
     def focal(self, height: int) -> Tensor:
         """[B] focal length in pixels for an image ``height`` pixels tall."""

@@ -136,6 +136,7 @@ class DreamFusionSystem(System):
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
         self.show_whole(cameras, views, step, generator)
         render = self.render_training(cameras, generator)
+        cameras = cameras.with_lighting(render.lighting)  # a light-conditioned prior sees the light of the views
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
         losses.update(self.regularizers(render, step))
         if self.reference is not None:  # image-to-3D: the picture at its own camera

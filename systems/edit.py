@@ -204,6 +204,7 @@ class EditSystem(System):
         # the source at the same pixels, backgrounds, shading and jitter (frozen: no graph is kept; rendered in the
         # same grad mode, since the renderer splits rays into chunks — and its draws — by that mode)
         source = self.scene.render_training(cameras, replay, self.source_on(render.rgb)) if compare else None
+        cameras = cameras.with_lighting(render.lighting)  # (both renders drew the same light)
         if editing:
             source_views = conditions(self.source_embeddings, cameras, len(cameras), self.full.views,
                                       self.prior.view_dependent)

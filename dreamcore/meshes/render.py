@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, Lighting
 from dreamcore.meshes.asset import MeshAsset
 from dreamcore.meshes.raster import rasterize, sample_texture, vertices_to_clip
 
@@ -83,10 +83,12 @@ def _background(background: Optional[Tensor], cameras: Cameras) -> Tensor:
 
 
 def _render_views(
-    asset: MeshAsset, cameras: Cameras, height: int, width: int, shading: str, background: Tensor
+    asset: MeshAsset, cameras: Cameras, height: int, width: int, shading: str, background: Tensor,
+    lighting: Optional[Lighting] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Render at full (super-sampled) resolution: rgb [B, H, W, 3], alpha [B, H, W, 1], depth [B, H, W, 1]
-    (ray distance ``‖p − o‖``), normal [B, H, W, 3] (world face normals facing the camera)."""
+    (ray distance ``‖p − o‖``), normal [B, H, W, 3] (world face normals facing the camera). ``lighting`` (its
+    views are these cameras') replaces ``shading`` when given."""
     dev = cameras.device
     verts = asset.vertices.to(dev, torch.float32)
     faces = asset.faces.to(dev)
@@ -101,8 +103,11 @@ def _render_views(
     to_eye = eye - point
     normal = face_normals(verts, faces).index_select(0, fid)
     normal = torch.where((normal * to_eye).sum(-1, keepdim=True) < 0, -normal, normal)
-    color = surface_albedo(asset, fid, bary)
-    if shading == "lambertian":
+    textureless = lighting is not None and lighting.mode == "textureless"
+    color = torch.ones_like(point) if textureless else surface_albedo(asset, fid, bary)
+    if lighting is not None and lighting.mode != "albedo":
+        color = color * lighting.to(dev).shade(normal, view)
+    elif lighting is None and shading == "lambertian":
         light = F.normalize(cameras.c2w[:, :3, 2].to(torch.float32), dim=-1)[view]  # towards the camera
         color = color * (AMBIENT + DIFFUSE * (normal * light).sum(-1, keepdim=True).clamp_min(0.0))
 
@@ -132,6 +137,7 @@ def render_mesh(
     supersample: int = 1,
     shading: str = "albedo",
     background: Optional[Tensor] = None,
+    lighting: Optional[Lighting] = None,
 ) -> MeshImages:
     """Render ``asset`` from ``cameras`` (no gradients).
 
@@ -139,7 +145,9 @@ def render_mesh(
     directional light from the camera (``"lambertian"``), composited over ``background`` ([3] or [B, 3];
     default ``cameras.background``, else white). alpha [B, H, W, 1]: coverage. depth [B, H, W, 1]: distance
     from the camera centre to the surface along the pixel ray (0 where empty). normal [B, H, W, 3]:
-    world-space face normals turned towards the camera (0 where empty).
+    world-space face normals turned towards the camera (0 where empty). ``lighting`` (one light per camera,
+    e.g. the light a scene's training view was shaded under) replaces ``shading``: its mode (albedo, lambertian,
+    textureless), direction and ambient share, as the scene renderers shade (:class:`Lighting`).
     With ``supersample = s > 1`` every output is rendered at s·H × s·W and averaged over s×s blocks, so
     edges are antialiased: rgb is the mean of composited samples, alpha the covered fraction, depth the
     alpha-weighted mean (``alpha · E[distance]``, like a volume renderer's accumulated depth: divide by alpha
@@ -157,7 +165,8 @@ def render_mesh(
         for start in range(0, len(cameras), per_chunk):
             stop = min(start + per_chunk, len(cameras))
             rgb, alpha, depth, normal = _render_views(
-                asset, cameras[start:stop], height * s, width * s, shading, bg[start:stop]
+                asset, cameras[start:stop], height * s, width * s, shading, bg[start:stop],
+                None if lighting is None else lighting[start:stop],
             )
             if s > 1:
                 rgb, alpha, depth, normal = (_pool(t, s) for t in (rgb, alpha, depth, normal))

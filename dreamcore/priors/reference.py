@@ -14,6 +14,12 @@ distribution Σ_i w_i δ(x − x_i) under x_t = α_t x + σ_t ε, the minimum-MS
   from random views, all at once, as a 2D model trained on random views would see them.
 * View-dependent prompts (``camera_conditioned: false``): "front view" etc. restrict the bank to the views
   carrying that label, like a text-to-image model that learned what "front view" means.
+* Shaded (``shaded: true``, a light-conditioned prior): the camera condition also carries the light the scene's
+  view was shaded under (``Cameras.lighting``: albedo, lambertian or textureless, a direction, the ambient share,
+  DreamFusion's random shading), and the camera-conditioned data are the mesh's renders under that same light
+  (face normals, shade = ambient + (1 − ambient)·max(0, n·l)). Albedo-only views leave a flat face of one colour
+  undetermined inside the silhouettes; shaded views show its orientation, so the scene's density normals are
+  taught where the surface is. The unconditional bank stays albedo (it serves CFG at ω > 1 only).
 * Several objects (``reference.extra_meshes``): every data set holds the renders of each object, equally
   weighted — a multi-modal prior for mode-seeking vs. diversity experiments. Metrics score the first object.
 * Prompts that name objects (``reference.meshes: {"<prompt>": file, ...}``, e.g. a source asset and its edited
@@ -43,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from dreamcore.cameras import Cameras, orbit_cameras, sample_orbit
+from dreamcore.cameras import Cameras, Lighting, orbit_cameras, sample_orbit
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.files import resolve_path
@@ -86,6 +92,7 @@ class ReferencePrior(Prior):
         bank_views: int = 64
         bank_seed: int = 0
         bank_elevation_range: tuple[float, float] = (-30.0, 85.0)
+        shaded: bool = False  # render the camera-conditioned data under the query view's light (Cameras.lighting)
 
     def __init__(self, cfg: "ReferencePrior.Config") -> None:
         super().__init__()
@@ -293,6 +300,8 @@ class ReferencePrior(Prior):
             cameras.distance[:, None].expand(-1, k + 1).reshape(-1),
             fov[:, None].expand(-1, k + 1).reshape(-1),
         )
+        if self.cfg.shaded and cameras.lighting is not None:
+            cams = cams.with_lighting(cameras.lighting.repeat_interleave(k + 1))
         b = len(cameras)
         datas = []
         for obj in objects:
@@ -310,16 +319,21 @@ class ReferencePrior(Prior):
     def render_reference(self, cameras: Cameras, h: int, w: int, obj: int = 0) -> tuple[Tensor, Tensor]:
         """Renders of reference object ``obj`` over black (premultiplied colour) [B, 3, H, W], alpha [B, 1, H, W];
         from the render cache (least recently used entries dropped past ``cache_limit``) when it is on."""
+        light = cameras.lighting if self.cfg.shaded else None
         if self.cache_limit <= 0:
-            return self._render(cameras, h, w, obj)
-        keys = [(obj, h, w) + tuple(round(float(x), 5) for x in (el, az, d, f))
-                for el, az, d, f in zip(cameras.elevation, cameras.azimuth, cameras.distance, cameras.fov_y)]
+            return self._render(cameras, h, w, obj, light)
+        lights = [("albedo",)] * len(cameras) if light is None else \
+            [(light.mode, light.ambient) + tuple(round(float(x), 5) for x in row) for row in light.direction]
+        keys = [(obj, h, w) + tuple(round(float(x), 5) for x in (el, az, d, f)) + lit
+                for el, az, d, f, lit in zip(cameras.elevation, cameras.azimuth, cameras.distance, cameras.fov_y,
+                                             lights)]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         self.cache_hits += len(keys) - len(missing)
         self.cache_misses += len(missing)
         found = {i: self._cache[k] for i, k in enumerate(keys) if k in self._cache}
         if missing:
-            rgb, alpha = self._render(cameras[torch.tensor(missing)], h, w, obj)
+            rows = torch.tensor(missing)
+            rgb, alpha = self._render(cameras[rows], h, w, obj, None if light is None else light[rows])
             for j, i in enumerate(missing):
                 found[i] = (rgb[j].cpu(), alpha[j].cpu())
                 self._cache[keys[i]] = found[i]
@@ -332,13 +346,15 @@ class ReferencePrior(Prior):
         alpha = torch.stack([found[i][1] for i in range(len(keys))])
         return rgb.to(cameras.device), alpha.to(cameras.device)
 
-    def _render(self, cameras: Cameras, h: int, w: int, obj: int) -> tuple[Tensor, Tensor]:
+    def _render(self, cameras: Cameras, h: int, w: int, obj: int,
+                lighting: Optional[Lighting] = None) -> tuple[Tensor, Tensor]:
         from dreamcore.meshes.render import render_mesh
 
         device = cameras.device
         asset = self.asset if obj == 0 else self.extra_assets[obj - 1]
         out = render_mesh(asset, cameras.to(asset.vertices.device), h, w,
-                          supersample=self.cfg.reference.supersample, background=torch.zeros(3))
+                          supersample=self.cfg.reference.supersample, background=torch.zeros(3),
+                          lighting=None if lighting is None else lighting.to(asset.vertices.device))
         rgb, alpha = out.rgb.permute(0, 3, 1, 2).contiguous(), out.alpha.permute(0, 3, 1, 2).contiguous()
         return rgb.to(device), alpha.to(device)
 

@@ -12,14 +12,14 @@ maths); ``auto`` picks nvdiffrast when CUDA is available and the package imports
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, Lighting
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.diffraster import EdgeTopology, antialias, interpolate_at, rasterize_differentiable
@@ -92,7 +92,7 @@ class MeshRenderer:
         out = self.render_surface(surf, representation.albedo, cameras, height, width, background, mode, light)
         if pixel_index is not None:
             out = _gather_pixels(out, pixel_index)
-        return out
+        return replace(out, lighting=Lighting(mode, light, self.cfg.ambient))
 
     # -- the pipeline ----------------------------------------------------------------------------------------
     def render_surface(self, surf: Surface, albedo_fn, cameras: Cameras, height: int, width: int,

@@ -19,7 +19,7 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, Lighting
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
@@ -109,6 +109,7 @@ class SplatRenderer:
         dist = to_g.norm(dim=-1, keepdim=True)  # [B,N,1]
         rgb = gaussians.colors(to_g / dist.clamp_min(1e-9))
         normals = gaussian_normals(gaussians, cam_pos)
+        light = None
         if mode != "albedo":
             light = light_directions(cameras, generator).to(rgb.dtype)
             shade = (normals * light[:, None]).sum(-1, keepdim=True).clamp_min(0.0)
@@ -135,8 +136,10 @@ class SplatRenderer:
         if self.cfg.normals == "depth" and pixel_index is None:
             normal = depth_normals(depth, alpha, cameras)
         extras = {"means2d": means2d, "radii": radii} if means2d is not None and means2d.requires_grad else {}
+        lighting = Lighting(mode, cam_pos / cam_pos.norm(dim=-1, keepdim=True) if light is None else light,
+                            self.cfg.ambient)
         return RenderOutput(rgb=color.reshape(*shape, 3), alpha=alpha, depth=depth, normal=normal,
-                            pixel_index=pixel_index, image_size=(height, width), extras=extras)
+                            pixel_index=pixel_index, image_size=(height, width), extras=extras, lighting=lighting)
 
     @torch.no_grad()
     def surface_color(self, gaussians, points: Tensor, normals: Tensor) -> Tensor:

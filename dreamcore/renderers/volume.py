@@ -22,7 +22,7 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, Lighting
 from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.packed import exclusive_segment_cumsum
@@ -218,6 +218,7 @@ class VolumeRenderer:
             pixel_index=pixel_index,
             image_size=(height, width),
             extras={"orientation": orient.sum() / max(b, 1)} if mode != "albedo" else {},
+            lighting=Lighting(mode, light, self.cfg.ambient),
         )
 
     @torch.no_grad()
