@@ -156,3 +156,26 @@ def test_system_hands_the_render_light_to_the_prior(representation, monkeypatch)
         assert torch.allclose(seen[-1].direction.norm(dim=-1), torch.ones(len(cams)), atol=1e-5)
         modes.add(seen[-1].mode)
     assert modes <= {"lambertian", "textureless"} and modes
+
+
+def test_weighted_normals_only_where_the_ray_weight_counts():
+    from dreamcore.renderers.shading import weighted_normals
+
+    class Sphere:
+        calls = 0
+
+        def normals(self, p):
+            Sphere.calls += len(p)
+            return torch.nn.functional.normalize(p, dim=-1)
+
+    pts = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    w = torch.rand(50, generator=torch.Generator().manual_seed(1)) * 2e-3
+    field = Sphere()
+    full = weighted_normals(field, pts, w, 0.0)
+    assert Sphere.calls == 50 and torch.allclose(full, torch.nn.functional.normalize(pts, dim=-1))
+    cut = weighted_normals(field, pts, w, 1e-3)
+    heavy = w > 1e-3
+    assert Sphere.calls == 50 + int(heavy.sum())
+    assert torch.equal(cut[heavy], full[heavy]) and torch.equal(cut[~heavy], torch.zeros(int((~heavy).sum()), 3))
+    cut.sum().backward()  # the kept normals carry their gradient to the points
+    assert pts.grad[heavy].abs().sum() > 0 and torch.equal(pts.grad[~heavy], torch.zeros(int((~heavy).sum()), 3))

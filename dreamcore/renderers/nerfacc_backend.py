@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from dreamcore.errors import DreamcoreError
+from dreamcore.renderers.shading import weighted_normals
 
 _INSTALL_HINT = ("pip install nerfacc (or pip install 'dreamcore[cuda]') on a machine with CUDA, "
                  "or set renderer.backend=torch (auto picks nerfacc only where it works)")
@@ -169,7 +170,7 @@ def sample_rays_nerfacc(field, o: Tensor, d: Tensor, generator: Optional[torch.G
 
 def render_rays_nerfacc(field, o: Tensor, d: Tensor, light: Tensor, mode: str,
                         generator: Optional[torch.Generator], step: float, min_transmittance: float,
-                        ambient: float, max_distance: float = math.inf):
+                        ambient: float, max_distance: float = math.inf, shade_min_weight: float = 0.0):
     """``VolumeRenderer._render_rays`` through nerfacc: (rgb [R, C], acc [R, 1], depth [R, 1], normal [R, 3],
     orientation [1]) for rays ``o``, ``d`` [R, 3], lights ``light`` [R, 3] and shading ``mode``."""
     import nerfacc
@@ -196,7 +197,7 @@ def render_rays_nerfacc(field, o: Tensor, d: Tensor, light: Tensor, mode: str,
         color = albedo
         normal = o.new_zeros(n, 3)
     else:
-        nrm = field.normals(pts)
+        nrm = weighted_normals(field, pts, w, shade_min_weight)
         diffuse = (nrm * light[ray_index]).sum(-1, keepdim=True).clamp_min(0.0)
         shade = ambient + (1.0 - ambient) * diffuse
         color = albedo * shade if mode == "lambertian" else shade.expand(-1, 3)

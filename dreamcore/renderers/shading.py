@@ -31,3 +31,15 @@ def light_directions(cameras: Cameras, generator: Optional[torch.Generator]) -> 
     if generator is not None:
         pos = pos + 0.5 * pos.norm(dim=-1, keepdim=True) * normal(pos.shape, generator, like=pos)
     return pos / pos.norm(dim=-1, keepdim=True)
+
+
+def weighted_normals(field, points: Tensor, weights: Tensor, min_weight: float) -> Tensor:
+    """[S, 3] the field's density normals at the samples ``points`` [S, 3] whose ray weight ``weights`` [S]
+    exceeds ``min_weight``, 0 at the others (all computed when ``min_weight`` ≤ 0). A sample under the cut adds less
+    than ``min_weight`` of its shaded colour to its pixel, and each normal costs six density evaluations."""
+    if len(points) == 0:
+        return points.new_zeros(0, 3)
+    if min_weight <= 0:
+        return field.normals(points)
+    idx = (weights.detach() > min_weight).nonzero(as_tuple=True)[0]
+    return points.new_zeros(len(points), 3).index_put((idx,), field.normals(points.index_select(0, idx)))

@@ -29,7 +29,7 @@ from dreamcore.packed import exclusive_segment_cumsum
 from dreamcore.registry import register
 from dreamcore.renderers.nerfacc_backend import nerfacc_available, render_rays_nerfacc, require_nerfacc
 from dreamcore.renderers.output import RenderOutput
-from dreamcore.renderers.shading import light_directions, pick_shading
+from dreamcore.renderers.shading import light_directions, pick_shading, weighted_normals
 
 
 @dataclass
@@ -157,6 +157,8 @@ class VolumeRenderer:
         # with shading=random: probabilities of albedo, lambertian, textureless (DreamFusion uses 0.1/0.45/0.45)
         shading_probs: tuple[float, float, float] = (0.1, 0.45, 0.45)
         ambient: float = 0.3
+        # shaded renders compute normals only at samples whose ray weight exceeds this (0: at every sample)
+        shade_min_weight: float = 1e-3
         eval_chunk_rays: int = 8192
 
     def __init__(self, cfg: "VolumeRenderer.Config") -> None:
@@ -241,7 +243,8 @@ class VolumeRenderer:
                      max_distance: float = math.inf):
         if self.cfg.backend != "torch" and self.backend(field.occupancy.occupied.device) == "nerfacc":
             return render_rays_nerfacc(field, o, d, light, mode, generator, self.step_size(field),
-                                       self.cfg.min_transmittance, self.cfg.ambient, max_distance)
+                                       self.cfg.min_transmittance, self.cfg.ambient, max_distance,
+                                       self.cfg.shade_min_weight)
         n = o.shape[0]
         step = self.step_size(field)
         samples = march(o, d, field.occupancy, field.bound, step, generator, max_distance)
@@ -257,7 +260,7 @@ class VolumeRenderer:
             color = albedo
             normal = o.new_zeros(n, 3)
         else:
-            nrm = field.normals(pts) if len(pts) else pts.new_zeros(0, 3)
+            nrm = weighted_normals(field, pts, w, self.cfg.shade_min_weight)
             diffuse = (nrm * light[samples.ray_index]).sum(-1, keepdim=True).clamp_min(0.0)
             shade = self.cfg.ambient + (1.0 - self.cfg.ambient) * diffuse
             color = albedo * shade if mode == "lambertian" else shade.expand(-1, 3)
