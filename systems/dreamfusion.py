@@ -39,6 +39,9 @@ class DreamFusionSystem(System):
         lambda_opacity: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
         lambda_opaque: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
         lambda_orientation: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
+        # >= 0: from this step on the training views are rendered albedo whatever renderer.shading says (a shaded
+        # phase shapes the surface, the albedo phase then settles the colours); -1: the renderer's shading throughout
+        albedo_from: int = -1
 
     def __init__(self, cfg: "DreamFusionSystem.Config", full: FullConfig) -> None:
         self.cfg, self.full = cfg, full
@@ -113,15 +116,16 @@ class DreamFusionSystem(System):
 
     # -- the step ------------------------------------------------------------------------------------------------
     def render_training(self, cameras: Cameras, generator: torch.Generator,
-                        representation: Optional[nn.Module] = None, whole: bool = False) -> RenderOutput:
+                        representation: Optional[nn.Module] = None, whole: bool = False,
+                        shading: Optional[str] = None) -> RenderOutput:
         """The training views (whole images, or random pixel subsets when ``rays_per_view`` > 0 and not
         ``whole``) of this run's representation, or of ``representation`` seen the same way (an edit's frozen
-        source)."""
+        source); ``shading`` overrides the renderer's (None: its own choice)."""
         res = self.full.camera.resolution
         pixels = None if whole else self._sample_pixels(len(cameras), res, generator)
         scene = self.representation if representation is None else representation
         return self.renderer(scene, cameras, res, res, self.background.colors(cameras), pixel_index=pixels,
-                             generator=generator)
+                             generator=generator, shading=shading)
 
     def show_whole(self, cameras: Cameras, views, step: int, generator: torch.Generator) -> None:
         """Where the step trains on pixel subsets and the guidance wants its views whole first
@@ -135,13 +139,18 @@ class DreamFusionSystem(System):
         cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views for its inner steps)
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
         self.show_whole(cameras, views, step, generator)
-        render = self.render_training(cameras, generator)
+        render = self.render_training(cameras, generator, shading=self.shading_at(step))
         cameras = cameras.with_lighting(render.lighting)  # a light-conditioned prior sees the light of the views
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
         losses.update(self.regularizers(render, step))
         if self.reference is not None:  # image-to-3D: the picture at its own camera
             losses.update(self.reference.losses(self, step, generator))
         return losses
+
+    def shading_at(self, step: int) -> Optional[str]:
+        """The training views' shading at ``step``: albedo from ``albedo_from`` on, else the renderer's choice."""
+        start = self.cfg.albedo_from
+        return "albedo" if 0 <= start <= step else None
 
     def regularizers(self, render: RenderOutput, step: int) -> dict[str, Tensor]:
         """The render's regularizers at their scheduled weights (those at 0 left out): opacity sparsity, binary

@@ -68,8 +68,9 @@ class GaussianSystem(DreamFusionSystem):
         return self.representation.lr_scales(step)
 
     def render_training(self, cameras: Cameras, generator: torch.Generator,
-                        representation: Optional[torch.nn.Module] = None, whole: bool = False) -> RenderOutput:
-        render = super().render_training(cameras, generator, representation, whole)
+                        representation: Optional[torch.nn.Module] = None, whole: bool = False,
+                        shading: Optional[str] = None) -> RenderOutput:
+        render = super().render_training(cameras, generator, representation, whole, shading)
         if representation is None:  # this run's own Gaussians: their screen-space gradients drive densification
             self._render = render
         return render

@@ -179,3 +179,25 @@ def test_weighted_normals_only_where_the_ray_weight_counts():
     assert torch.equal(cut[heavy], full[heavy]) and torch.equal(cut[~heavy], torch.zeros(int((~heavy).sum()), 3))
     cut.sum().backward()  # the kept normals carry their gradient to the points
     assert pts.grad[heavy].abs().sum() > 0 and torch.equal(pts.grad[~heavy], torch.zeros(int((~heavy).sum()), 3))
+
+
+def test_albedo_from_ends_the_shaded_phase(monkeypatch):
+    from dreamcore.runner.init import build_system
+
+    cfg = load_config("configs/reference-nerf.yaml", [
+        "renderer.shading=random", "renderer.shading_probs=[0.0, 0.5, 0.5]", "prior.shaded=true",
+        "camera.resolution=16", "system.rays_per_view=0", "system.albedo_from=3"])
+    system = build_system(cfg)
+    seen = []
+    predict = system.prior.predict_noise
+
+    def spy(x_t, t, emb, cameras=None, **kw):
+        seen.append(cameras.lighting.mode)
+        return predict(x_t, t, emb, cameras=cameras, **kw)
+
+    monkeypatch.setattr(system.prior, "predict_noise", spy)
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):
+        system.training_step(sample_orbit(2, g), step, g)
+    assert all(m != "albedo" for m in seen[:3]) and seen[3:] == ["albedo"] * 3
+    assert system.shading_at(2) is None and system.shading_at(3) == "albedo"
