@@ -25,7 +25,7 @@ from dreamcore.export.exporters import ExportOptions, ExportSource, Splats
 from dreamcore.guidance.views import conditions
 from dreamcore.renderers.background import build_background
 from dreamcore.renderers.output import RenderOutput
-from dreamcore.schedule import Scheduled
+from dreamcore.schedule import Scheduled, step_count
 from dreamcore.system import System
 from dreamcore.systems.reference_view import ReferenceView
 from dreamcore import rng
@@ -41,7 +41,7 @@ class DreamFusionSystem(System):
         lambda_orientation: Scheduled = field(default_factory=lambda: Scheduled.constant(0.0))
         # >= 0: from this step on the training views are rendered albedo whatever renderer.shading says (a shaded
         # phase shapes the surface, the albedo phase then settles the colours); -1: the renderer's shading throughout
-        albedo_from: int = -1
+        albedo_from: int = step_count(-1)
 
     def __init__(self, cfg: "DreamFusionSystem.Config", full: FullConfig) -> None:
         self.cfg, self.full = cfg, full
