@@ -94,6 +94,17 @@ class System:
         """After the optimizer step (densification, occupancy updates)."""
         return None
 
+    def take_carry(self) -> dict:
+        """What the last :meth:`training_step` left for :meth:`after_step` (a Gaussian system's render: screen-space
+        gradients and radii for densification), as plain detached tensors, and forgotten here; {} when nothing.
+        Picard-parallel runs (``run.picard``) evaluate a step in one copy of the system and apply its
+        ``after_step`` in another."""
+        return {}
+
+    def give_carry(self, carry: dict) -> None:
+        """Hand back what :meth:`take_carry` took (perhaps from another copy of this system), for :meth:`after_step`."""
+        return None
+
     # -- looking at the scene ----------------------------------------------------------------------------------
     @property
     def scene_transform(self) -> SceneTransform:

@@ -254,6 +254,12 @@ class EditSystem(System):
         w = self._gaussian_weights
         return grad * w.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype)
 
+    def take_carry(self) -> dict:
+        return self.scene.take_carry()
+
+    def give_carry(self, carry: dict) -> None:
+        self.scene.give_carry(carry)
+
     def after_step(self, step: int, generator: torch.Generator) -> None:
         self.scene.after_step(step, generator)  # occupancy (the blend's), or density control (in the region)
         if self.gaussians:  # the edit shows the SH bands the source showed from its first step

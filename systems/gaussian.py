@@ -75,6 +75,37 @@ class GaussianSystem(DreamFusionSystem):
             self._render = render
         return render
 
+    def take_carry(self) -> dict:
+        """The step's render as plain tensors (colours, alpha, size; the splat centres' screen positions with their
+        gradient, and radii), taken away (:meth:`System.take_carry`)."""
+        render, self._render = self._render, None
+        if render is None:
+            return {}
+        carry = {"rgb": render.rgb.detach(), "alpha": render.alpha.detach(), "image_size": render.image_size}
+        if "means2d" in render.extras:
+            grad = render.extras["means2d"].grad
+            carry["means2d"] = render.extras["means2d"].detach().clone()
+            carry["means2d_grad"] = None if grad is None else grad.detach().clone()
+        if "radii" in render.extras:
+            carry["radii"] = render.extras["radii"].detach()
+        return carry
+
+    def give_carry(self, carry: dict) -> None:
+        """A render rebuilt from :meth:`take_carry`'s tensors, on this system's device, for :meth:`after_step`."""
+        if not carry:
+            return
+        device = self.representation.means.device
+        extras = {}
+        if "means2d" in carry:
+            means2d = carry["means2d"].to(device)
+            if carry["means2d_grad"] is not None:
+                means2d.grad = carry["means2d_grad"].to(device)
+            extras["means2d"] = means2d
+        if "radii" in carry:
+            extras["radii"] = carry["radii"].to(device)
+        self._render = RenderOutput(rgb=carry["rgb"], alpha=carry["alpha"], depth=torch.zeros_like(carry["alpha"]),
+                                    image_size=carry["image_size"], extras=extras)
+
     def after_step(self, step: int, generator: torch.Generator) -> None:
         rep, c = self.representation, self.cfg.densify
         render, self._render = self._render, None

@@ -386,9 +386,9 @@ class StepProbe:
         real_render = system.render_training
         real_backward = trainer.precision.backward
 
-        def render_training(cameras, generator):
+        def render_training(cameras, generator, *args, **kwargs):
             t0 = self.clock.mark()
-            out = real_render(cameras, generator)
+            out = real_render(cameras, generator, *args, **kwargs)
             self.spans.append(("render", t0, self.clock.mark()))
             if out.rgb.requires_grad:
                 out.rgb.register_hook(self._note("render_grad"))

@@ -56,7 +56,6 @@ import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
@@ -138,54 +137,7 @@ def evaluate(trainer, step: int, state: State) -> Gradient:
     for mod in modules.values():
         for p in mod.parameters():
             p.grad = None
-    return Gradient(step, grads, {k: v.detach() for k, v in losses.items()}, take_carry(system))
-
-
-def _render_owner(system):
-    """The part that keeps the training step's render for its ``after_step`` (a Gaussian system, or the scene
-    system inside an edit), or None."""
-    for owner in (system, getattr(system, "scene", None)):
-        if owner is not None and hasattr(owner, "_render"):
-            return owner
-    return None
-
-
-def take_carry(system) -> dict[str, Any]:
-    """The training step's render that a Gaussian system's ``after_step`` reads (screen-space gradients and radii
-    for densification, the colours for brightness equalization), as plain tensors."""
-    owner = _render_owner(system)
-    render = None if owner is None else owner._render
-    if render is None:
-        return {}
-    owner._render = None
-    carry: dict[str, Any] = {"rgb": render.rgb.detach(), "alpha": render.alpha.detach(),
-                             "image_size": render.image_size}
-    extras = getattr(render, "extras", {}) or {}
-    if "means2d" in extras:
-        grad = extras["means2d"].grad
-        carry["means2d"] = extras["means2d"].detach().clone()
-        carry["means2d_grad"] = None if grad is None else grad.detach().clone()
-    if "radii" in extras:
-        carry["radii"] = extras["radii"].detach()
-    return carry
-
-
-def give_carry(system, carry: dict[str, Any]) -> None:
-    """Hand ``system`` (the rollout's) the render :func:`take_carry` took, for its ``after_step``."""
-    owner = _render_owner(system)
-    if not carry or owner is None:
-        return
-    device = owner.representation.means.device if hasattr(owner.representation, "means") else None
-    extras = {}
-    if "means2d" in carry:
-        m = carry["means2d"].to(device) if device is not None else carry["means2d"]
-        if carry["means2d_grad"] is not None:
-            m.grad = carry["means2d_grad"].to(m.device)
-        extras["means2d"] = m
-    if "radii" in carry:
-        extras["radii"] = carry["radii"].to(device) if device is not None else carry["radii"]
-    owner._render = SimpleNamespace(rgb=carry["rgb"], alpha=carry["alpha"], image_size=carry["image_size"],
-                                     extras=extras)
+    return Gradient(step, grads, {k: v.detach() for k, v in losses.items()}, system.take_carry())
 
 
 def _to_cpu(g: Gradient) -> Gradient:
@@ -362,7 +314,7 @@ def _apply_gradient(trainer, g: Gradient) -> bool:
         torch.nn.utils.clip_grad_norm_(params, trainer.cfg.optimizer.grad_clip)
     trainer.precision.step(trainer.optimizer)
     seed_step(trainer.generator, trainer.cfg.run.seed, g.step, AFTER_STEP)
-    give_carry(trainer.system, g.carry)
+    trainer.system.give_carry(g.carry)
     trainer.system.after_step(g.step, trainer.generator)
     for p, _ in pairs:
         p.grad = None
@@ -424,9 +376,7 @@ def run_picard(trainer, bar) -> None:
             if saved is not None:
                 load_state(system, saved[0])
                 trainer.optimizer.load_state_dict(saved[1])
-                owner = _render_owner(system)
-                if owner is not None:
-                    owner._render = None
+                system.take_carry()  # (the look-ahead's render is dropped)
             # the next window's guesses: the rollout from the new start on, then copies of its last state
             guesses = rollout[accepted - 1:]
             if pc.adapt != "none":
