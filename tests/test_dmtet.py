@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from dreamcore import registry
 from dreamcore.config import parse_component
+from dreamcore.errors import DreamcoreError
 from dreamcore.meshes.diffraster import EdgeTopology
 from dreamcore.meshes.tets import marching_tets, tet_grid
 
@@ -88,6 +90,33 @@ def test_init_from_an_earlier_run_preserves_its_surface_and_colours():
     reg = rep.regularizers()
     assert set(reg) == {"laplacian", "normal_consistency", "sdf_sign"}
     assert all(bool(torch.isfinite(x)) for x in reg.values())
+
+
+class _ThinRod(_RoundedCube):
+    """A vertical rod of radius 0.3 cells centred between the grid's vertices: at the vertices its density is nil."""
+
+    def __init__(self, cell):
+        self.c, self.r = 0.5 * cell, 0.3 * cell
+
+    def density(self, p):
+        d = ((p[:, 0] - self.c) ** 2 + (p[:, 2] - self.c) ** 2).sqrt()
+        inside = (d < self.r) & (p[:, 1].abs() < 0.6)
+        return torch.where(inside, torch.full_like(d, 100.0), torch.zeros_like(d))
+
+
+def test_init_density_reach_keeps_parts_thinner_than_a_cell():
+    kw = dict(resolution=16, n_levels=4, max_resolution=32, log2_table_size=10, init_texture_steps=5,
+              init_texture_points=500)
+    plain = _dmtet(**kw)
+    with pytest.raises(DreamcoreError, match="never reaches"):
+        plain.init_from_system(_ThinRod(plain.cell))
+    reach = _dmtet(init_density_reach=0.5, **kw)
+    info = reach.init_from_system(_ThinRod(reach.cell))
+    v = reach.surface().vertices.detach()
+    assert info["faces"] > 0
+    # the rod's surface: around its axis, within a cell, along its length
+    assert float(((v[:, 0] - 0.5 * reach.cell) ** 2 + (v[:, 2] - 0.5 * reach.cell) ** 2).sqrt().max()) < reach.cell
+    assert float(v[:, 1].max() - v[:, 1].min()) > 0.9
 
 
 def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):

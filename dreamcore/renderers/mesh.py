@@ -120,8 +120,7 @@ class MeshRenderer:
             base = albedo_fn(point, fid, bary)
         if mode in ("lambertian", "textureless"):
             lit = light if light is not None else F.normalize(cameras.position, dim=-1)
-            diffuse = (normal * lit.to(verts.dtype)[idx[0]]).sum(-1, keepdim=True).clamp_min(0.0)
-            base = base * (self.cfg.ambient + (1.0 - self.cfg.ambient) * diffuse)
+            base = base * Lighting(mode, lit, self.cfg.ambient).shade(normal, idx[0])
         bg = background.to(verts.dtype)[:, None, None, :].expand(n_views, height, width, 3)
         rgba = torch.cat([bg, torch.zeros_like(bg[..., :1])], dim=-1)
         rgba = rgba.index_put(idx, torch.cat([base, torch.ones_like(base[:, :1])], dim=-1))

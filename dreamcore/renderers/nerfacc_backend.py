@@ -44,6 +44,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dreamcore.cameras import Lighting
 from dreamcore.errors import DreamcoreError
 from dreamcore.renderers.shading import weighted_normals
 
@@ -198,8 +199,7 @@ def render_rays_nerfacc(field, o: Tensor, d: Tensor, light: Tensor, mode: str,
         normal = o.new_zeros(n, 3)
     else:
         nrm = weighted_normals(field, pts, w, shade_min_weight)
-        diffuse = (nrm * light[ray_index]).sum(-1, keepdim=True).clamp_min(0.0)
-        shade = ambient + (1.0 - ambient) * diffuse
+        shade = Lighting(mode, light, ambient).shade(nrm, ray_index)  # (light: one per ray)
         color = albedo * shade if mode == "lambertian" else shade.expand(-1, 3)
         normal = nerfacc.accumulate_along_rays(w, nrm, ray_indices=ray_index, n_rays=n)
         # DreamFusion's orientation loss, as the torch path: visible normals facing away from the camera

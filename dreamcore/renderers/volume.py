@@ -261,8 +261,7 @@ class VolumeRenderer:
             normal = o.new_zeros(n, 3)
         else:
             nrm = weighted_normals(field, pts, w, self.cfg.shade_min_weight)
-            diffuse = (nrm * light[samples.ray_index]).sum(-1, keepdim=True).clamp_min(0.0)
-            shade = self.cfg.ambient + (1.0 - self.cfg.ambient) * diffuse
+            shade = Lighting(mode, light, self.cfg.ambient).shade(nrm, samples.ray_index)  # (light: one per ray)
             color = albedo * shade if mode == "lambertian" else shade.expand(-1, 3)
             normal = accumulate(w[:, None] * nrm, samples.ray_index, n)
             # DreamFusion's orientation loss: penalize visible normals facing away from the camera

@@ -7,7 +7,8 @@ surface is re-extracted every render (differentiable in ``s`` and ``δ``), so to
 
 Initialization: a sphere of ``init_radius``; or, from an earlier run (``init.from_run``), the SDF is set from
 that run's density σ at the grid vertices, ``s = clamp(κ (ln σ_iso − ln σ), −c, c)`` (zero at the export
-iso-level σ_iso, the same surface marching cubes extracts), and the texture field is fitted to the earlier
+iso-level σ_iso, the same surface marching cubes extracts; with ``init_density_reach`` σ is the largest density
+around each vertex, so parts thinner than a cell are not missed), and the texture field is fitted to the earlier
 run's ``surface_color`` at points on the new surface.
 
 Regularizer (nvdiffrec, Munkberg et al. 2022): cross-entropy between the signs across every grid edge with a
@@ -48,6 +49,9 @@ class DMTet(SurfaceRepresentation):
         # init.from_run
         init_isosurface: float = 0.0  # density level of the surface; 0: the earlier run's export.isosurface
         init_sdf_scale: float = 0.5  # κ in cells per unit of ln σ
+        # > 0: each vertex takes the largest density of a 3×3×3 stencil ± this many cells around it, so parts thinner
+        # than a cell (rods, legs) that fall between the vertices still start inside the surface
+        init_density_reach: float = 0.0
         init_texture_steps: int = 200
         init_texture_points: int = 30000
         init_texture_batch: int = 4096
@@ -105,9 +109,7 @@ class DMTet(SurfaceRepresentation):
     def init_from_system(self, source) -> dict:
         """Set the SDF from ``source.density`` and fit the texture to ``source.surface_color`` (see module doc)."""
         iso = self.cfg.init_isosurface or float(source.full.export.isosurface)
-        points = self.grid
-        dens = torch.cat([source.density(points[i:i + 65536].to(_device(source))).float().cpu()
-                          for i in range(0, points.shape[0], 65536)]).to(points.device)
+        dens = self._source_density(source)
         kappa = self.cfg.init_sdf_scale * self.cell
         log_ratio = torch.log(torch.tensor(iso)) - torch.log(dens.clamp_min(1e-8))
         self.sdf.copy_((kappa * log_ratio).clamp(-4.0 * self.cell, 4.0 * self.cell))
@@ -121,6 +123,21 @@ class DMTet(SurfaceRepresentation):
                             .float().to(pts.device) for i in range(0, pts.shape[0], 8192)])
         mse = self.texture.fit(pts, colors, steps=self.cfg.init_texture_steps, batch=self.cfg.init_texture_batch)
         return {"isosurface": iso, "faces": int(surf.faces.shape[0]), "texture_fit_mse": round(mse, 6)}
+
+    @torch.no_grad()
+    def _source_density(self, source) -> Tensor:
+        """σ of ``source`` at the grid vertices [V]; with ``init_density_reach`` r > 0, the largest σ over the 27
+        points x + r·cell·{−1, 0, 1}³ around each vertex x."""
+        points, reach = self.grid, self.cfg.init_density_reach
+        steps = torch.tensor([-1.0, 0.0, 1.0]) if reach > 0 else torch.zeros(1)
+        offsets = torch.cartesian_prod(steps, steps, steps).reshape(-1, 3).to(points) * reach * self.cell
+        dens = None
+        for offset in offsets:
+            shifted = points + offset
+            d = torch.cat([source.density(shifted[i:i + 65536].to(_device(source))).float().cpu()
+                           for i in range(0, shifted.shape[0], 65536)]).to(points.device)
+            dens = d if dens is None else torch.maximum(dens, d)
+        return dens
 
     # -- training hooks ------------------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
