@@ -73,6 +73,7 @@ def test_stage_config_inherits_the_job_and_resolves_its_file(tmp_path):
         stage_config(cfg, tmp_path)
     cfg.refine.dir = "refine"
     cfg.refine.config = str(config_path("reference-gaussians"))  # a stage that refines again
+    cfg.refine.overrides = []  # (the recipe's own overrides are for its DMTet stage)
     with pytest.raises(DreamcoreError, match="chains"):
         stage_config(cfg, tmp_path)
     off = load_config(config_path("reference-gaussians"), ["refine.config=", "export.formats=[ply,glb]"])
