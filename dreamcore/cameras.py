@@ -51,11 +51,10 @@ class Lighting:
         """Each view's light repeated for ``k`` consecutive views (a view and its neighbours)."""
         return Lighting(self.mode, self.direction.repeat_interleave(k, 0), self.ambient)
 
-    def shade(self, normal: Tensor, view: Optional[Tensor] = None) -> Tensor:
-        """[K, 1] shade ambient + (1 − ambient)·max(0, n·l) of unit normals [K, 3] seen by views ``view`` [K]
-        (all from view 0 when None)."""
-        light = self.direction.to(normal.dtype)
-        light = light[:1].expand_as(normal) if view is None else light.index_select(0, view)
+    def shade(self, normal: Tensor, view: Tensor) -> Tensor:
+        """[K, 1] shade ambient + (1 − ambient)·max(0, n·l) of unit normals [K, 3] lit by the lights of views
+        ``view`` [K] (indices into ``direction``)."""
+        light = self.direction.to(normal.dtype).index_select(0, view)
         return self.ambient + (1.0 - self.ambient) * (normal * light).sum(-1, keepdim=True).clamp_min(0.0)
 
 

@@ -15,7 +15,7 @@ from dreamcore.meshes.asset import MeshAsset
 from dreamcore.meshes.raster import rasterize, sample_texture, vertices_to_clip
 
 SHADINGS = ("albedo", "lambertian")
-AMBIENT, DIFFUSE = 0.35, 0.65
+AMBIENT = 0.35  # the lambertian shading's ambient share: 0.35 + 0.65·max(0, n·l)
 _PIXELS_PER_CHUNK = 1 << 20  # (super)pixels rasterized at once
 
 
@@ -83,12 +83,11 @@ def _background(background: Optional[Tensor], cameras: Cameras) -> Tensor:
 
 
 def _render_views(
-    asset: MeshAsset, cameras: Cameras, height: int, width: int, shading: str, background: Tensor,
-    lighting: Optional[Lighting] = None,
+    asset: MeshAsset, cameras: Cameras, height: int, width: int, background: Tensor, lighting: Optional[Lighting]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Render at full (super-sampled) resolution: rgb [B, H, W, 3], alpha [B, H, W, 1], depth [B, H, W, 1]
-    (ray distance ``‖p − o‖``), normal [B, H, W, 3] (world face normals facing the camera). ``lighting`` (its
-    views are these cameras') replaces ``shading`` when given."""
+    (ray distance ``‖p − o‖``), normal [B, H, W, 3] (world face normals facing the camera); shaded under
+    ``lighting`` (one light per camera; None: albedo)."""
     dev = cameras.device
     verts = asset.vertices.to(dev, torch.float32)
     faces = asset.faces.to(dev)
@@ -107,9 +106,6 @@ def _render_views(
     color = torch.ones_like(point) if textureless else surface_albedo(asset, fid, bary)
     if lighting is not None and lighting.mode != "albedo":
         color = color * lighting.to(dev).shade(normal, view)
-    elif lighting is None and shading == "lambertian":
-        light = F.normalize(cameras.c2w[:, :3, 2].to(torch.float32), dim=-1)[view]  # towards the camera
-        color = color * (AMBIENT + DIFFUSE * (normal * light).sum(-1, keepdim=True).clamp_min(0.0))
 
     def image(channels: int, values: Tensor, fill: Optional[Tensor] = None) -> Tensor:
         out = (torch.zeros(n_views, height, width, channels, device=dev) if fill is None
@@ -158,6 +154,8 @@ def render_mesh(
     if supersample < 1:
         raise ValueError(f"supersample must be >= 1, got {supersample}")
     s = int(supersample)
+    if lighting is None and shading == "lambertian":  # a directional light from each camera
+        lighting = Lighting("lambertian", F.normalize(cameras.c2w[:, :3, 2].to(torch.float32), dim=-1), AMBIENT)
     bg = _background(background, cameras)
     per_chunk = max(1, _PIXELS_PER_CHUNK // (height * width * s * s))
     outs: list[tuple[Tensor, ...]] = []
@@ -165,7 +163,7 @@ def render_mesh(
         for start in range(0, len(cameras), per_chunk):
             stop = min(start + per_chunk, len(cameras))
             rgb, alpha, depth, normal = _render_views(
-                asset, cameras[start:stop], height * s, width * s, shading, bg[start:stop],
+                asset, cameras[start:stop], height * s, width * s, bg[start:stop],
                 None if lighting is None else lighting[start:stop],
             )
             if s > 1:

@@ -109,11 +109,14 @@ class SplatRenderer:
         dist = to_g.norm(dim=-1, keepdim=True)  # [B,N,1]
         rgb = gaussians.colors(to_g / dist.clamp_min(1e-9))
         normals = gaussian_normals(gaussians, cam_pos)
-        light = None
+        # albedo renders draw no light: their lighting names the camera direction (unused by the prior)
+        light = (light_directions(cameras, generator).to(rgb.dtype) if mode != "albedo"
+                 else cam_pos / cam_pos.norm(dim=-1, keepdim=True))
+        lighting = Lighting(mode, light, self.cfg.ambient)
         if mode != "albedo":
-            light = light_directions(cameras, generator).to(rgb.dtype)
-            shade = (normals * light[:, None]).sum(-1, keepdim=True).clamp_min(0.0)
-            shade = self.cfg.ambient + (1.0 - self.cfg.ambient) * shade
+            n = normals.shape[1]
+            view = torch.arange(b, device=normals.device).repeat_interleave(n)
+            shade = lighting.shade(normals.reshape(-1, 3), view).reshape(b, n, 1)
             rgb = rgb * shade if mode == "lambertian" else shade.expand_as(rgb)
         features = torch.cat([rgb, dist, normals], -1)  # [B,N,7]
         means2d = None
@@ -136,8 +139,6 @@ class SplatRenderer:
         if self.cfg.normals == "depth" and pixel_index is None:
             normal = depth_normals(depth, alpha, cameras)
         extras = {"means2d": means2d, "radii": radii} if means2d is not None and means2d.requires_grad else {}
-        lighting = Lighting(mode, cam_pos / cam_pos.norm(dim=-1, keepdim=True) if light is None else light,
-                            self.cfg.ambient)
         return RenderOutput(rgb=color.reshape(*shape, 3), alpha=alpha, depth=depth, normal=normal,
                             pixel_index=pixel_index, image_size=(height, width), extras=extras, lighting=lighting)
 
