@@ -91,18 +91,30 @@ def wait_for_step(run_dirs: list[Path], step: int, timeout: float = 120.0) -> Pa
     while time.monotonic() < t_end:
         for d in run_dirs:
             try:
-                rec = json.loads((d / "ckpt" / "last.json").read_text())
                 holder = json.loads((d / ".lock").read_text())
             except (OSError, ValueError):
                 continue
-            if rec.get("step", 0) >= step and holder.get("pid"):
+            if saved_step(d) >= step and holder.get("pid"):
                 return d
         time.sleep(0.05)
     raise TimeoutError(f"no job reached step {step} in {timeout} s")
 
 
+def saved_step(run_dir: Path) -> int:
+    """The step of the run's newest good checkpoint (what a resume starts from; -1 when none). Read through the
+    checkpoint module's own lookup, which covers every moment of a save in progress — a live run's ``last.json``
+    is briefly absent while its previous pair becomes ``prev.*``."""
+    from dreamcore.runner.checkpoint import find_good
+
+    good = find_good(run_dir / "ckpt")
+    return -1 if good is None else int(good[1].get("step", -1))
+
+
 def checkpoint_step(run_dir: Path) -> int:
-    return int(json.loads((run_dir / "ckpt" / "last.json").read_text())["step"])
+    step = saved_step(run_dir)
+    if step < 0:
+        raise FileNotFoundError(f"no good checkpoint in {run_dir / 'ckpt'}")
+    return step
 
 
 def job_dirs(out: Path) -> list[Path]:
