@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamcore import registry
-from dreamcore.cameras import Cameras, sample_orbit
+from dreamcore.cameras import Cameras, Lighting, sample_orbit
 from dreamcore.config import ComponentConfig
 from dreamcore.config import Config as FullConfig
 from dreamcore.config import ExportConfig
@@ -117,35 +117,44 @@ class DreamFusionSystem(System):
     # -- the step ------------------------------------------------------------------------------------------------
     def render_training(self, cameras: Cameras, generator: torch.Generator,
                         representation: Optional[nn.Module] = None, whole: bool = False,
-                        shading: Optional[str] = None) -> RenderOutput:
+                        shading: Optional[str | Lighting] = None) -> RenderOutput:
         """The training views (whole images, or random pixel subsets when ``rays_per_view`` > 0 and not
         ``whole``) of this run's representation, or of ``representation`` seen the same way (an edit's frozen
-        source); ``shading`` overrides the renderer's (None: its own choice)."""
+        source); ``shading`` overrides the renderer's (a mode or a light; None: its own choice)."""
         res = self.full.camera.resolution
         pixels = None if whole else self._sample_pixels(len(cameras), res, generator)
         scene = self.representation if representation is None else representation
         return self.renderer(scene, cameras, res, res, self.background.colors(cameras), pixel_index=pixels,
                              generator=generator, shading=shading)
 
-    def show_whole(self, cameras: Cameras, views, step: int, generator: torch.Generator) -> None:
+    def show_whole(self, cameras: Cameras, views, step: int, generator: torch.Generator) -> Cameras:
         """Where the step trains on pixel subsets and the guidance wants its views whole first
-        (:meth:`Guidance.whole_images`, SIR's round start): render them whole without gradient and hand them over."""
+        (:meth:`Guidance.whole_images`, SIR's round start): render them whole without gradient and hand them over.
+        Returns the cameras tagged with the light of that render (the step's own render is shaded alike), else
+        ``cameras`` as they are."""
         if self.cfg.rays_per_view > 0 and self.guidance.whole_images(step):
             with torch.no_grad():
-                whole = self.render_training(cameras, generator, whole=True)
+                whole = self.render_training(cameras, generator, whole=True, shading=self.step_shading(cameras, step))
+            cameras = cameras.with_lighting(whole.lighting)
             self.guidance.see_whole(whole, cameras, self.prior, views, step, generator)
+        return cameras
 
     def training_step(self, cameras: Cameras, step: int, generator: torch.Generator) -> dict[str, Tensor]:
-        cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views for its inner steps)
+        cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views and light for its steps)
         views = conditions(self.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
-        self.show_whole(cameras, views, step, generator)
-        render = self.render_training(cameras, generator, shading=self.shading_at(step))
+        cameras = self.show_whole(cameras, views, step, generator)
+        render = self.render_training(cameras, generator, shading=self.step_shading(cameras, step))
         cameras = cameras.with_lighting(render.lighting)  # a light-conditioned prior sees the light of the views
         losses = dict(self.guidance(render, cameras, self.prior, views, step, generator))
         losses.update(self.regularizers(render, step))
         if self.reference is not None:  # image-to-3D: the picture at its own camera
             losses.update(self.reference.losses(self, step, generator))
         return losses
+
+    def step_shading(self, cameras: Cameras, step: int) -> Optional[str | Lighting]:
+        """What the step's views are shaded under: the light the cameras carry (views held with their light, SIR's
+        rounds: the target was made under it), else :meth:`shading_at`."""
+        return cameras.lighting if cameras.lighting is not None else self.shading_at(step)
 
     def shading_at(self, step: int) -> Optional[str]:
         """The training views' shading at ``step``: albedo from ``albedo_from`` on, else the renderer's choice."""

@@ -196,14 +196,16 @@ class EditSystem(System):
         editing = isinstance(self.guidance, EditGuidance)
         compare = editing or self.cfg.identity_weight(step) > 0
         self._weigh_gaussians()
-        cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views for its inner steps)
+        cameras = self.guidance.step_cameras(cameras, step)  # (SIR holds a round's views and light for its steps)
         views = conditions(self.scene.embeddings, cameras, len(cameras), self.full.views, self.prior.view_dependent)
-        self.scene.show_whole(cameras, views, step, generator)
+        cameras = self.scene.show_whole(cameras, views, step, generator)
         replay = same_draws(generator) if compare else None
-        render = self.scene.render_training(cameras, generator)
+        shading = self.scene.step_shading(cameras, step)
+        render = self.scene.render_training(cameras, generator, shading=shading)
         # the source at the same pixels, backgrounds, shading and jitter (frozen: no graph is kept; rendered in the
         # same grad mode, since the renderer splits rays into chunks — and its draws — by that mode)
-        source = self.scene.render_training(cameras, replay, self.source_on(render.rgb)) if compare else None
+        source = (self.scene.render_training(cameras, replay, self.source_on(render.rgb), shading=shading)
+                  if compare else None)
         cameras = cameras.with_lighting(render.lighting)  # (both renders drew the same light)
         if editing:
             source_views = conditions(self.source_embeddings, cameras, len(cameras), self.full.views,

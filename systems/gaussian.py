@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from dreamcore import registry
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, Lighting
 from dreamcore.config import Config as FullConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.renderers.output import RenderOutput
@@ -69,7 +69,7 @@ class GaussianSystem(DreamFusionSystem):
 
     def render_training(self, cameras: Cameras, generator: torch.Generator,
                         representation: Optional[torch.nn.Module] = None, whole: bool = False,
-                        shading: Optional[str] = None) -> RenderOutput:
+                        shading: Optional[str | Lighting] = None) -> RenderOutput:
         render = super().render_training(cameras, generator, representation, whole, shading)
         if representation is None:  # this run's own Gaussians: their screen-space gradients drive densification
             self._render = render

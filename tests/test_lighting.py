@@ -201,3 +201,52 @@ def test_albedo_from_ends_the_shaded_phase(monkeypatch):
         system.training_step(sample_orbit(2, g), step, g)
     assert all(m != "albedo" for m in seen[:3]) and seen[3:] == ["albedo"] * 3
     assert system.shading_at(2) is None and system.shading_at(3) == "albedo"
+
+
+@pytest.mark.parametrize("rays", [0, 64])
+def test_sir_rounds_render_under_the_light_their_target_was_made_under(rays, monkeypatch):
+    """SIR holds a round's views for its inner steps; with shaded training it holds their light too: every render of
+    a round (the whole one its target comes from and the inner steps') is shaded under one light, and the shaded
+    prior makes the target under that light. A new round draws a new light."""
+    from dreamcore.runner.init import build_system
+
+    cfg = load_config("configs/reference-nerf.yaml", [
+        "guidance.name=sir", "guidance.round_steps=3", "guidance.init_steps=2", "guidance.denoise_steps=5",
+        "guidance.guidance_scale=1.0", "renderer.shading=random", "renderer.shading_probs=[0.0, 0.5, 0.5]",
+        "prior.shaded=true", "camera.resolution=16", f"system.rays_per_view={rays}", "run.steps=11"])
+    system = build_system(cfg)
+    system.guidance.setup(system.prior, 11)
+    asked, rendered = [], []
+    predict = system.prior.predict_noise
+    render = system.renderer.__class__.__call__
+
+    def spy_predict(x_t, t, emb, cameras=None, **kw):
+        asked.append((step_now[0], cameras.lighting))
+        return predict(x_t, t, emb, cameras=cameras, **kw)
+
+    def spy_render(self, *a, **kw):
+        out = render(self, *a, **kw)
+        rendered.append((step_now[0], out.lighting))
+        return out
+
+    monkeypatch.setattr(system.prior, "predict_noise", spy_predict)
+    monkeypatch.setattr(system.renderer.__class__, "__call__", spy_render)
+    g = torch.Generator().manual_seed(0)
+    step_now = [0]
+    for step in range(6):
+        step_now[0] = step
+        system.training_step(sample_orbit(cfg.camera.batch_size, g), step, g)
+    rounds = [system.guidance.round_of(s) for s in range(6)]
+    assert rounds == [0, 0, 1, 1, 1, 2]
+    per_round: dict[int, list] = {}
+    for step, light in rendered + asked:
+        per_round.setdefault(rounds[step], []).append(light)
+    firsts = []
+    for k, lights in per_round.items():
+        first = lights[0]
+        assert first is not None and first.mode in ("lambertian", "textureless")
+        for light in lights:  # the renders and the prior's calls of round k: one light
+            assert light.mode == first.mode and torch.equal(light.direction, first.direction)
+        firsts.append(first.direction)
+    assert len(firsts) == 3 and not torch.equal(firsts[0], firsts[1]) and not torch.equal(firsts[1], firsts[2])
+    assert {s for s, _ in asked} >= {0, 2, 5}  # each round's target was made by the prior

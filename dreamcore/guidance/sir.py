@@ -29,7 +29,9 @@ x_{k+1} = y_k(x_k) have the stationary law N(μ, s²) in the exact flow (SIR sam
 collapses to μ); the DDIM discretization moves the variance by a little, which the tests derive.
 
 The views of a round are the runner's draw at its first step (the trainer's random cameras, or a multi-view
-prior's view groups), kept for the round's inner steps through :meth:`Guidance.step_cameras`. The round's views
+prior's view groups), kept for the round's inner steps through :meth:`Guidance.step_cameras`, with the light
+of the render its target was made from (shaded training, ``renderer.shading: random``: the inner steps render
+under that light, and a light-conditioned prior made the target under it). The round's views
 and targets are buffers of this module, so a checkpoint taken mid-round resumes into the same round.
 
 Prior calls per round (each on the B views at once; CFG doubles the rows, not the calls): ≈ (t₂ − t₁)/Δ
@@ -52,7 +54,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import SHADING_MODES, Cameras, Lighting
 from dreamcore.errors import DreamcoreError
 from dreamcore.guidance import common
 from dreamcore.guidance.base import Guidance, GuidanceConfig, scheduled
@@ -155,8 +157,10 @@ class SIRGuidance(Guidance):
             raise DreamcoreError(f"guidance.inversion_ratio={cfg.inversion_ratio}: a fraction in [0, 1]")
         if cfg.eta < 0:
             raise DreamcoreError(f"guidance.eta={cfg.eta}: η ≥ 0")
-        self.held = _Held("c2w", "fov_y", "elevation", "azimuth", "distance", "background", "target", "round")
+        self.held = _Held("c2w", "fov_y", "elevation", "azimuth", "distance", "background", "target", "round",
+                          "light_mode", "light_direction", "light_ambient")
         self._round = -1  # host mirror of held.round (no device read per step)
+        self._light: Optional[Lighting] = None  # host mirror of the held light
         self.grid: list[int] = []
         self.num_train_steps = 1000
 
@@ -198,13 +202,33 @@ class SIRGuidance(Guidance):
             h.c2w, h.fov_y, h.elevation, h.azimuth, h.distance = (
                 cameras.c2w, cameras.fov_y, cameras.elevation, cameras.azimuth, cameras.distance)
             h.background = cameras.background if cameras.background is not None else torch.zeros(0)
-            h.target = torch.zeros(0)  # the new round's target is made from its first render
+            h.target = torch.zeros(0)  # the new round's target is made from its first render, under its light
+            self.hold_lighting(None)
             h.round = torch.tensor(k)
             self._round = k
             return cameras
         h = self.held
         bg = h.background if h.background.numel() else None
-        return Cameras(h.c2w, h.fov_y, h.elevation, h.azimuth, h.distance, bg)
+        return Cameras(h.c2w, h.fov_y, h.elevation, h.azimuth, h.distance, bg, self.held_lighting())
+
+    def hold_lighting(self, lighting: Optional[Lighting]) -> None:
+        """Keep the light the round's target was made under: its inner steps render under it (the system renders
+        cameras that carry a light under that light), so a shaded render is compared with a target shaded alike."""
+        h = self.held
+        self._light = lighting
+        if lighting is None:
+            h.light_mode, h.light_direction, h.light_ambient = torch.zeros(0), torch.zeros(0), torch.zeros(0)
+            return
+        h.light_mode = torch.tensor(SHADING_MODES.index(lighting.mode))
+        h.light_direction = lighting.direction.detach().clone()
+        h.light_ambient = torch.tensor(float(lighting.ambient))
+
+    def held_lighting(self) -> Optional[Lighting]:
+        """The round's light (None before its target exists); read from the buffers once after a restore."""
+        h = self.held
+        if self._light is None and h.light_direction.numel():
+            self._light = Lighting(SHADING_MODES[int(h.light_mode)], h.light_direction, float(h.light_ambient))
+        return self._light
 
     def _mirror_round(self) -> int:
         if self._round < 0 and self.held.round.numel():  # restored from a checkpoint: one read at the start
@@ -242,6 +266,7 @@ class SIRGuidance(Guidance):
         y, _ = reconstruction_targets(prior, x, views, self.omega(step), t1, t2, self.grid, self.cfg.eta, generator,
                                       **kw)
         self.held.target = prior.to_image(y, rgb).detach()
+        self.hold_lighting(cameras.lighting)
 
     def forward(self, render, cameras, prior, views, step, generator) -> dict[str, Tensor]:
         rgb, subset = render.rgb, render.pixel_index

@@ -27,7 +27,7 @@ from dreamcore.meshes.raster import Fragments, vertices_to_clip
 from dreamcore.meshes.surface import Surface
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
-from dreamcore.renderers.shading import light_directions, pick_shading
+from dreamcore.renderers.shading import held_lighting, light_directions, pick_shading
 from dreamcore.precision import full_precision
 
 
@@ -82,17 +82,21 @@ class MeshRenderer:
         background: Tensor,
         pixel_index: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
-        shading: Optional[str] = None,
+        shading: Optional[str | Lighting] = None,
     ) -> RenderOutput:
         """Render B views of ``representation.surface()``; ``background`` [B, 3]. ``pixel_index`` [B, N] returns
-        only those pixels (the whole image is rasterized either way)."""
+        only those pixels (the whole image is rasterized either way). ``shading``: a mode overrides the configured
+        choice; a :class:`Lighting` renders under that very light."""
         surf = representation.surface()
-        mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
-        light = light_directions(cameras, generator)
-        out = self.render_surface(surf, representation.albedo, cameras, height, width, background, mode, light)
+        held = held_lighting(shading, cameras)
+        if held is None:
+            mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
+            held = Lighting(mode, light_directions(cameras, generator), self.cfg.ambient)
+        out = self.render_surface(surf, representation.albedo, cameras, height, width, background, held.mode,
+                                  held.direction)
         if pixel_index is not None:
             out = _gather_pixels(out, pixel_index)
-        return replace(out, lighting=Lighting(mode, light, self.cfg.ambient))
+        return replace(out, lighting=held)
 
     # -- the pipeline ----------------------------------------------------------------------------------------
     def render_surface(self, surf: Surface, albedo_fn, cameras: Cameras, height: int, width: int,

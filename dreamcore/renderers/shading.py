@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from dreamcore.cameras import Cameras
+from dreamcore.cameras import Cameras, Lighting
 from dreamcore.rng import host_random, normal
 
 
@@ -22,6 +22,17 @@ def pick_shading(shading: str, probs: Sequence[float], generator: Optional[torch
         return "albedo"
     u = host_random(generator)
     return "albedo" if u < probs[0] else ("lambertian" if u < probs[0] + probs[1] else "textureless")
+
+
+def held_lighting(shading: "Optional[str | Lighting]", cameras: Cameras) -> Optional[Lighting]:
+    """``shading`` when a caller hands a renderer the light to render under (a method that holds its views and their
+    light for several steps, SIR's rounds), on the cameras' device; None when ``shading`` is a mode or None (the
+    renderer draws its own)."""
+    if not isinstance(shading, Lighting):
+        return None
+    if shading.direction.shape[0] != len(cameras):
+        raise ValueError(f"a light for {shading.direction.shape[0]} views given to a render of {len(cameras)}")
+    return shading.to(cameras.c2w.device)
 
 
 def light_directions(cameras: Cameras, generator: Optional[torch.Generator]) -> Tensor:

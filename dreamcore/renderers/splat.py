@@ -24,7 +24,7 @@ from dreamcore.config import ComponentConfig
 from dreamcore.errors import DreamcoreError
 from dreamcore.registry import register
 from dreamcore.renderers.output import RenderOutput
-from dreamcore.renderers.shading import light_directions, pick_shading
+from dreamcore.renderers.shading import held_lighting, light_directions, pick_shading
 from dreamcore.renderers.splat_kernel import project, rasterize
 from dreamcore.representations.gaussian_shape import quat_to_rotmat
 from dreamcore.precision import full_precision
@@ -100,19 +100,23 @@ class SplatRenderer:
     @full_precision
     def __call__(self, gaussians, cameras: Cameras, height: int, width: int, background: Tensor,
                  pixel_index: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-                 shading: Optional[str] = None) -> RenderOutput:
-        """Render B views over ``background`` [B, 3]; ``pixel_index`` [B, P] renders only those pixels."""
+                 shading: Optional[str | Lighting] = None) -> RenderOutput:
+        """Render B views over ``background`` [B, 3]; ``pixel_index`` [B, P] renders only those pixels. ``shading``:
+        a mode overrides the configured choice; a :class:`Lighting` renders under that very light."""
         b = len(cameras)
-        mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
+        held = held_lighting(shading, cameras)
+        mode = held.mode if held else (shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator))
         cam_pos = cameras.position.to(gaussians.means.dtype)
         to_g = gaussians.means[None] - cam_pos[:, None]
         dist = to_g.norm(dim=-1, keepdim=True)  # [B,N,1]
         rgb = gaussians.colors(to_g / dist.clamp_min(1e-9))
         normals = gaussian_normals(gaussians, cam_pos)
         # albedo renders draw no light: their lighting names the camera direction (unused by the prior)
-        light = (light_directions(cameras, generator).to(rgb.dtype) if mode != "albedo"
-                 else cam_pos / cam_pos.norm(dim=-1, keepdim=True))
-        lighting = Lighting(mode, light, self.cfg.ambient)
+        if held is None:
+            light = (light_directions(cameras, generator).to(rgb.dtype) if mode != "albedo"
+                     else cam_pos / cam_pos.norm(dim=-1, keepdim=True))
+            held = Lighting(mode, light, self.cfg.ambient)
+        lighting = held
         if mode != "albedo":
             n = normals.shape[1]
             view = torch.arange(b, device=normals.device).repeat_interleave(n)

@@ -29,7 +29,7 @@ from dreamcore.packed import exclusive_segment_cumsum
 from dreamcore.registry import register
 from dreamcore.renderers.nerfacc_backend import nerfacc_available, render_rays_nerfacc, require_nerfacc
 from dreamcore.renderers.output import RenderOutput
-from dreamcore.renderers.shading import light_directions, pick_shading, weighted_normals
+from dreamcore.renderers.shading import held_lighting, light_directions, pick_shading, weighted_normals
 
 
 @dataclass
@@ -187,14 +187,16 @@ class VolumeRenderer:
         background: Tensor,
         pixel_index: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
-        shading: Optional[str] = None,
+        shading: Optional[str | Lighting] = None,
     ) -> RenderOutput:
         """Render B views. ``background`` [B, 3]; ``pixel_index`` [B, N] renders only those pixels (ray subsets);
-        ``generator`` jitters samples (training) and draws the shading mode; None renders deterministically."""
+        ``generator`` jitters samples (training) and draws the shading mode; None renders deterministically.
+        ``shading``: a mode overrides the configured choice; a :class:`Lighting` renders under that very light."""
         origins, dirs = cameras.pixel_rays(height, width, pixel_index)
         b = len(cameras)
         n_per_view = origins.shape[1]
-        mode = shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator)
+        held = held_lighting(shading, cameras)
+        mode = held.mode if held else (shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator))
         channels = getattr(field, "color_channels", 3)
         if channels != 3 and mode != "albedo":
             raise DreamcoreError(f"renderer.shading={mode} lights colours; a {channels}-channel field (latents) "
@@ -202,7 +204,7 @@ class VolumeRenderer:
         if background.shape[-1] != channels:
             raise DreamcoreError(f"the background has {background.shape[-1]} channels, the field {channels}: "
                                  f"give background.color {channels} values")
-        light = light_directions(cameras, generator)  # [B,3]
+        light = held.direction if held else light_directions(cameras, generator)  # [B,3]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
         view_of_ray = torch.arange(b, device=o.device).repeat_interleave(n_per_view)
         chunk = o.shape[0] if torch.is_grad_enabled() else self.cfg.eval_chunk_rays
@@ -220,7 +222,7 @@ class VolumeRenderer:
             pixel_index=pixel_index,
             image_size=(height, width),
             extras={"orientation": orient.sum() / max(b, 1)} if mode != "albedo" else {},
-            lighting=Lighting(mode, light, self.cfg.ambient),
+            lighting=held or Lighting(mode, light, self.cfg.ambient),
         )
 
     @torch.no_grad()
