@@ -78,7 +78,7 @@ def test_the_readme_plugin_example_registers_and_runs_a_new_guidance(tmp_path):
     assert main(["generate", "--resume", str(run), "run.steps=8"]) == 0
 
 
-@pytest.mark.parametrize("name", ["prolificdreamer", "esd", "csd", "sjc", "nfsd", "sdi", "ism"])
+@pytest.mark.parametrize("name", ["prolificdreamer", "esd", "csd", "sjc", "nfsd", "sdi", "ism", "dsd", "rsd"])
 def test_recipe_configs_load_with_their_official_defaults(name):
     from dreamcore.config import config_path, load_config
 
@@ -92,6 +92,21 @@ def test_recipe_configs_load_with_their_official_defaults(name):
         assert cfg.guidance.t_max(4999) == 0.98 and cfg.guidance.t_max(5001) == 0.5
     if name == "csd":
         assert cfg.guidance.coef_negative(5000) == -1.0 and cfg.guidance.coef_null(0) == -1.0 and cfg.views.perp_neg
+    if name == "dsd":  # official configs/dsd.yaml: ω 7.5 with Perp-Neg, t 0.98 → 0.32 as 1 − √(k/K)
+        assert cfg.guidance.name == "dsd" and cfg.views.perp_neg and cfg.guidance.t_schedule == "sqrt"
+        assert cfg.guidance.guidance_scale(0) == 7.5 and (cfg.guidance.t_min(0), cfg.guidance.t_max(0)) == (0.32, 0.98)
+    if name == "rsd":  # the official IF guidance: γ 200, one t for a batch of 20 views
+        assert cfg.guidance.name == "rsd" and cfg.guidance.repulsion(0) == 200.0 and cfg.guidance.t_shared
+        assert cfg.camera.batch_size == 20
+
+
+@pytest.mark.parametrize("name", ["dsd", "rsd"])
+def test_dsd_and_rsd_recipes_run_end_to_end_briefly(tmp_path, name):
+    """The recipes run as they are (Perp-Neg for DSD, a batch of particles for RSD), the method's loss in the log."""
+    overrides = [o for o in TINY if not o.startswith("system.")] + [
+        "run.steps=3", f"run.dir={tmp_path / name}", "renderer.shading_probs=[0.0,1.0,0.0]", "camera.batch_size=3"]
+    assert main(["generate", "--config", f"configs/{name}.yaml", *overrides]) == 0
+    assert f" {name}=" in (tmp_path / name / "log.txt").read_text()
 
 
 def test_a_recipe_runs_end_to_end_briefly(tmp_path):
