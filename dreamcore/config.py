@@ -130,6 +130,14 @@ class ExportConfig:
     # ``isosurface_views`` views is exported (a soft field's level-20 surface is thinner than what it renders)
     isosurface_search: list[float] = field(default_factory=list)
     isosurface_views: int = 12
+    # what the surface is: "density" (the level set above) or "depth" (the scene's own renders fused: truncated
+    # signed distances of rendered depth from ``fusion_views`` views all around at ``fusion_resolution`` px, 0 = the
+    # training resolution camera.resolution; ``fusion_truncation`` grid cells; dreamcore.export.fusion), for
+    # representations whose density does not follow their renders (3D Gaussians)
+    surface: Literal["density", "depth"] = "density"
+    fusion_views: int = 48
+    fusion_resolution: int = 0
+    fusion_truncation: float = 6.0
     fill_cavities: bool = True
     keep_components: int = 1
     min_component_ratio: float = 0.02

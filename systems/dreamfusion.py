@@ -220,11 +220,36 @@ class DreamFusionSystem(System):
 
         def mesh():
             agreement = self.silhouette_agreement(export) if export.isosurface_search else None
-            return field_mesh(self.density, self.surface_color, rep.bound, export, transform, agreement)
+            return field_mesh(self.density, self.surface_color, rep.bound, export, transform, agreement,
+                              fused=lambda: self.fused_depth(export))
 
         params = rep.splat_parameters()
         splats = None if params is None else (lambda: Splats(**params, transform=transform))
         return ExportSource(rep.kind, options, mesh=mesh, splats=splats)
+
+    @torch.no_grad()
+    def fused_depth(self, export: ExportConfig) -> "np.ndarray":
+        """``export.surface: depth``'s grid: the scene's albedo renders (alpha, depth) at ``export.fusion_views``
+        views spread over the sphere at the run's mean camera distance and field of view, fused on the
+        ``export.resolution``³ grid (:func:`dreamcore.export.fusion.fuse_depth`); rendered at
+        ``export.fusion_resolution`` px, by default the training resolution (the scale the scene was fitted at)."""
+        from dreamcore.export.fusion import fuse_depth, sphere_views
+
+        cam, rep = self.full.camera, self.representation
+        if export.fusion_views < 1 or export.fusion_resolution < 0 or export.fusion_truncation <= 0:
+            raise DreamcoreError(f"export.fusion_views={export.fusion_views} (≥ 1), fusion_resolution="
+                                 f"{export.fusion_resolution} (≥ 0), fusion_truncation={export.fusion_truncation} "
+                                 "(> 0 grid cells): out of range")
+        device = next(rep.parameters()).device
+        views = sphere_views(export.fusion_views, 0.5 * sum(cam.distance_range), 0.5 * sum(cam.fov_range))
+        size = export.fusion_resolution or cam.resolution
+
+        def render(cameras: Cameras, res: int):
+            out = self.render_views(cameras.to(device), res, res, torch.ones(len(cameras), 3, device=device))
+            return out.alpha, out.depth
+
+        cell = 2.0 * rep.bound / (export.resolution - 1)
+        return fuse_depth(render, views, size, export.resolution, rep.bound, export.fusion_truncation * cell)
 
     @torch.no_grad()
     def silhouette_agreement(self, export: ExportConfig):

@@ -76,22 +76,37 @@ def export_textured_mesh(
 
 def field_mesh(density: Callable[[Tensor], Tensor], color_fn: Callable[[Tensor, Tensor], Tensor], bound: float,
                export, transform: Optional[SceneTransform] = None,
-               agreement: Optional[Callable[[np.ndarray, np.ndarray], float]] = None):
+               agreement: Optional[Callable[[np.ndarray, np.ndarray], float]] = None,
+               fused: Optional[Callable[[], np.ndarray]] = None):
     """A density field's textured mesh and its report: ``density`` sampled on an ``export.resolution``³ grid
     over [−bound, bound]³, marching cubes at ``export.isosurface`` (or, with ``export.isosurface_search``, at
     the level whose mesh scores best by ``agreement(verts, faces)``: the system's silhouette IoU against its own
     renders), cleaned (cavities, small components, decimation to ``export.target_faces``), Taubin-smoothed,
-    unwrapped and baked with ``color_fn``. The report: faces, vertices, isosurface (and each searched level's
-    score), extract_seconds."""
+    unwrapped and baked with ``color_fn``. With ``export.surface: depth`` the grid is ``fused()`` instead (the
+    scene's rendered depth fused, :mod:`dreamcore.export.fusion`) and its level 0 the surface (no level search).
+    The report: faces, vertices, surface, isosurface (and each searched level's score), extract_seconds."""
     import time
 
     from dreamcore.export.extract import best_isosurface, mesh_from_grid, sample_grid, taubin_smooth
 
     e = export
     t0 = time.perf_counter()
-    grid = sample_grid(density, e.resolution, bound)
     options = dict(fill_cavities=e.fill_cavities, keep_components=e.keep_components,
                    min_component_ratio=e.min_component_ratio, target_faces=e.target_faces)
+    if e.surface == "depth":
+        if fused is None:
+            raise DreamcoreError("export.surface=depth fuses the scene's rendered depth: this system renders none "
+                                 "(use export.surface=density)")
+        verts, faces = mesh_from_grid(fused(), 0.0, bound, **options)
+        if len(faces) == 0:
+            raise DreamcoreError("nothing to export: the scene renders nothing opaque (alpha > ½) from any of the "
+                                 "export.fusion_views views (train longer, or use export.surface=density)")
+        verts = taubin_smooth(verts, faces, e.smooth_iterations)
+        extract_seconds = round(time.perf_counter() - t0, 2)
+        mesh = textured_mesh(verts, faces, color_fn, transform, texture_size=e.texture_size)
+        return mesh, {"faces": int(len(faces)), "vertices": int(len(verts)), "surface": "depth",
+                      "fusion_views": e.fusion_views, "extract_seconds": extract_seconds}
+    grid = sample_grid(density, e.resolution, bound)
     if e.isosurface_search:
         if agreement is None:
             raise DreamcoreError("export.isosurface_search needs a way to score a level (this system gives none)")
@@ -103,5 +118,5 @@ def field_mesh(density: Callable[[Tensor], Tensor], color_fn: Callable[[Tensor, 
     verts = taubin_smooth(verts, faces, e.smooth_iterations)
     extract_seconds = round(time.perf_counter() - t0, 2)
     mesh = textured_mesh(verts, faces, color_fn, transform, texture_size=e.texture_size)
-    return mesh, {"faces": int(len(faces)), "vertices": int(len(verts)), "isosurface": level,
+    return mesh, {"faces": int(len(faces)), "vertices": int(len(verts)), "surface": "density", "isosurface": level,
                   **({"isosurface_silhouette_iou": search} if search else {}), "extract_seconds": extract_seconds}
