@@ -119,6 +119,12 @@ class System:
         """Density [N] at ``points`` [N, 3] (marching cubes; a later stage's starting geometry)."""
         return self.representation.export_density(points)
 
+    def fused_depth(self, export: "ExportConfig") -> "np.ndarray":
+        """The scene's rendered depth fused into a grid, positive inside (``export.surface: depth``,
+        :mod:`dreamcore.export.fusion`): for systems that render a field."""
+        raise DreamcoreError(f"system '{self.full.system.name}' renders no depth to fuse (export.surface=depth, "
+                             "representation.init_surface=depth)")
+
     def surface_color(self, points: Tensor, normals: Tensor) -> Tensor:
         """Base colour [N, 3] seen at surface ``points`` with outward ``normals`` (texture baking)."""
         raise DreamcoreError(f"system '{self.full.system.name}' gives no surface colour")

@@ -119,6 +119,40 @@ def test_init_density_reach_keeps_parts_thinner_than_a_cell():
     assert float(v[:, 1].max() - v[:, 1].min()) > 0.9
 
 
+class _FusedBall:
+    """A stand-in earlier run that gives its rendered depth fused (positive inside): a ball, off-centre."""
+
+    centre, radius = torch.tensor([0.1, -0.05, 0.0]), 0.5
+    representation = torch.nn.Linear(1, 1)
+    representation.bound = 1.0
+    full = SimpleNamespace(export=SimpleNamespace(resolution=65))
+
+    def fused_depth(self, export):
+        from dreamcore.export.extract import grid_coordinates
+
+        axis = torch.from_numpy(grid_coordinates(export.resolution, 1.0)).float()
+        p = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+        return (self.radius - (p - self.centre).norm(dim=-1)).numpy()
+
+    def surface_color(self, p, n):
+        return 0.5 + 0.4 * torch.sin(4.0 * p)
+
+    def density(self, p):
+        raise AssertionError("init_surface=depth reads no density")
+
+
+def test_init_from_the_earlier_runs_fused_depth():
+    kw = dict(resolution=24, n_levels=4, max_resolution=32, log2_table_size=10, init_texture_steps=5,
+              init_texture_points=500)
+    rep = _dmtet(init_surface="depth", **kw)
+    src = _FusedBall()
+    info = rep.init_from_system(src)
+    v = rep.surface().vertices.detach()
+    assert info["init_surface"] == "depth" and info["faces"] > 500
+    # the ball's surface, to the linear interpolation's O(h²) (the grids differ: 65 samples vs 24 cells)
+    assert float(((v - src.centre).norm(dim=-1) - src.radius).abs().max()) < 0.1 * rep.cell
+
+
 def test_magic3d_coarse_to_fine_runs_from_the_command_line(tmp_path):
     """The Magic3D-like pair on tiny settings: NeRF coarse stage, then DMTet fine stage from it, exported as a
     GLB directly from the surface."""

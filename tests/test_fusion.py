@@ -101,3 +101,20 @@ def test_gaussians_run_exports_the_fused_surface(tmp_path):
         "export.fusion_views=0"])
     with pytest.raises(DreamcoreError, match="fusion_views=0"):
         generate(bad)
+
+
+def test_a_dmtet_stage_starts_from_the_gaussians_fused_depth(tmp_path):
+    """reference-gaussians' refinement stage with representation.init_surface=depth: its SDF comes from the
+    Gaussians' rendered depth (no density is read), through the runner's two-stage command."""
+    from test_refine import DMTET_TINY
+
+    run = tmp_path / "two"
+    overrides = DMTET_TINY[:-1] + ",representation.init_surface=depth]"
+    cfg = load_config(config_path("reference-gaussians"), GTINY + [
+        f"run.dir={run}", "run.steps=4", "export.formats=[ply,glb]", "export.resolution=48",
+        "export.fusion_views=12", "representation.init_opacity=0.95", "system.densify.opacity_reset_every=0",
+        f"refine.overrides={overrides}"])
+    generate(cfg)
+    stage = json.loads((run / "refine" / "metrics.json").read_text())
+    assert stage["export"]["init"]["init_surface"] == "depth" and stage["export"]["init"]["faces"] > 0
+    assert (run / "model.glb").read_bytes() == (run / "refine" / "model.glb").read_bytes()

@@ -8,8 +8,11 @@ surface is re-extracted every render (differentiable in ``s`` and ``δ``), so to
 Initialization: a sphere of ``init_radius``; or, from an earlier run (``init.from_run``), the SDF is set from
 that run's density σ at the grid vertices, ``s = clamp(κ (ln σ_iso − ln σ), −c, c)`` (zero at the export
 iso-level σ_iso, the same surface marching cubes extracts; with ``init_density_reach`` σ is the largest density
-around each vertex, so parts thinner than a cell are not missed), and the texture field is fitted to the earlier
-run's ``surface_color`` at points on the new surface.
+around each vertex, so parts thinner than a cell are not missed) — or, with ``init_surface: depth``, from what the
+earlier run renders: its depth fused into a signed distance (``s`` = minus the fused grid of
+:mod:`dreamcore.export.fusion`, trilinearly sampled, clamped the same way), for sources whose density does not
+follow their renders (3D Gaussians) — and the texture field is fitted to the earlier run's ``surface_color`` at
+points on the new surface.
 
 Regularizer (nvdiffrec, Munkberg et al. 2022): cross-entropy between the signs across every grid edge with a
 sign change, ``Σ BCE(sigmoid(s_a), 1[s_b > 0]) + BCE(sigmoid(s_b), 1[s_a > 0])``, which removes floaters and
@@ -19,6 +22,7 @@ interior sheets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +56,9 @@ class DMTet(SurfaceRepresentation):
         # > 0: each vertex takes the largest density of a 3×3×3 stencil ± this many cells around it, so parts thinner
         # than a cell (rods, legs) that fall between the vertices still start inside the surface
         init_density_reach: float = 0.0
+        # "density": the SDF from the earlier run's density (above); "depth": from its rendered depth, fused with
+        # its export.fusion_* settings (module doc)
+        init_surface: Literal["density", "depth"] = "density"
         init_texture_steps: int = 200
         init_texture_points: int = 30000
         init_texture_batch: int = 4096
@@ -108,21 +115,41 @@ class DMTet(SurfaceRepresentation):
     @torch.no_grad()
     def init_from_system(self, source) -> dict:
         """Set the SDF from ``source.density`` and fit the texture to ``source.surface_color`` (see module doc)."""
-        iso = self.cfg.init_isosurface or float(source.full.export.isosurface)
-        dens = self._source_density(source)
-        kappa = self.cfg.init_sdf_scale * self.cell
-        log_ratio = torch.log(torch.tensor(iso)) - torch.log(dens.clamp_min(1e-8))
-        self.sdf.copy_((kappa * log_ratio).clamp(-4.0 * self.cell, 4.0 * self.cell))
+        if self.cfg.init_surface == "depth":
+            iso = None
+            self.sdf.copy_((-self._source_fused(source)).clamp(-4.0 * self.cell, 4.0 * self.cell))
+        else:
+            iso = self.cfg.init_isosurface or float(source.full.export.isosurface)
+            dens = self._source_density(source)
+            kappa = self.cfg.init_sdf_scale * self.cell
+            log_ratio = torch.log(torch.tensor(iso)) - torch.log(dens.clamp_min(1e-8))
+            self.sdf.copy_((kappa * log_ratio).clamp(-4.0 * self.cell, 4.0 * self.cell))
         self.deform.zero_()
         surf = self.surface()
         if surf.faces.shape[0] == 0:
+            if iso is None:
+                raise DreamcoreError("init.from_run: the earlier run renders nothing opaque (alpha > ½) from any "
+                                     "fusion view; use representation.init_surface=density")
             raise DreamcoreError(f"init.from_run: the earlier run's density never reaches {iso} inside the grid; "
                                  "set representation.init_isosurface lower")
         pts, nrm = _surface_samples(surf.vertices, surf.faces, self.cfg.init_texture_points)
         colors = torch.cat([source.surface_color(pts[i:i + 8192].to(_device(source)), nrm[i:i + 8192].to(_device(source)))
                             .float().to(pts.device) for i in range(0, pts.shape[0], 8192)])
         mse = self.texture.fit(pts, colors, steps=self.cfg.init_texture_steps, batch=self.cfg.init_texture_batch)
-        return {"isosurface": iso, "faces": int(surf.faces.shape[0]), "texture_fit_mse": round(mse, 6)}
+        return {"init_surface": self.cfg.init_surface, "isosurface": iso, "faces": int(surf.faces.shape[0]),
+                "texture_fit_mse": round(mse, 6)}
+
+    @torch.no_grad()
+    def _source_fused(self, source) -> Tensor:
+        """The source's fused depth grid (positive inside, over its own [−b, b]³) at the grid vertices [V],
+        trilinear; −∞-free: vertices outside the source's box read its border."""
+        export = source.full.export
+        vol = torch.from_numpy(source.fused_depth(export)).float()  # [x, y, z]
+        bound = float(source.representation.bound)
+        coords = (self.grid.float().cpu() / bound).clamp(-1.0, 1.0)  # grid_sample's (x → W, y → H, z → D)
+        sampled = F.grid_sample(vol.permute(2, 1, 0)[None, None], coords[None, :, None, None, :],
+                                mode="bilinear", align_corners=True)
+        return sampled.reshape(-1).to(self.grid.device)
 
     @torch.no_grad()
     def _source_density(self, source) -> Tensor:
