@@ -110,14 +110,15 @@ def preset_overrides(preset: str, cfg) -> list[str]:
     (¼×, ½×, 1× and 2× the recipe's ``export.isosurface``, the one whose mesh's silhouettes best match the
     field's own renders) unless the recipe searches already: a short run's field is softer than a finished one,
     and at its fixed level the mesh comes out thinner than what it renders (robot, reference-nerf, 300 steps:
-    GLB IoU 0.90 at level 20, 0.96 with the search)."""
+    GLB IoU 0.90 at level 20, 0.96 with the search); not for ``export.surface: depth``, which has no level."""
     if preset not in PRESETS:
         from dreamcore.errors import DreamcoreError
 
         raise DreamcoreError(f"unknown quality preset {preset!r} (choose from {', '.join(PRESETS)})")
     scale = round(time_scale(preset, cfg.run.steps), 4)
     out = [*PRESETS[preset], *([f"run.time_scale={scale:g}"] if scale != 1.0 else [])]
-    if preset == "draft" and not cfg.export.isosurface_search and cfg.export.isosurface > 0:
+    searched = cfg.export.surface == "density"  # a surface fused from the renders has no level to search
+    if preset == "draft" and searched and not cfg.export.isosurface_search and cfg.export.isosurface > 0:
         iso = cfg.export.isosurface
         out.append(f"export.isosurface_search=[{iso / 4:g},{iso / 2:g},{iso:g},{iso * 2:g}]")
     return out
