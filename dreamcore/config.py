@@ -579,8 +579,12 @@ def convert(tp: Any, value: Any, where: str) -> Any:
 # (neutral value, what goes from the tree at that value). Hashes that name runs (batch job names, benchmark rows)
 # leave them out (:func:`without_neutral`), so adding such a setting never renames or invalidates older runs; a
 # new setting that does not change the default run belongs here
-NEUTRAL_SETTINGS: dict[str, tuple[Any, str]] = {
+NEUTRAL_SETTINGS: dict[str, tuple[Any, Union[str, tuple[str, ...]]]] = {
     "image.path": ("", "image"),  # no picture: the whole image section is off
+    # a density surface: the depth fusion's settings are unused
+    "export.surface": ("density", ("export.surface", "export.fusion_views", "export.fusion_resolution",
+                                   "export.fusion_truncation")),
+    "representation.init_surface": ("density", "representation.init_surface"),  # DMTet's start from a run
     "eval.align": ("none", "eval.align"),
     "prior.reference.meshes": ({}, "prior.reference.meshes"),  # the reference prior's prompt → mesh map (editing)
     "run.step_seeds": (False, "run.step_seeds"),
@@ -602,12 +606,13 @@ def without_neutral(tree: dict) -> dict:
             node = node.get(key) if isinstance(node, dict) else None
         return (node, leaf) if isinstance(node, dict) else (None, leaf)
 
-    for key, (neutral, drop) in NEUTRAL_SETTINGS.items():
+    for key, (neutral, drops) in NEUTRAL_SETTINGS.items():
         node, leaf = find(key)
         if node is not None and leaf in node and node[leaf] == neutral:
-            parent, last = find(drop)
-            if parent is not None:
-                parent.pop(last, None)
+            for drop in (drops,) if isinstance(drops, str) else drops:
+                parent, last = find(drop)
+                if parent is not None:
+                    parent.pop(last, None)
     return tree
 
 

@@ -181,7 +181,15 @@ def test_settings_added_later_at_their_neutral_value_leave_run_hashes_alone():
     older["eval"].pop("align")
     older["run"].pop("step_seeds")
     older["run"].pop("picard")
+    for key in ("surface", "fusion_views", "fusion_resolution", "fusion_truncation"):
+        older["export"].pop(key)
     assert plain == older  # as a tree from before these settings existed
+    fused = without_neutral(to_tree(load_config(config_path("text-nerf"), ["export.surface=depth"])))
+    assert fused["export"]["surface"] == "depth" and fused["export"]["fusion_views"] == 48
+    dmtet = to_tree(load_config(config_path("reference-dmtet")))
+    assert "init_surface" not in without_neutral(dmtet)["representation"]
+    assert "init_surface" in without_neutral(
+        to_tree(load_config(config_path("reference-dmtet"), ["representation.init_surface=depth"])))["representation"]
     on = without_neutral(to_tree(load_config(config_path("text-nerf"), ["eval.align=bbox", "image.path=x.png"])))
     assert on["eval"]["align"] == "bbox" and on["image"]["path"] == "x.png"
     reference = without_neutral(to_tree(load_config(config_path("reference-nerf"))))
@@ -189,6 +197,8 @@ def test_settings_added_later_at_their_neutral_value_leave_run_hashes_alone():
     mapped = to_tree(load_config(config_path("reference-nerf"), ['prior.reference.meshes={"a": assets/robot.glb}']))
     assert without_neutral(mapped)["prior"]["reference"]["meshes"] == {"a": "assets/robot.glb"}
     for key in NEUTRAL_SETTINGS:  # every entry names a real setting (the reference prior's in its recipe)
-        node = to_tree(load_config(config_path("reference-nerf" if key.startswith("prior.reference.") else "text-nerf")))
+        recipe = ("reference-nerf" if key.startswith("prior.reference.") else
+                  "reference-dmtet" if key.startswith("representation.") else "text-nerf")
+        node = to_tree(load_config(config_path(recipe)))
         for part in key.split("."):
             node = node[part]
