@@ -1,8 +1,8 @@
 """The text-only benchmark tool: which recipe runs on which prior (multi-view recipes on the multi-view prior
 only), object accuracy on assets whose answer is known, its cache in the run folder, the floors of each kind of
-row, the multi-view recipes' PSNR gain over their 2D ones, the picture's rows, and a --quick run of text-nerf and
+row, the multi-view recipes' PSNR gain over their 2D ones, the picture's rows, and a --smoke run of text-nerf and
 text-mv-nerf with a tiny random multi-view folder that writes the table and picture and is reused by a second run
-(at --quick sizes: this checks the tool, not the methods)."""
+(at --smoke sizes: this checks the tool, not the methods)."""
 
 import json
 import os
@@ -42,9 +42,9 @@ def test_multiview_recipes_run_on_the_multiview_prior_only_and_2d_recipes_never_
     assert not any(o.startswith("guidance.name=") for o in mv["overrides"])  # its own guidance, its own settings
     learned = next(j for j in jobs if j["recipe"] == "text-nerf" and j["prior"] == "learned")
     assert f"prior.model={tmp_path / '2d'}" in learned["overrides"]
-    # --quick: one whole 4-view group per step for the multi-view recipes, one view for the 2D ones
-    assert "camera.batch_size=4" in bench.quick_overrides("text-mv-gaussians")
-    assert "camera.batch_size=1" in bench.quick_overrides("text-gaussians")
+    # --smoke: one whole 4-view group per step for the multi-view recipes, one view for the 2D ones
+    assert "camera.batch_size=4" in bench.smoke_overrides("text-mv-gaussians")
+    assert "camera.batch_size=1" in bench.smoke_overrides("text-gaussians")
 
 
 def test_a_missing_multiview_folder_leaves_its_rows_out_unless_they_were_asked_for(tmp_path, capsys):
@@ -177,7 +177,7 @@ def test_text_to_3d_benchmark_writes_its_table_and_picture(tmp_path):
     mv = tiny_diffusers.save_multiview(tmp_path / "tiny-mv", latent=False)
     out = tmp_path / "text_to_3d.md"
     # one 2D recipe and its multi-view counterpart (the pairing of all four: the test of plan() above)
-    cmd = [sys.executable, str(ROOT / "tools" / "bench_text_to_3d.py"), "--quick", "--mv-prior-folder", str(mv),
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_text_to_3d.py"), "--smoke", "--mv-prior-folder", str(mv),
            "--recipes", "text-nerf,text-mv-nerf", "--object", "assets/robot.glb:a toy robot",
            "--object", "assets/car.glb:a toy car", "--work", str(tmp_path / "runs"), "--out", str(out), "--jobs", "2"]
     env = {**os.environ, "DREAMCORE_CACHE": str(tmp_path / "cache")}
@@ -223,6 +223,35 @@ def test_text_to_3d_benchmark_writes_its_table_and_picture(tmp_path):
     # a changed setting is a new run: the row is replaced, the others reused
     changed = subprocess.run(cmd + ["guidance.guidance_scale=5.0"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert changed.returncode == 0 and "3 run in" in changed.stdout, changed.stdout[-2000:]
+
+
+# -- CI's short grid ------------------------------------------------------------------------------------------------
+# guards, not the issue's floors: measured 2026-12-07 (2 cores) IoU 0.78-0.90 everywhere; multi-view rows object
+# accuracy 1.0 and Janus 0 on all four, the 2D rows Janus 0.375 on the penguin and the house
+QUICK_IOU = 0.7
+QUICK_MV_ACCURACY = 0.9
+QUICK_MV_JANUS = 0.125
+
+
+@pytest.mark.slow
+def test_quick_grid_runs_the_2d_and_multiview_recipes_on_two_objects(tmp_path):
+    """`--quick` on the shipped priors (~10 min on 2 cores): text-nerf (2D prior) and text-mv-nerf (multi-view prior)
+    on the four objects, schedules scaled to 300 of 800 steps, rows beside the runs (not the benchmark's), and the
+    multi-view rows keep what the multi-view prior is for: the named object, no Janus."""
+    pytest.importorskip("diffusers")
+    out = tmp_path / "quick.md"
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_text_to_3d.py"), "--quick", "--work", str(tmp_path / "runs"),
+           "--out", str(out)]
+    env = {**os.environ, "DREAMCORE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs" / "rows").glob("*.json")}
+    assert set(rows) == {f"{r}-sds-{p}-{o}-0" for r, p in (("text-nerf", "learned"), ("text-mv-nerf", "multiview"))
+                         for o in ("a_toy_robot", "a_toy_car", "a_penguin", "a_mushroom_house")}
+    assert all(r["steps"] == 300 and r["glb_watertight"] and r["glb_iou"] > QUICK_IOU for r in rows.values())
+    for name, r in rows.items():
+        if name.startswith("text-mv-nerf"):
+            assert r["object_accuracy"] >= QUICK_MV_ACCURACY and r["glb_janus"] <= QUICK_MV_JANUS, (name, r)
 
 
 # -- rows: one file per finished run, reused by config hash ---------------------------------------------------------

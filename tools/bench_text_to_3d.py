@@ -51,7 +51,8 @@ docs/benchmarks.md`` the same tables replace that page's marked ``bench_text_to_
     .venv/bin/python tools/bench_text_to_3d.py --guidances sds --seeds 1
     .venv/bin/python tools/bench_text_to_3d.py --recipes text-mv-nerf,text-nerf --guidances sds --seeds 1
     .venv/bin/python tools/bench_text_to_3d.py --guidances sds --budget 60   # an hour's worth of missing rows
-    .venv/bin/python tools/bench_text_to_3d.py --quick               # a smoke run of the tool itself
+    .venv/bin/python tools/bench_text_to_3d.py --quick --work /tmp/q   # CI's short grid (~15 min)
+    .venv/bin/python tools/bench_text_to_3d.py --smoke               # a smoke run of the tool itself
 """
 
 from __future__ import annotations
@@ -107,8 +108,14 @@ GUIDANCE_OVERRIDES["reward"] += ["guidance.reward.model.name=linear", "guidance.
 # MicroDreamer's ω 3 / η 0.5 were set for Stable-Zero123 (pilots on text-mv-nerf: bench/speed.md)
 GUIDANCE_OVERRIDES["sir"] = ["guidance.guidance_scale=5.0", "guidance.eta=0.0"]
 COMMON = ["run.progress=false", "run.val_every=0", "export.formats=[glb]"]
-QUICK = ["run.steps=6", "run.checkpoint_every=0", "camera.batch_size=1", "eval.views=4", "eval.resolution=32",
+SMOKE = ["run.steps=6", "run.checkpoint_every=0", "camera.batch_size=1", "eval.views=4", "eval.resolution=32",
          "eval.janus_views=4", "export.resolution=48", "export.texture_size=64"]
+# --quick: CI's short grid — the 2D recipe and its multi-view counterpart on the four objects, one seed, each recipe
+# with its schedules scaled to 3/8 of its steps (text-nerf and text-mv-nerf: 300 of 800); about 10 min on 2 cores
+QUICK = ["run.time_scale=0.375"]
+QUICK_RECIPES = ["text-nerf", "text-mv-nerf"]
+QUICK_PRIORS = ["learned", "multiview"]
+QUICK_OBJECTS = 4
 RING = 4  # frames per object and seed in the picture (azimuths 0, 90, 180, 270)
 RING_RES = 48  # px of each ring frame kept beside a row (the picture and the diversity are made from them)
 ROWS = "bench/text_to_3d/rows"
@@ -164,12 +171,12 @@ def pairs(recipe: str, prior: str) -> bool:
     return (prior == "multiview") == is_multiview(recipe)
 
 
-def quick_overrides(recipe: str) -> list[str]:
-    """:data:`QUICK`, with one whole group of the prior's views per step for a multi-view recipe."""
+def smoke_overrides(recipe: str) -> list[str]:
+    """:data:`SMOKE`, with one whole group of the prior's views per step for a multi-view recipe."""
     if not is_multiview(recipe):
-        return list(QUICK)
+        return list(SMOKE)
     views = int(getattr(recipe_config(recipe).prior, "views", 4))
-    return [f"camera.batch_size={views}" if o.startswith("camera.batch_size=") else o for o in QUICK]
+    return [f"camera.batch_size={views}" if o.startswith("camera.batch_size=") else o for o in SMOKE]
 
 
 def run_overrides(recipe: str, guidance: str, prior: str, obj: dict, seed: int, folder: Path,
@@ -763,38 +770,50 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="bench/text-to-3d-runs", help="run folders (kept: a rerun reuses them)")
     ap.add_argument("--out", default="bench/text_to_3d.md")
-    ap.add_argument("--rows", default=None, help=f"row files, one per finished run (default {ROWS}; with --quick, "
-                    "WORK/rows)")
+    ap.add_argument("--rows", default=None, help=f"row files, one per finished run (default {ROWS}; with --quick "
+                    "or --smoke, WORK/rows)")
     ap.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                     help="start no run that would end past this many minutes (runs ordered one seed of every "
                     "method first); the rows so far make the report")
     ap.add_argument("--docs", default=None, metavar="PAGE",
                     help="also rewrite this page's bench_text_to_3d section (docs/benchmarks.md) with the tables")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 object (object accuracy still against all), 1 seed, sds, a few steps")
+                    help=f"CI's short grid: {' and '.join(QUICK_RECIPES)} (unless --recipes) on the first "
+                    f"{QUICK_OBJECTS} objects, 1 seed, the recipe's guidance, schedules scaled to 3/8 of the steps")
+    ap.add_argument("--smoke", action="store_true",
+                    help="smoke run of the tool: 1 object (object accuracy still against all), 1 seed, sds, 6 steps")
     ap.add_argument("overrides", nargs="*", help="key=value for every run")
     args = ap.parse_args(argv)
     from dreamcore.guidance.editing import generation_methods
 
+    if args.quick and args.smoke:
+        raise SystemExit("--quick and --smoke: choose one")
     folder = resolve_path(args.prior_folder)
     mv_folder = resolve_path(args.mv_prior_folder or MV_FOLDER)
-    recipes = [r for r in (args.recipes or ",".join(RECIPES)).split(",") if r]
-    priors = [p for p in (args.priors or ",".join(PRIORS)).split(",") if p]
+    default_recipes, default_priors = (QUICK_RECIPES, QUICK_PRIORS) if args.quick else (RECIPES, PRIORS)
+    recipes = [r for r in (args.recipes or ",".join(default_recipes)).split(",") if r]
+    priors = [p for p in (args.priors or ",".join(default_priors)).split(",") if p]
     bad = [p for p in priors if p not in PRIORS]
     if bad:
         raise SystemExit(f"--priors: unknown {bad}; valid: {', '.join(PRIORS)}")
     asked = args.mv_prior_folder is not None or args.priors is not None or args.recipes is not None
     priors = usable_priors(recipes, priors, mv_folder, asked)
     objects = [parse_object(o) for o in args.object] or default_objects(folder, mv_folder)
-    scored = list(objects)  # object accuracy chooses among all of them, even when --quick runs only the first
+    scored = list(objects)  # object accuracy chooses among all of them, even when a short run runs a few
     guidances = [g for g in args.guidances.split(",") if g] or generation_methods()
     extra = list(args.overrides)
     quick = {}
-    if args.quick:
+    if args.smoke:
         objects, guidances, args.seeds = objects[:1], guidances[:1] if args.guidances else ["sds"], 1
-        quick = {r: quick_overrides(r) for r in recipes}
+        quick = {r: smoke_overrides(r) for r in recipes}
+    elif args.quick:
+        objects = objects if args.object else objects[:QUICK_OBJECTS]
+        guidances = guidances if args.guidances else sorted({recipe_guidance(r) for r in recipes})
+        args.seeds = 1
+        quick = {r: list(QUICK) for r in recipes}
     work = Path(args.work)
-    rows_dir = Path(args.rows) if args.rows else (work / "rows" if args.quick else resolve_path(ROWS))
+    short = args.quick or args.smoke  # their rows stay beside their runs, away from the benchmark's own
+    rows_dir = Path(args.rows) if args.rows else (work / "rows" if short else resolve_path(ROWS))
     jobs = informative_order(plan(recipes, guidances, priors, objects, args.seeds, folder, mv_folder, work))
     if not jobs:
         raise SystemExit("no runs: no recipe of --recipes runs on a prior of --priors")
