@@ -234,7 +234,7 @@ QUICK_MV_JANUS = 0.125
 
 
 @pytest.mark.slow
-def test_quick_grid_runs_the_2d_and_multiview_recipes_on_two_objects(tmp_path):
+def test_quick_grid_runs_the_2d_and_multiview_recipes_on_the_four_objects(tmp_path):
     """`--quick` on the shipped priors (~10 min on 2 cores): text-nerf (2D prior) and text-mv-nerf (multi-view prior)
     on the four objects, schedules scaled to 300 of 800 steps, rows beside the runs (not the benchmark's), and the
     multi-view rows keep what the multi-view prior is for: the named object, no Janus."""
