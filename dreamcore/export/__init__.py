@@ -101,22 +101,21 @@ def field_mesh(density: Callable[[Tensor], Tensor], color_fn: Callable[[Tensor, 
         if len(faces) == 0:
             raise DreamcoreError("nothing to export: the scene renders nothing opaque (alpha > ½) from any of the "
                                  "export.fusion_views views (train longer, or use export.surface=density)")
-        verts = taubin_smooth(verts, faces, e.smooth_iterations)
-        extract_seconds = round(time.perf_counter() - t0, 2)
-        mesh = textured_mesh(verts, faces, color_fn, transform, texture_size=e.texture_size)
-        return mesh, {"faces": int(len(faces)), "vertices": int(len(verts)), "surface": "depth",
-                      "fusion_views": e.fusion_views, "extract_seconds": extract_seconds}
-    grid = sample_grid(density, e.resolution, bound)
-    if e.isosurface_search:
-        if agreement is None:
-            raise DreamcoreError("export.isosurface_search needs a way to score a level (this system gives none)")
-        level, scores, (verts, faces) = best_isosurface(grid, e.isosurface_search, bound, agreement, **options)
-        search = {str(k): round(v, 4) for k, v in scores.items()}
+        surface = {"surface": "depth", "fusion_views": e.fusion_views}
     else:
-        level, search = e.isosurface, {}
-        verts, faces = mesh_from_grid(grid, level, bound, **options)
+        grid = sample_grid(density, e.resolution, bound)
+        if e.isosurface_search:
+            if agreement is None:
+                raise DreamcoreError("export.isosurface_search needs a way to score a level (this system gives "
+                                     "none)")
+            level, scores, (verts, faces) = best_isosurface(grid, e.isosurface_search, bound, agreement, **options)
+            search = {str(k): round(v, 4) for k, v in scores.items()}
+        else:
+            level, search = e.isosurface, {}
+            verts, faces = mesh_from_grid(grid, level, bound, **options)
+        surface = {"surface": "density", "isosurface": level,
+                   **({"isosurface_silhouette_iou": search} if search else {})}
     verts = taubin_smooth(verts, faces, e.smooth_iterations)
     extract_seconds = round(time.perf_counter() - t0, 2)
     mesh = textured_mesh(verts, faces, color_fn, transform, texture_size=e.texture_size)
-    return mesh, {"faces": int(len(faces)), "vertices": int(len(verts)), "surface": "density", "isosurface": level,
-                  **({"isosurface_silhouette_iou": search} if search else {}), "extract_seconds": extract_seconds}
+    return mesh, {"faces": int(len(faces)), "vertices": int(len(verts)), **surface, "extract_seconds": extract_seconds}

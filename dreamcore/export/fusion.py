@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from dreamcore.cameras import Cameras, orbit_cameras
-from dreamcore.export.extract import grid_coordinates
+from dreamcore.export.extract import sample_grid
 
 RenderFn = Callable[[Cameras, int], tuple[Tensor, Tensor]]  # cameras, resolution -> alpha [B,H,W], depth [B,H,W]
 
@@ -59,15 +59,8 @@ def fuse_depth(render: RenderFn, cameras: Cameras, image_size: int, grid_resolut
     w2c = torch.linalg.inv(c2w)
     focal = cameras.focal(image_size).float().cpu()  # [V]
     centre = c2w[:, :3, 3]
-    n = int(grid_resolution)
-    axis = torch.from_numpy(grid_coordinates(n, bound)).float()
-    out = np.empty(n ** 3, dtype=np.float32)
-    total = n ** 3
-    for start in range(0, total, chunk):
-        k = torch.arange(start, min(start + chunk, total))
-        i, rem = torch.div(k, n * n, rounding_mode="floor"), k % (n * n)
-        j, l = torch.div(rem, n, rounding_mode="floor"), rem % n
-        pts = torch.stack([axis[i], axis[j], axis[l]], dim=-1)  # [P, 3]
+
+    def inside(pts: Tensor) -> Tensor:  # [P, 3] → −(the views' mean truncated signed distance) [P]
         total_s = torch.zeros(len(pts))
         count = torch.zeros(len(pts))
         for v in range(len(cameras)):
@@ -86,6 +79,6 @@ def fuse_depth(render: RenderFn, cameras: Cameras, image_size: int, grid_resolut
             counts = seen & (s >= -truncation)
             total_s += torch.where(counts, s, torch.zeros_like(s))
             count += counts.float()
-        fused = torch.where(count > 0, total_s / count.clamp_min(1.0), torch.full_like(total_s, -truncation))
-        out[start:start + len(k)] = (-fused).numpy()
-    return out.reshape(n, n, n)
+        return -torch.where(count > 0, total_s / count.clamp_min(1.0), torch.full_like(total_s, -truncation))
+
+    return sample_grid(inside, grid_resolution, bound, chunk)

@@ -104,19 +104,19 @@ class SplatRenderer:
         """Render B views over ``background`` [B, 3]; ``pixel_index`` [B, P] renders only those pixels. ``shading``:
         a mode overrides the configured choice; a :class:`Lighting` renders under that very light."""
         b = len(cameras)
-        held = held_lighting(shading, cameras)
-        mode = held.mode if held else (shading or pick_shading(self.cfg.shading, self.cfg.shading_probs, generator))
+        lighting = held_lighting(shading, cameras)
+        mode = lighting.mode if lighting else (shading or pick_shading(self.cfg.shading, self.cfg.shading_probs,
+                                                                       generator))
         cam_pos = cameras.position.to(gaussians.means.dtype)
         to_g = gaussians.means[None] - cam_pos[:, None]
         dist = to_g.norm(dim=-1, keepdim=True)  # [B,N,1]
         rgb = gaussians.colors(to_g / dist.clamp_min(1e-9))
         normals = gaussian_normals(gaussians, cam_pos)
         # albedo renders draw no light: their lighting names the camera direction (unused by the prior)
-        if held is None:
+        if lighting is None:
             light = (light_directions(cameras, generator).to(rgb.dtype) if mode != "albedo"
                      else cam_pos / cam_pos.norm(dim=-1, keepdim=True))
-            held = Lighting(mode, light, self.cfg.ambient)
-        lighting = held
+            lighting = Lighting(mode, light, self.cfg.ambient)
         if mode != "albedo":
             n = normals.shape[1]
             view = torch.arange(b, device=normals.device).repeat_interleave(n)
